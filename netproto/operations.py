@@ -1,0 +1,433 @@
+"""Typed request and reply bodies of every operation (PROTOCOL.md §4).
+
+Each body is a frozen dataclass. ``from_wire`` validates a decoded map and raises
+:class:`BadRequest` naming the field (or :class:`InvalidPath` for a bad keyword or file name);
+``to_wire`` gives the map to encode. Raw maps do not travel past this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+from netproto.errors import BadRequest
+from netproto.names import (
+    canonical_domain_name,
+    canonical_username,
+    check_file_name,
+    check_keyword,
+)
+
+NONCE_SIZE = 32
+SHA256_SIZE = 32
+MAX_FILE_SIZE = 2**53  # sizes travel as msgpack ints; keep them exact in every language
+MAX_SYNC_FILES_PER_PART = 20_000
+MAX_SIGNATURE = 64  # Ed25519
+MAX_ADDRESS = 255
+
+
+def _map(value: Any, name: str) -> dict[str, Any]:
+    if type(value) is not dict:
+        raise BadRequest(f"{name}: expected a map")
+    return value
+
+
+def _str(body: dict[str, Any], name: str, max_len: int = 1024) -> str:
+    value = body.get(name)
+    if type(value) is not str:
+        raise BadRequest(f"{name}: expected a string")
+    if len(value) > max_len:
+        raise BadRequest(f"{name}: longer than {max_len} characters")
+    return value
+
+
+def _int(body: dict[str, Any], name: str, lo: int, hi: int) -> int:
+    value = body.get(name)
+    if type(value) is not int:
+        raise BadRequest(f"{name}: expected an integer")
+    if not lo <= value <= hi:
+        raise BadRequest(f"{name}: must be between {lo} and {hi}")
+    return value
+
+
+def _bin(body: dict[str, Any], name: str, size: int) -> bytes:
+    value = body.get(name)
+    if type(value) is not bytes or len(value) != size:
+        raise BadRequest(f"{name}: expected {size} bytes as msgpack bin")
+    return value
+
+
+def _list(body: dict[str, Any], name: str, max_len: int) -> list[Any]:
+    value = body.get(name)
+    if type(value) is not list:
+        raise BadRequest(f"{name}: expected an array")
+    if len(value) > max_len:
+        raise BadRequest(f"{name}: more than {max_len} entries")
+    return value
+
+
+# --- index operations --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """Body of ``register`` and ``auth``: the username is lower-cased, the password unchecked."""
+
+    username: str
+    password: str = field(repr=False)
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> Self:
+        """Validate a register/auth body (password length is the handler's to judge)."""
+        username = canonical_username(body.get("username"))
+        password = body.get("password")
+        if type(password) is not str:
+            raise BadRequest("password: expected a string")
+        if len(password) > 1024:
+            raise BadRequest("password: far too long")
+        return cls(username, password)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The body map."""
+        return {"username": self.username, "password": self.password}
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterReply:
+    """Reply of ``register``."""
+
+    username: str
+
+    @classmethod
+    def from_wire(cls, body: Any) -> Self:
+        """Validate a register reply."""
+        return cls(_str(_map(body, "reply"), "username", 64))
+
+    def to_wire(self) -> dict[str, Any]:
+        """The body map."""
+        return {"username": self.username}
+
+
+@dataclass(frozen=True, slots=True)
+class AuthReply:
+    """Reply of ``auth``: a JWT and its expiry in Unix seconds."""
+
+    token: str = field(repr=False)
+    expires_at: int
+
+    @classmethod
+    def from_wire(cls, body: Any) -> Self:
+        """Validate an auth reply."""
+        body = _map(body, "reply")
+        return cls(_str(body, "token", 8192), _int(body, "expires_at", 0, 2**63 - 1))
+
+    def to_wire(self) -> dict[str, Any]:
+        """The body map."""
+        return {"token": self.token, "expires_at": self.expires_at}
+
+
+@dataclass(frozen=True, slots=True)
+class SharedFile:
+    """One file a peer offers: name, keyword, size and SHA-256."""
+
+    filename: str
+    keyword: str
+    size: int
+    sha256: bytes
+
+    @classmethod
+    def from_wire(cls, entry: Any) -> Self:
+        """Validate one entry of a sync list."""
+        entry = _map(entry, "files[]")
+        return cls(
+            check_file_name(entry.get("filename")),
+            check_keyword(entry.get("keyword")),
+            _int(entry, "size", 0, MAX_FILE_SIZE),
+            _bin(entry, "sha256", SHA256_SIZE),
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The entry map."""
+        return {
+            "filename": self.filename,
+            "keyword": self.keyword,
+            "size": self.size,
+            "sha256": self.sha256,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SyncPart:
+    """Where a sync request stands in a multi-part upload (PROTOCOL.md §4.3)."""
+
+    upload: bytes
+    seq: int
+    final: bool
+
+    @classmethod
+    def from_wire(cls, part: Any) -> Self:
+        """Validate the ``part`` map of a sync request."""
+        part = _map(part, "part")
+        final = part.get("final")
+        if type(final) is not bool:
+            raise BadRequest("part.final: expected a boolean")
+        return cls(_bin(part, "upload", 16), _int(part, "seq", 0, 10_000), final)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The part map."""
+        return {"upload": self.upload, "seq": self.seq, "final": self.final}
+
+
+@dataclass(frozen=True, slots=True)
+class SyncRequest:
+    """Body of ``sync``: replaces the caller's listing for ``domain_name``."""
+
+    domain_name: str
+    port_number: int
+    files: tuple[SharedFile, ...]
+    address: str | None = None
+    part: SyncPart | None = None
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> Self:
+        """Validate a sync body."""
+        files = _list(body, "files", MAX_SYNC_FILES_PER_PART)
+        address = body.get("address")
+        if address is not None and (type(address) is not str or not 0 < len(address) <= 255):
+            raise BadRequest("address: expected a host name or IP address")
+        part = body.get("part")
+        return cls(
+            canonical_domain_name(body.get("domain_name")),
+            _int(body, "port_number", 1, 65535),
+            tuple(SharedFile.from_wire(f) for f in files),
+            address,
+            SyncPart.from_wire(part) if part is not None else None,
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The body map."""
+        body: dict[str, Any] = {
+            "domain_name": self.domain_name,
+            "port_number": self.port_number,
+            "files": [f.to_wire() for f in self.files],
+        }
+        if self.address is not None:
+            body["address"] = self.address
+        if self.part is not None:
+            body["part"] = self.part.to_wire()
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class SyncReply:
+    """Reply of ``sync``: files now listed (or received so far, for a non-final part)."""
+
+    files: int
+
+    @classmethod
+    def from_wire(cls, body: Any) -> Self:
+        """Validate a sync reply."""
+        return cls(_int(_map(body, "reply"), "files", 0, 2**63 - 1))
+
+    def to_wire(self) -> dict[str, Any]:
+        """The body map."""
+        return {"files": self.files}
+
+
+@dataclass(frozen=True, slots=True)
+class KeywordRequest:
+    """Body of ``search`` (index) and ``list`` (peer)."""
+
+    keyword: str
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> Self:
+        """Validate a keyword body."""
+        return cls(check_keyword(body.get("keyword")))
+
+    def to_wire(self) -> dict[str, Any]:
+        """The body map."""
+        return {"keyword": self.keyword}
+
+
+@dataclass(frozen=True, slots=True)
+class ListedFile:
+    """A file in a search hit: name, size and the digest the peer synced."""
+
+    filename: str
+    size: int
+    sha256: bytes
+
+    @classmethod
+    def from_wire(cls, entry: Any) -> Self:
+        """Validate one file of a search hit."""
+        entry = _map(entry, "files[]")
+        return cls(
+            check_file_name(entry.get("filename")),
+            _int(entry, "size", 0, MAX_FILE_SIZE),
+            _bin(entry, "sha256", SHA256_SIZE),
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The entry map."""
+        return {"filename": self.filename, "size": self.size, "sha256": self.sha256}
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    """One peer holding files under the searched keyword."""
+
+    domain_name: str
+    port_number: int
+    address: str
+    files: tuple[ListedFile, ...]
+
+    @classmethod
+    def from_wire(cls, entry: Any) -> Self:
+        """Validate one hit of a search reply."""
+        entry = _map(entry, "hit")
+        return cls(
+            canonical_domain_name(entry.get("domain_name")),
+            _int(entry, "port_number", 1, 65535),
+            _str(entry, "address", MAX_ADDRESS),
+            tuple(ListedFile.from_wire(f) for f in _list(entry, "files", 10**6)),
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The hit map."""
+        return {
+            "domain_name": self.domain_name,
+            "port_number": self.port_number,
+            "address": self.address,
+            "files": [f.to_wire() for f in self.files],
+        }
+
+
+def search_reply_from_wire(body: Any) -> list[SearchHit]:
+    """Validate a search reply: a list of hits."""
+    if type(body) is not list:
+        raise BadRequest("reply: expected an array of hits")
+    return [SearchHit.from_wire(hit) for hit in body]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRequest:
+    """Body of ``ping`` and ``bye``: which of the caller's peers it concerns."""
+
+    domain_name: str
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> Self:
+        """Validate a ping/bye body."""
+        return cls(canonical_domain_name(body.get("domain_name")))
+
+    def to_wire(self) -> dict[str, Any]:
+        """The body map."""
+        return {"domain_name": self.domain_name}
+
+
+# --- peer operations ---------------------------------------------------------------------
+
+
+def list_reply_from_wire(body: Any) -> list[str]:
+    """Validate a list reply: file names, each a safe segment."""
+    if type(body) is not list:
+        raise BadRequest("reply: expected an array of file names")
+    return [check_file_name(name) for name in body]
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRequest:
+    """Body of ``fetch``: which file, the requester's fresh nonce, and where to resume."""
+
+    keyword: str
+    file_name: str
+    nonce: bytes
+    offset: int = 0
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> Self:
+        """Validate a fetch body."""
+        return cls(
+            check_keyword(body.get("keyword")),
+            check_file_name(body.get("file_name")),
+            _bin(body, "nonce", NONCE_SIZE),
+            _int(body, "offset", 0, MAX_FILE_SIZE) if "offset" in body else 0,
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The body map."""
+        body: dict[str, Any] = {
+            "keyword": self.keyword,
+            "file_name": self.file_name,
+            "nonce": self.nonce,
+        }
+        if self.offset:
+            body["offset"] = self.offset
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class FetchHeader:
+    """First frame of a fetch stream."""
+
+    keyword: str
+    file_name: str
+    size: int
+    offset: int
+
+    @classmethod
+    def from_wire(cls, body: Any) -> Self:
+        """Validate a fetch header."""
+        body = _map(body, "header")
+        return cls(
+            check_keyword(body.get("keyword")),
+            check_file_name(body.get("file_name")),
+            _int(body, "size", 0, MAX_FILE_SIZE),
+            _int(body, "offset", 0, MAX_FILE_SIZE),
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The header map."""
+        return {
+            "keyword": self.keyword,
+            "file_name": self.file_name,
+            "size": self.size,
+            "offset": self.offset,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class FetchTrailer:
+    """Last frame of a fetch stream: what the signature covers, and the signature."""
+
+    size: int
+    sha256: bytes
+    nonce: bytes
+    digital_signature: bytes
+    signer: str
+
+    @classmethod
+    def from_wire(cls, body: Any) -> Self:
+        """Validate a fetch trailer (shape only; the checks are the downloader's)."""
+        body = _map(body, "trailer")
+        signature = body.get("digital_signature")
+        if type(signature) is not bytes or len(signature) > MAX_SIGNATURE:
+            raise BadRequest("digital_signature: expected at most 64 bytes as bin")
+        return cls(
+            _int(body, "size", 0, MAX_FILE_SIZE),
+            _bin(body, "sha256", SHA256_SIZE),
+            _bin(body, "nonce", NONCE_SIZE),
+            signature,
+            canonical_domain_name(body.get("signer")),
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The trailer map."""
+        return {
+            "size": self.size,
+            "sha256": self.sha256,
+            "nonce": self.nonce,
+            "digital_signature": self.digital_signature,
+            "signer": self.signer,
+        }

@@ -1,0 +1,121 @@
+"""Asyncio stream plumbing shared by server and client.
+
+This is the one place where ``OSError``, ``ssl.SSLError`` and ``IncompleteReadError`` become
+the project's :class:`ConnectionClosed`, and where outgoing frames are coalesced: frames
+written in one event-loop turn leave as one TLS write instead of one record each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from types import TracebackType
+
+from netproto.errors import ConnectionClosed
+
+_CLOSED = (OSError, ssl.SSLError, asyncio.IncompleteReadError, EOFError)
+_LARGE = 64 << 10
+
+
+class map_exceptions:
+    """Turn transport failures into :class:`ConnectionClosed` (sync or async ``with``)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is not None and isinstance(exc, _CLOSED) and not isinstance(exc, TimeoutError):
+            raise ConnectionClosed(str(exc) or type(exc).__name__) from exc
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(
+        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.__exit__(typ, exc, tb)
+
+
+class FrameWriter:
+    """Writes encoded frames to a stream, batching small ones per event-loop turn."""
+
+    def __init__(self, writer: asyncio.StreamWriter, high_water: int) -> None:
+        self._writer = writer
+        self._pending: list[bytes] = []
+        self._scheduled = False
+        self._high_water = high_water
+        self._closed = False
+        writer.transport.set_write_buffer_limits(high=high_water)
+
+    @property
+    def closed(self) -> bool:
+        """True once the writer was closed or aborted."""
+        return self._closed or self._writer.transport.is_closing()
+
+    def write(self, frame: bytes) -> None:
+        """Queue one encoded frame; it is sent at the end of this event-loop turn."""
+        if self.closed:
+            return
+        if len(frame) >= _LARGE:
+            self._flush_now()
+            self._writer.write(frame)
+            return
+        self._pending.append(frame)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._scheduled = False
+        if not self._pending:
+            return
+        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        self._pending.clear()
+        if not self.closed:
+            self._writer.write(data)
+
+    def buffered(self) -> int:
+        """Bytes written but not yet handed to the kernel."""
+        return sum(map(len, self._pending)) + self._writer.transport.get_write_buffer_size()
+
+    async def wait_writable(self, timeout: float) -> bool:
+        """Wait until the output buffer is under the high-water mark; False if it stays above
+        it for ``timeout`` seconds or the connection is gone (a slow or vanished reader)."""
+        self._flush_now()
+        if self.closed:
+            return False
+        if self._writer.transport.get_write_buffer_size() <= self._high_water:
+            return True
+        try:
+            async with asyncio.timeout(timeout), map_exceptions():
+                await self._writer.drain()
+        except (TimeoutError, ConnectionClosed):
+            return False
+        return True
+
+    async def flush(self, timeout: float) -> None:
+        """Send everything queued, waiting at most ``timeout`` for the peer to take it."""
+        self._flush_now()
+        with contextlib.suppress(TimeoutError, ConnectionClosed):
+            async with asyncio.timeout(timeout), map_exceptions():
+                await self._writer.drain()
+
+    async def close(self, timeout: float) -> None:
+        """Flush, close gracefully within ``timeout``, else abort."""
+        await self.flush(timeout)
+        self._closed = True
+        self._writer.close()
+        try:
+            async with asyncio.timeout(timeout), map_exceptions():
+                await self._writer.wait_closed()
+        except (TimeoutError, ConnectionClosed):
+            self._writer.transport.abort()
+
+    def abort(self) -> None:
+        """Drop the connection now, without a TLS close_notify."""
+        self._closed = True
+        self._pending.clear()
+        self._writer.transport.abort()
