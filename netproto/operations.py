@@ -7,10 +7,14 @@ Each body is a frozen dataclass. ``from_wire`` validates a decoded map and raise
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Self
 
+from netproto.codec import pack
 from netproto.errors import BadRequest
+from netproto.framing import DEFAULT_MAX_FRAME
 from netproto.names import (
     canonical_domain_name,
     canonical_username,
@@ -22,6 +26,8 @@ NONCE_SIZE = 32
 SHA256_SIZE = 32
 MAX_FILE_SIZE = 2**53  # sizes travel as msgpack ints; keep them exact in every language
 MAX_SYNC_FILES_PER_PART = 20_000
+MAX_SYNC_SEQ = 10_000  # a multi-part upload has at most MAX_SYNC_SEQ + 1 parts
+UPLOAD_ID_SIZE = 16
 MAX_SIGNATURE = 64  # Ed25519
 MAX_ADDRESS = 255
 
@@ -171,7 +177,9 @@ class SyncPart:
         final = part.get("final")
         if type(final) is not bool:
             raise BadRequest("part.final: expected a boolean")
-        return cls(_bin(part, "upload", 16), _int(part, "seq", 0, 10_000), final)
+        return cls(
+            _bin(part, "upload", UPLOAD_ID_SIZE), _int(part, "seq", 0, MAX_SYNC_SEQ), final
+        )
 
     def to_wire(self) -> dict[str, Any]:
         """The part map."""
@@ -216,6 +224,63 @@ class SyncRequest:
         if self.part is not None:
             body["part"] = self.part.to_wire()
         return body
+
+
+# Room for the request envelope around a sync body: the largest id, the op, a token of the
+# largest size a verifier accepts (netproto.tokens.MAX_TOKEN_BYTES) and a 32-bit array header.
+_SYNC_ENVELOPE_ALLOWANCE = 2048 + 64
+
+
+def split_sync(
+    domain_name: str,
+    port_number: int,
+    files: Iterable[SharedFile],
+    address: str | None = None,
+    *,
+    max_frame: int = DEFAULT_MAX_FRAME,
+    max_files_per_part: int = MAX_SYNC_FILES_PER_PART,
+    upload: bytes | None = None,
+) -> list[SyncRequest]:
+    """Pack a share into sync requests that each fit in one frame (PROTOCOL.md §4.3).
+
+    A share that fits in one request gives one request without ``part`` (a one-shot sync);
+    a larger one gives the parts of one upload (a fresh random id unless ``upload`` is given),
+    numbered from 0, the last one ``final``. Raises ValueError if a single entry cannot fit
+    in a frame or the share needs more than ``MAX_SYNC_SEQ + 1`` parts.
+    """
+    entries = list(files)
+    upload_id = upload if upload is not None else secrets.token_bytes(UPLOAD_ID_SIZE)
+    if len(upload_id) != UPLOAD_ID_SIZE:
+        raise ValueError(f"upload id must be {UPLOAD_ID_SIZE} bytes")
+    widest_part = SyncPart(upload_id, MAX_SYNC_SEQ, False)
+    empty = SyncRequest(domain_name, port_number, (), address, widest_part)
+    budget = max_frame - len(pack(empty.to_wire())) - _SYNC_ENVELOPE_ALLOWANCE
+    groups: list[list[SharedFile]] = [[]]
+    used = 0
+    for entry in entries:
+        size = len(pack(entry.to_wire()))
+        if size > budget:
+            raise ValueError(f"file entry {entry.filename!r} does not fit in one frame")
+        if used + size > budget or len(groups[-1]) >= max_files_per_part:
+            groups.append([])
+            used = 0
+        groups[-1].append(entry)
+        used += size
+    if len(groups) == 1:
+        return [SyncRequest(domain_name, port_number, tuple(groups[0]), address)]
+    if len(groups) > MAX_SYNC_SEQ + 1:
+        raise ValueError(f"share needs {len(groups)} parts, more than {MAX_SYNC_SEQ + 1}")
+    last = len(groups) - 1
+    return [
+        SyncRequest(
+            domain_name,
+            port_number,
+            tuple(group),
+            address,
+            SyncPart(upload_id, seq, seq == last),
+        )
+        for seq, group in enumerate(groups)
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +385,43 @@ class PeerRequest:
     def from_wire(cls, body: dict[str, Any]) -> Self:
         """Validate a ping/bye body."""
         return cls(canonical_domain_name(body.get("domain_name")))
+
+    def to_wire(self) -> dict[str, Any]:
+        """The body map."""
+        return {"domain_name": self.domain_name}
+
+
+@dataclass(frozen=True, slots=True)
+class PingReply:
+    """Reply of ``ping``: the peer stays in search results for ``ttl`` more seconds."""
+
+    domain_name: str
+    ttl: float
+
+    @classmethod
+    def from_wire(cls, body: Any) -> Self:
+        """Validate a ping reply."""
+        body = _map(body, "reply")
+        ttl = body.get("ttl")
+        if type(ttl) not in (int, float) or not 0 < ttl < 2**32:
+            raise BadRequest("ttl: expected a positive number of seconds")
+        return cls(canonical_domain_name(body.get("domain_name")), float(ttl))
+
+    def to_wire(self) -> dict[str, Any]:
+        """The body map."""
+        return {"domain_name": self.domain_name, "ttl": self.ttl}
+
+
+@dataclass(frozen=True, slots=True)
+class ByeReply:
+    """Reply of ``bye``: the peer's listing is withdrawn."""
+
+    domain_name: str
+
+    @classmethod
+    def from_wire(cls, body: Any) -> Self:
+        """Validate a bye reply."""
+        return cls(canonical_domain_name(_map(body, "reply").get("domain_name")))
 
     def to_wire(self) -> dict[str, Any]:
         """The body map."""

@@ -87,6 +87,13 @@ class ServerProtocol:
         return encode_message(reply_map(rid, body))
 
     @staticmethod
+    def reply_packed(rid: int, packed_body: bytes) -> bytes:
+        """Encode a success reply whose body is already msgpack-encoded (one copy, no re-pack)."""
+        # The map {"id": rid, "ok": true, "body": <packed_body>} written out by hand.
+        prefix = b"\x83\xa2id" + pack(rid) + b"\xa2ok\xc3\xa4body"
+        return b"".join((frame_header(len(prefix) + len(packed_body)), prefix, packed_body))
+
+    @staticmethod
     def error(rid: int, error: RequestError) -> bytes:
         """Encode an error reply."""
         return encode_message(error_map(rid, error))

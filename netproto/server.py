@@ -90,6 +90,13 @@ class StreamReply:
     trailer: Callable[[], Any]
 
 
+@dataclass(frozen=True, slots=True)
+class PackedReply:
+    """A handler's reply whose body is already msgpack-encoded, e.g. a cached answer."""
+
+    body: bytes
+
+
 @dataclass(frozen=True)
 class Operation(Generic[Req]):
     """One entry of a server's handler table."""
@@ -264,8 +271,10 @@ class _Connection:
             except TimeoutError:
                 if self.protocol.in_frame:
                     await self._close_with(Timeout("frame not completed in time"))
-                else:
-                    log.debug("closing idle connection from %s", self.address)
+                    return
+                if self.tasks:
+                    continue  # not idle while answering: a long fetch sends nothing back
+                log.debug("closing idle connection from %s", self.address)
                 return
             except ConnectionClosed:
                 return
@@ -306,7 +315,10 @@ class _Connection:
             if isinstance(result, StreamReply):
                 await self._stream(req.id, result)
                 return
-            frame = ServerProtocol.reply(req.id, to_wire(result))
+            if isinstance(result, PackedReply):
+                frame = ServerProtocol.reply_packed(req.id, result.body)
+            else:
+                frame = ServerProtocol.reply(req.id, to_wire(result))
             if len(frame) - 4 > self.limits.max_frame:
                 log.error("reply to %s is %d bytes, over the frame limit", req.op, len(frame))
                 raise Internal()
@@ -376,6 +388,7 @@ class _Connection:
 __all__ = [
     "BadFrame",
     "Operation",
+    "PackedReply",
     "RequestContext",
     "Server",
     "ServerLimits",

@@ -1,0 +1,162 @@
+"""``python -m indexd`` / ``indexd``: run the index daemon until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from indexd.app import DEFAULT_PORT, DEFAULT_TOKEN_TTL, IndexConfig, IndexDaemon, StartupError
+from indexd.handlers import DEFAULT_PEER_TTL
+from indexd.passwords import DEFAULT_COST
+from indexd.ratelimit import BackoffPolicy
+from netproto.daemon import (
+    add_limit_flags,
+    configure_logging,
+    limits_from_args,
+    run_until_signalled,
+)
+
+
+def _number(kind: Callable[[str], float], lo: float, hi: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be between {lo:g} and {hi:g}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``indexd``."""
+    parser = argparse.ArgumentParser(
+        prog="indexd",
+        description="p2pshare index daemon: users, tokens, and who shares what.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
+    parser.add_argument(
+        "--port", type=_number(int, 0, 65535), default=DEFAULT_PORT, help="TCP port (%(default)s)"
+    )
+    parser.add_argument(
+        "--db", type=Path, default=Path("indexd.db"), help="SQLite database file (%(default)s)"
+    )
+    parser.add_argument("--cert", type=Path, required=True, help="the index's certificate (PEM)")
+    parser.add_argument("--key", type=Path, required=True, help="its Ed25519 private key (PEM)")
+    parser.add_argument("--ca", type=Path, required=True, help="the deployment's CA certificate")
+    parser.add_argument(
+        "--token-ttl",
+        type=_number(float, 10, 86400),
+        default=DEFAULT_TOKEN_TTL,
+        metavar="S",
+        help="lifetime of issued tokens in seconds (%(default)s)",
+    )
+    parser.add_argument(
+        "--peer-ttl",
+        type=_number(float, 0.1, 86400),
+        default=DEFAULT_PEER_TTL,
+        metavar="S",
+        help="a peer not seen (sync or ping) for this long drops out of search (%(default)s)",
+    )
+    parser.add_argument(
+        "--bcrypt-cost",
+        type=_number(int, 4, 31),
+        default=DEFAULT_COST,
+        metavar="N",
+        help="bcrypt work factor for new passwords (%(default)s)",
+    )
+    group = parser.add_argument_group("login attempt limits")
+    d = BackoffPolicy()
+    group.add_argument(
+        "--auth-free-attempts",
+        type=_number(int, 1, 10**6),
+        default=d.free,
+        metavar="N",
+        help="attempts per username before backing off (%(default)s)",
+    )
+    group.add_argument(
+        "--auth-address-free-attempts",
+        type=_number(int, 1, 10**6),
+        default=100,
+        metavar="N",
+        help="attempts per client address before backing off (%(default)s)",
+    )
+    group.add_argument(
+        "--auth-backoff",
+        type=_number(float, 0.001, 3600),
+        default=d.base_delay,
+        metavar="S",
+        help="first wait after the free attempts; doubles with each attempt (%(default)s)",
+    )
+    group.add_argument(
+        "--auth-max-backoff",
+        type=_number(float, 0.001, 86400),
+        default=d.max_delay,
+        metavar="S",
+        help="longest wait (%(default)s)",
+    )
+    add_limit_flags(parser)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> IndexConfig:
+    """The :class:`IndexConfig` the parsed flags describe."""
+    user = BackoffPolicy(
+        free=args.auth_free_attempts,
+        base_delay=args.auth_backoff,
+        max_delay=args.auth_max_backoff,
+    )
+    address = BackoffPolicy(
+        free=args.auth_address_free_attempts,
+        base_delay=args.auth_backoff,
+        max_delay=args.auth_max_backoff,
+    )
+    return IndexConfig(
+        cert=args.cert,
+        key=args.key,
+        ca=args.ca,
+        db=args.db,
+        host=args.host,
+        port=args.port,
+        token_ttl=args.token_ttl,
+        peer_ttl=args.peer_ttl,
+        bcrypt_cost=args.bcrypt_cost,
+        limits=limits_from_args(args),
+        user_backoff=user,
+        address_backoff=address,
+    )
+
+
+async def serve(config: IndexConfig) -> None:
+    """Run the daemon until SIGINT/SIGTERM; print the listening address once started."""
+    daemon = IndexDaemon(config)
+
+    async def start() -> None:
+        await daemon.start()
+        # Tests and scripts that pass --port 0 read the real port from this line.
+        print(f"indexd listening on {config.host}:{daemon.port}", flush=True)
+
+    await run_until_signalled(start, daemon.stop)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``indexd``: 0 after a clean shutdown, 2 if it cannot start."""
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
+    try:
+        asyncio.run(serve(config_from_args(args)))
+    except StartupError as exc:
+        print(f"indexd: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # a second Ctrl-C while draining
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""The index daemon as an object: ``await IndexDaemon(config).start()``, ``.port``, ``stop()``.
+
+``python -m indexd`` wraps it; tests and the demo run it in-process. Start-up problems (files
+that cannot be read, a key that does not match the certificate, a database that cannot be
+opened, a port in use) raise :class:`StartupError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from certs import load_cert, load_key
+from indexd.handlers import DEFAULT_PEER_TTL, IndexService, IndexSettings
+from indexd.passwords import DEFAULT_COST, PasswordHasher
+from indexd.ratelimit import BackoffPolicy
+from indexd.staging import StagingLimits
+from indexd.store import SchemaTooNew, SqliteIndexStore
+from netproto.server import Server, ServerLimits
+from netproto.tls import certificate_dns_names, server_context
+from netproto.tokens import TokenIssuer, TokenVerifier
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 7000
+DEFAULT_TOKEN_TTL = 900.0
+SWEEP_INTERVAL = 30.0
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message is one readable line."""
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """Everything the daemon needs; ``python -m indexd`` builds it from its flags."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    db: Path
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    token_ttl: float = DEFAULT_TOKEN_TTL
+    peer_ttl: float = DEFAULT_PEER_TTL
+    bcrypt_cost: int = DEFAULT_COST
+    bcrypt_threads: int | None = None
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    user_backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
+    address_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(free=100))
+    staging: StagingLimits = field(default_factory=StagingLimits)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The index's certificate, key and TLS context, checked to belong together."""
+
+    cert: x509.Certificate
+    key: Ed25519PrivateKey
+    name: str
+    ssl_context: ssl.SSLContext
+
+
+def _read_error(what: str, path: Path, exc: Exception) -> StartupError:
+    if isinstance(exc, OSError):
+        return StartupError(f"cannot read {what} {path}: {exc.strerror or exc}")
+    return StartupError(f"bad {what}: {exc}")
+
+
+def load_identity(cert_path: Path, key_path: Path, ca_path: Path) -> Identity:
+    """Load and cross-check the index's certificate, Ed25519 key and CA."""
+    try:
+        cert = load_cert(cert_path)
+    except (OSError, ValueError) as exc:
+        raise _read_error("certificate", cert_path, exc) from None
+    try:
+        key = load_key(key_path)
+    except (OSError, ValueError) as exc:
+        raise _read_error("private key", key_path, exc) from None
+    try:
+        ca = load_cert(ca_path)
+    except (OSError, ValueError) as exc:
+        raise _read_error("CA certificate", ca_path, exc) from None
+    raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    cert_key = cert.public_key()
+    if not isinstance(cert_key, type(key.public_key())) or (
+        cert_key.public_bytes(*raw) != key.public_key().public_bytes(*raw)
+    ):
+        raise StartupError(f"private key {key_path} does not match certificate {cert_path}")
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        raise StartupError(f"certificate {cert_path} is not issued by CA {ca_path}") from None
+    names = certificate_dns_names(cert)
+    if not names:
+        raise StartupError(f"certificate {cert_path} names no DNS host")
+    try:
+        context = server_context(cert_path, key_path, ca_path, require_client_cert=False)
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"cannot set up TLS: {exc}") from None
+    return Identity(cert, key, names[0], context)
+
+
+def open_store(path: Path) -> SqliteIndexStore:
+    """Open (creating or migrating) the SQLite database, or raise :class:`StartupError`."""
+    try:
+        return SqliteIndexStore(path)
+    except SchemaTooNew as exc:
+        raise StartupError(str(exc)) from None
+    except (sqlite3.Error, OSError) as exc:
+        raise StartupError(f"cannot open database {path}: {exc}") from None
+
+
+class IndexDaemon:
+    """The index daemon, in-process: ``start()``, ``port``, ``stop()`` (or ``async with``)."""
+
+    def __init__(self, config: IndexConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.service: IndexService | None = None
+        self.identity: Identity | None = None
+        self._store: SqliteIndexStore | None = None
+        self._server: Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        """The port the daemon listens on (the real one after ``port=0``)."""
+        if self._server is None:
+            raise RuntimeError("the daemon is not started")
+        return self._server.port
+
+    @property
+    def name(self) -> str:
+        """The index's TLS name (its certificate's first DNS name; the tokens' issuer)."""
+        if self.identity is None:
+            raise RuntimeError("the daemon is not started")
+        return self.identity.name
+
+    async def start(self) -> None:
+        """Check the identity, open the database, load the index, and listen."""
+        config = self.config
+        loop = asyncio.get_running_loop()
+        self.identity = identity = load_identity(config.cert, config.key, config.ca)
+        try:
+            self._store = await loop.run_in_executor(None, open_store, config.db)
+            limits = config.limits
+            settings = IndexSettings(
+                peer_ttl=config.peer_ttl,
+                max_frame=limits.max_frame,
+                user_backoff=config.user_backoff,
+                address_backoff=config.address_backoff,
+                staging=config.staging,
+            )
+            hasher = PasswordHasher(config.bcrypt_cost, concurrency=config.bcrypt_threads)
+            issuer = TokenIssuer(identity.key, identity.name, config.token_ttl)
+            self.service = IndexService(self._store, issuer, hasher, settings, clock=self.clock)
+            await self.service.open()
+            verifier = TokenVerifier(identity.cert)
+            self._server = Server(
+                self.service.operations(),
+                identity.ssl_context,
+                authenticate=verifier.verify,
+                limits=limits,
+                name="indexd",
+            )
+            try:
+                await self._server.start(config.host, config.port)
+            except OSError as exc:
+                self._server = None
+                raise StartupError(
+                    f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
+                ) from None
+        except BaseException:
+            await self.stop()
+            raise
+        self._sweeper = asyncio.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            if self.service is not None:
+                self.service.sweep()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting, let requests in flight finish within ``grace``, close the database."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        if self._server is not None:
+            await self._server.close(grace)
+            self._server = None
+        if self.service is not None:
+            await self.service.close()
+            self.service = None
+        if self._store is not None:
+            store, self._store = self._store, None
+            await asyncio.get_running_loop().run_in_executor(None, store.close)
+
+    async def __aenter__(self) -> IndexDaemon:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,88 @@
+"""bcrypt hashing off the event loop, with a concurrency cap (PROTOCOL.md §4.1).
+
+bcrypt releases the GIL, so a pool of about one thread per core hashes in parallel while the
+event loop keeps answering other requests. A bounded number of callers may wait for a
+thread; past that the index answers ``BUSY`` instead of queueing without end. Checking a
+password of an unknown user runs bcrypt against a dummy hash of the same cost, so it takes
+about as long as a wrong password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import bcrypt
+
+from netproto.errors import Busy
+from netproto.names import MAX_PASSWORD_BYTES, MIN_PASSWORD_BYTES
+
+DEFAULT_COST = 12
+
+T = TypeVar("T")
+
+
+class PasswordHasher:
+    """Hashes and checks passwords on a small thread pool; :meth:`start` before use."""
+
+    def __init__(
+        self,
+        cost: int = DEFAULT_COST,
+        *,
+        concurrency: int | None = None,
+        max_waiting: int = 256,
+    ) -> None:
+        if not 4 <= cost <= 31:
+            raise ValueError("bcrypt cost must be between 4 and 31")
+        self.cost = cost
+        self.concurrency = concurrency or os.cpu_count() or 1
+        self.max_waiting = max_waiting
+        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="indexd-bcrypt")
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self._waiting = 0
+        self._dummy: bytes | None = None
+
+    async def start(self) -> None:
+        """Make the dummy hash that unknown users are checked against."""
+        if self._dummy is None:
+            self._dummy = await self._run(bcrypt.hashpw, secrets.token_bytes(16), self._salt())
+
+    def close(self) -> None:
+        """Stop the pool (waiting for hashes in progress)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _salt(self) -> bytes:
+        return bcrypt.gensalt(self.cost)
+
+    async def _run(self, fn: Callable[..., T], *args: bytes) -> T:
+        if self._waiting >= self.max_waiting + self.concurrency:
+            raise Busy("too many password checks in progress; retry shortly")
+        self._waiting += 1
+        try:
+            async with self._slots:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self._pool, fn, *args)
+        finally:
+            self._waiting -= 1
+
+    async def hash(self, password: bytes) -> bytes:
+        """The bcrypt hash of an already length-checked password."""
+        return await self._run(bcrypt.hashpw, password, self._salt())
+
+    async def verify(self, password: bytes, hashed: bytes | None) -> bool:
+        """True if ``password`` matches ``hashed``; None (unknown user) is checked and fails."""
+        if self._dummy is None:
+            await self.start()
+        assert self._dummy is not None
+        usable = MIN_PASSWORD_BYTES <= len(password) <= MAX_PASSWORD_BYTES
+        candidate = password if usable else b"\x00" * MIN_PASSWORD_BYTES
+        target = hashed if hashed is not None else self._dummy
+        try:
+            ok = await self._run(bcrypt.checkpw, candidate, target)
+        except ValueError:  # a corrupt stored hash: fail like a wrong password
+            return False
+        return ok and usable and hashed is not None

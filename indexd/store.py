@@ -1,0 +1,389 @@
+"""Durable state of the index: users, the peers they own, and each peer's listing.
+
+:class:`IndexStore` is the interface the handlers are written against; :class:`SqliteIndexStore`
+is the default, on SQLite in WAL mode with ``synchronous=FULL``, so a write has reached the disk
+(the WAL, fsynced) by the time a method returns — an acknowledged ``register`` or ``sync``
+survives ``kill -9``. The methods block; the daemon runs them off the event loop (writes on one
+thread, so they are serialized; reads on another, which WAL lets run beside a write).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from netproto.operations import ListedFile, SharedFile
+
+log = logging.getLogger(__name__)
+
+
+class StoreError(Exception):
+    """Base of the store's own refusals."""
+
+
+class PeerOwned(StoreError):
+    """The domain name belongs to another user."""
+
+
+class UnknownUser(StoreError):
+    """The user is not registered (e.g. a token that outlived its database)."""
+
+
+class SchemaTooNew(StoreError):
+    """The database was written by a newer indexd with a schema this one does not know."""
+
+
+def keyword_key(keyword: str) -> str:
+    """The form keywords are matched in: case-folded (PROTOCOL.md §4, search)."""
+    return keyword.casefold()
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRecord:
+    """One peer as stored: who owns it, where it listens, when it was last seen."""
+
+    domain_name: str
+    owner: str
+    port_number: int
+    address: str
+    last_seen: float
+    withdrawn: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """A peer's whole listing, as one ``sync`` (or the final part of an upload) sets it."""
+
+    owner: str
+    domain_name: str
+    port_number: int
+    address: str
+    files: tuple[SharedFile, ...]
+    seen_at: float
+
+    def unique_files(self) -> list[SharedFile]:
+        """The files with duplicate (keyword, filename) entries collapsed, the last one kept."""
+        return list({(f.keyword, f.filename): f for f in self.files}.values())
+
+
+@dataclass(frozen=True, slots=True)
+class StoredHit:
+    """Files of one peer under one keyword, as the store's own search returns them."""
+
+    peer: PeerRecord
+    files: tuple[ListedFile, ...]
+
+
+class IndexStore(Protocol):
+    """What the index needs from its storage. Every method may block; writes are durable."""
+
+    def add_user(self, username: str, password_hash: bytes, now: float) -> bool:
+        """Add a user; False if the (lower-cased) name is taken."""
+        ...
+
+    def password_hash(self, username: str) -> bytes | None:
+        """The user's bcrypt hash, or None for an unknown user."""
+        ...
+
+    def replace_listing(self, listing: Listing) -> int:
+        """Replace the peer's whole listing atomically; return the number of files listed.
+
+        Raises :class:`PeerOwned` if another user owns the domain name, :class:`UnknownUser`
+        if the owner is not registered.
+        """
+        ...
+
+    def withdraw(self, domain_name: str, owner: str) -> bool:
+        """Drop the peer's listing (ownership stays); False if the peer is unknown.
+
+        Raises :class:`PeerOwned` if another user owns the domain name.
+        """
+        ...
+
+    def peer(self, domain_name: str) -> PeerRecord | None:
+        """One peer's record, or None."""
+        ...
+
+    def peers(self) -> list[PeerRecord]:
+        """Every peer ever synced, withdrawn ones included."""
+        ...
+
+    def iter_listings(self) -> Iterator[tuple[PeerRecord, list[SharedFile]]]:
+        """Every live (not withdrawn) peer with its files, to build the in-memory index."""
+        ...
+
+    def search(self, keyword: str, max_files_per_peer: int) -> list[StoredHit]:
+        """Peers with files under ``keyword`` (case-insensitive), from disk, via the index."""
+        ...
+
+    def close(self) -> None:
+        """Release the database."""
+        ...
+
+
+# --- SQLite --------------------------------------------------------------------------------
+
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...]
+
+
+def _migrate_to_1(db: sqlite3.Connection) -> None:
+    db.execute(
+        """CREATE TABLE users (
+            username TEXT PRIMARY KEY,
+            password_hash BLOB NOT NULL,
+            created_at REAL NOT NULL
+        ) WITHOUT ROWID"""
+    )
+    db.execute(
+        """CREATE TABLE peers (
+            id INTEGER PRIMARY KEY,
+            domain_name TEXT NOT NULL UNIQUE,
+            owner TEXT NOT NULL REFERENCES users(username),
+            port_number INTEGER NOT NULL,
+            address TEXT NOT NULL,
+            last_seen REAL NOT NULL,
+            withdrawn INTEGER NOT NULL DEFAULT 0
+        )"""
+    )
+    db.execute("CREATE INDEX peers_by_owner ON peers(owner)")
+    # The primary key clusters a peer's files by folded keyword then name: a peer's listing is
+    # deleted as one range, and the start-up load reads it in the order the index wants.
+    db.execute(
+        """CREATE TABLE files (
+            peer_id INTEGER NOT NULL REFERENCES peers(id) ON DELETE CASCADE,
+            kw TEXT NOT NULL,
+            filename TEXT NOT NULL,
+            keyword TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            sha256 BLOB NOT NULL,
+            PRIMARY KEY (peer_id, kw, filename, keyword)
+        ) WITHOUT ROWID"""
+    )
+    # Search by keyword without a scan, however many files are listed.
+    db.execute("CREATE INDEX files_by_kw ON files(kw, peer_id)")
+
+
+_MIGRATIONS = (_migrate_to_1,)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    db.execute("PRAGMA foreign_keys = ON")
+    db.execute("PRAGMA busy_timeout = 30000")
+    return db
+
+
+class SqliteIndexStore:
+    """The default :class:`IndexStore`: one SQLite file, WAL, ``synchronous=FULL``.
+
+    It holds two connections: one for writes and one for reads. Each must only ever be used
+    by one thread at a time (the daemon gives each its own single-thread executor).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._write = _connect(self.path)
+        try:
+            mode = self._write.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal" and self.path != ":memory:":
+                raise sqlite3.OperationalError(f"cannot switch {self.path} to WAL mode")
+            # FULL: each commit fsyncs the WAL, so a commit that returned is on disk.
+            self._write.execute("PRAGMA synchronous = FULL")
+            self._migrate()
+            self._read = self._write if self.path == ":memory:" else _connect(self.path)
+        except BaseException:
+            self._write.close()
+            raise
+        self._read_lock = threading.Lock() if self._read is self._write else None
+
+    @property
+    def schema_version(self) -> int:
+        """The database's ``PRAGMA user_version``."""
+        return int(self._write.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        db = self._write
+        version = self.schema_version
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"{self.path} has schema version {version}; this indexd knows up to "
+                f"{SCHEMA_VERSION}"
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                _MIGRATIONS[target - 1](db)
+                db.execute(f"PRAGMA user_version = {target:d}")
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            log.info("database %s migrated to schema version %d", self.path, target)
+
+    def close(self) -> None:
+        """Close both connections (checkpointing the WAL)."""
+        if self._read is not self._write:
+            self._read.close()
+        self._write.close()
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def add_user(self, username: str, password_hash: bytes, now: float) -> bool:
+        """Add a user; False if the name is taken. Durable on return."""
+        try:
+            self._write.execute(
+                "INSERT INTO users (username, password_hash, created_at) VALUES (?, ?, ?)",
+                (username, password_hash, now),
+            )
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def replace_listing(self, listing: Listing) -> int:
+        """Replace the peer's listing in one transaction; durable on return."""
+        db = self._write
+        files = listing.unique_files()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if not db.execute(
+                "SELECT 1 FROM users WHERE username = ?", (listing.owner,)
+            ).fetchone():
+                raise UnknownUser(listing.owner)
+            row = db.execute(
+                "SELECT id, owner FROM peers WHERE domain_name = ?", (listing.domain_name,)
+            ).fetchone()
+            if row is not None and row[1] != listing.owner:
+                raise PeerOwned(listing.domain_name)
+            if row is None:
+                peer_id = db.execute(
+                    "INSERT INTO peers (domain_name, owner, port_number, address, last_seen)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (
+                        listing.domain_name,
+                        listing.owner,
+                        listing.port_number,
+                        listing.address,
+                        listing.seen_at,
+                    ),
+                ).lastrowid
+            else:
+                peer_id = row[0]
+                db.execute(
+                    "UPDATE peers SET port_number = ?, address = ?, last_seen = ?, withdrawn = 0"
+                    " WHERE id = ?",
+                    (listing.port_number, listing.address, listing.seen_at, peer_id),
+                )
+                db.execute("DELETE FROM files WHERE peer_id = ?", (peer_id,))
+            db.executemany(
+                "INSERT INTO files (peer_id, kw, filename, keyword, size, sha256)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    (peer_id, keyword_key(f.keyword), f.filename, f.keyword, f.size, f.sha256)
+                    for f in files
+                ),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return len(files)
+
+    def withdraw(self, domain_name: str, owner: str) -> bool:
+        """Drop the peer's files and mark it withdrawn; durable on return."""
+        db = self._write
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute(
+                "SELECT id, owner FROM peers WHERE domain_name = ?", (domain_name,)
+            ).fetchone()
+            if row is None:
+                db.execute("ROLLBACK")
+                return False
+            if row[1] != owner:
+                raise PeerOwned(domain_name)
+            db.execute("DELETE FROM files WHERE peer_id = ?", (row[0],))
+            db.execute("UPDATE peers SET withdrawn = 1 WHERE id = ?", (row[0],))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return True
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def _query(self, sql: str, args: Iterable[object] = ()) -> list[tuple[Any, ...]]:
+        if self._read_lock is None:
+            return self._read.execute(sql, tuple(args)).fetchall()
+        with self._read_lock:
+            return self._read.execute(sql, tuple(args)).fetchall()
+
+    def password_hash(self, username: str) -> bytes | None:
+        """The user's bcrypt hash, or None."""
+        rows = self._query("SELECT password_hash FROM users WHERE username = ?", (username,))
+        return bytes(rows[0][0]) if rows else None
+
+    def peer(self, domain_name: str) -> PeerRecord | None:
+        """One peer's record, or None."""
+        rows = self._query(
+            "SELECT domain_name, owner, port_number, address, last_seen, withdrawn"
+            " FROM peers WHERE domain_name = ?",
+            (domain_name,),
+        )
+        return _peer(rows[0]) if rows else None
+
+    def peers(self) -> list[PeerRecord]:
+        """Every peer ever synced."""
+        rows = self._query(
+            "SELECT domain_name, owner, port_number, address, last_seen, withdrawn FROM peers"
+            " ORDER BY domain_name"
+        )
+        return [_peer(row) for row in rows]
+
+    def iter_listings(self) -> Iterator[tuple[PeerRecord, list[SharedFile]]]:
+        """Every live peer with its files, read peer by peer (start-up only)."""
+        for record in self.peers():
+            if record.withdrawn:
+                continue
+            rows = self._query(
+                "SELECT f.filename, f.keyword, f.size, f.sha256 FROM files f"
+                " JOIN peers p ON p.id = f.peer_id WHERE p.domain_name = ?"
+                " ORDER BY f.kw, f.filename, f.keyword",
+                (record.domain_name,),
+            )
+            yield (
+                record,
+                [SharedFile(name, keyword, size, bytes(sha)) for name, keyword, size, sha in rows],
+            )
+
+    def search(self, keyword: str, max_files_per_peer: int) -> list[StoredHit]:
+        """Peers with files under ``keyword`` (case-insensitive), in domain-name order."""
+        rows = self._query(
+            "SELECT p.domain_name, p.owner, p.port_number, p.address, p.last_seen, p.withdrawn,"
+            " f.filename, f.size, f.sha256 FROM files f JOIN peers p ON p.id = f.peer_id"
+            " WHERE f.kw = ? ORDER BY p.domain_name, f.filename, f.keyword",
+            (keyword_key(keyword),),
+        )
+        hits: list[StoredHit] = []
+        current: PeerRecord | None = None
+        files: list[ListedFile] = []
+        for row in rows:
+            if current is None or current.domain_name != row[0]:
+                if current is not None:
+                    hits.append(StoredHit(current, tuple(files)))
+                current, files = _peer(row[:6]), []
+            if len(files) < max_files_per_peer:
+                files.append(ListedFile(row[6], row[7], bytes(row[8])))
+        if current is not None:
+            hits.append(StoredHit(current, tuple(files)))
+        return hits
+
+
+def _peer(row: tuple[Any, ...]) -> PeerRecord:
+    name, owner, port, address, last_seen, withdrawn = row
+    return PeerRecord(name, owner, port, address, float(last_seen), bool(withdrawn))

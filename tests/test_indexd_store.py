@@ -1,0 +1,172 @@
+"""indexd.store: the SQLite store behind the IndexStore interface."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from indexd.store import (
+    SCHEMA_VERSION,
+    IndexStore,
+    Listing,
+    PeerOwned,
+    SchemaTooNew,
+    SqliteIndexStore,
+    UnknownUser,
+)
+from netproto.operations import SharedFile
+
+
+def _file(keyword: str, name: str, size: int = 1) -> SharedFile:
+    return SharedFile(name, keyword, size, hashlib.sha256(name.encode()).digest())
+
+
+def _listing(owner: str, domain: str, files: list[SharedFile], seen: float = 1000.0) -> Listing:
+    return Listing(owner, domain, 7001, "10.0.0.1", tuple(files), seen)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteIndexStore]:
+    s = SqliteIndexStore(tmp_path / "index.db")
+    s.add_user("alice", b"hash-a", 1.0)
+    s.add_user("bob", b"hash-b", 1.0)
+    yield s
+    s.close()
+
+
+def test_sqlite_store_satisfies_the_index_store_interface(store: SqliteIndexStore) -> None:
+    typed: IndexStore = store
+    assert typed.password_hash("alice") == b"hash-a"
+
+
+def test_new_database_is_wal_with_full_sync_at_current_schema(tmp_path: Path) -> None:
+    store = SqliteIndexStore(tmp_path / "index.db")
+    try:
+        db = store._write
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert store.schema_version == SCHEMA_VERSION == 1
+    finally:
+        store.close()
+
+
+def test_reopening_keeps_users_and_listings(tmp_path: Path) -> None:
+    path = tmp_path / "index.db"
+    store = SqliteIndexStore(path)
+    store.add_user("alice", b"h", 1.0)
+    store.replace_listing(_listing("alice", "peer1", [_file("music", "a.mp3")]))
+    store.close()
+    store = SqliteIndexStore(path)
+    try:
+        assert store.password_hash("alice") == b"h"
+        [(record, files)] = list(store.iter_listings())
+        assert (record.domain_name, record.owner, files) == (
+            "peer1",
+            "alice",
+            [_file("music", "a.mp3")],
+        )
+    finally:
+        store.close()
+
+
+def test_database_from_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "index.db"
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(SchemaTooNew, match="schema version"):
+        SqliteIndexStore(path)
+
+
+def test_add_user_refuses_a_taken_name(store: SqliteIndexStore) -> None:
+    assert store.add_user("carol", b"h", 1.0) is True
+    assert store.add_user("carol", b"other", 2.0) is False
+    assert store.password_hash("carol") == b"h"
+
+
+def test_password_hash_of_unknown_user_is_none(store: SqliteIndexStore) -> None:
+    assert store.password_hash("nobody") is None
+
+
+def test_replace_listing_replaces_the_whole_listing(store: SqliteIndexStore) -> None:
+    store.replace_listing(_listing("alice", "peer1", [_file("music", "a"), _file("docs", "b")]))
+    assert store.replace_listing(_listing("alice", "peer1", [_file("video", "c")])) == 1
+    [(_, files)] = list(store.iter_listings())
+    assert files == [_file("video", "c")]
+    assert store.search("music", 10) == []
+
+
+def test_replace_listing_counts_duplicate_entries_once(store: SqliteIndexStore) -> None:
+    files = [_file("music", "a", 1), _file("music", "a", 2), _file("Music", "a", 3)]
+    assert store.replace_listing(_listing("alice", "peer1", files)) == 2
+
+
+def test_failed_replace_leaves_the_previous_listing_whole(store: SqliteIndexStore) -> None:
+    store.replace_listing(_listing("alice", "peer1", [_file("music", "old")]))
+    broken = SharedFile("new2", "music", 1, None)  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.IntegrityError):
+        store.replace_listing(_listing("alice", "peer1", [_file("music", "new1"), broken]))
+    [(_, files)] = list(store.iter_listings())
+    assert files == [_file("music", "old")]
+
+
+def test_replace_listing_of_another_users_domain_raises_peer_owned(
+    store: SqliteIndexStore,
+) -> None:
+    store.replace_listing(_listing("alice", "peer1", [_file("music", "a")]))
+    with pytest.raises(PeerOwned):
+        store.replace_listing(_listing("bob", "peer1", []))
+    assert store.peer("peer1").owner == "alice"  # type: ignore[union-attr]
+
+
+def test_replace_listing_for_unregistered_owner_raises_unknown_user(
+    store: SqliteIndexStore,
+) -> None:
+    with pytest.raises(UnknownUser):
+        store.replace_listing(_listing("mallory", "peer9", []))
+
+
+def test_withdraw_drops_files_but_keeps_ownership(store: SqliteIndexStore) -> None:
+    store.replace_listing(_listing("alice", "peer1", [_file("music", "a")]))
+    assert store.withdraw("peer1", "alice") is True
+    assert list(store.iter_listings()) == []
+    assert store.peer("peer1").withdrawn  # type: ignore[union-attr]
+    with pytest.raises(PeerOwned):
+        store.replace_listing(_listing("bob", "peer1", []))
+
+
+def test_withdraw_of_another_users_peer_raises_and_of_unknown_is_false(
+    store: SqliteIndexStore,
+) -> None:
+    store.replace_listing(_listing("alice", "peer1", [_file("music", "a")]))
+    with pytest.raises(PeerOwned):
+        store.withdraw("peer1", "bob")
+    assert store.withdraw("peer9", "alice") is False
+
+
+def test_store_search_is_case_insensitive_and_grouped_by_peer(store: SqliteIndexStore) -> None:
+    store.replace_listing(_listing("alice", "peer1", [_file("Music", "b"), _file("MUSIC", "a")]))
+    store.replace_listing(_listing("bob", "peer2", [_file("music", "c"), _file("docs", "d")]))
+    hits = store.search("mUsIc", 10)
+    assert [(h.peer.domain_name, [f.filename for f in h.files]) for h in hits] == [
+        ("peer1", ["a", "b"]),
+        ("peer2", ["c"]),
+    ]
+
+
+def test_store_search_uses_the_keyword_index(store: SqliteIndexStore) -> None:
+    plan = store._read.execute(
+        "EXPLAIN QUERY PLAN SELECT peer_id FROM files WHERE kw = ?", ("music",)
+    ).fetchall()
+    assert any("files_by_kw" in str(row) for row in plan)
+
+
+def test_unwritable_database_path_fails_to_open(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(sqlite3.OperationalError):
+        SqliteIndexStore(blocker / "index.db")
