@@ -50,8 +50,12 @@ class ResponseStream:
         self.header: Any = None
         self.trailer: Any = None
         self.finished = False
+        #: Set when the connection fails, in case the failure did not fit in a full queue.
+        self.failure: P2PError | None = None
 
     async def _next(self, timeout: float) -> ServerMessage:
+        if self.failure is not None and self.queue.empty():
+            raise self.failure
         try:
             async with asyncio.timeout(timeout):
                 item = await self.queue.get()
@@ -249,6 +253,7 @@ class Connection:
             if not future.done():
                 future.set_exception(failure)
         for stream in self._streams.values():
+            stream.failure = failure
             with contextlib.suppress(asyncio.QueueFull):
                 stream.queue.put_nowait(failure)
         self._streams.clear()

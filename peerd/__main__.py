@@ -1,0 +1,270 @@
+"""``python -m peerd`` / ``peerd``: run a peer until SIGINT or SIGTERM (or until the shell quits).
+
+Takes the original client's flags, single-dash spellings included (``-hostname peer1
+-index_server_name HOST[:PORT] -peer_server_port 7001 -username peer1 -file_directory
+peer1-files -certificate peer1.crt -private_key peer1.key``), plus ``--ca``. The password comes
+from ``P2P_PASSWORD`` or a prompt, so it need not sit in ``argv`` (``-password`` still works).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from netproto.daemon import add_limit_flags, configure_logging, limits_from_args
+from peerd.client import DEFAULT_INDEX_PORT, parse_host_port
+from peerd.daemon import (
+    DEFAULT_PEER_PORT,
+    DEFAULT_PING_INTERVAL,
+    PeerConfig,
+    PeerDaemon,
+    StartupError,
+)
+from peerd.server import DEFAULT_MAX_FETCHES
+
+log = logging.getLogger("peerd")
+
+PASSWORD_ENV = "P2P_PASSWORD"  # noqa: S105 - the variable's name, not a password
+
+
+class UsageError(Exception):
+    """A problem with the command line or the environment, reported in one line."""
+
+
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError("must be positive")
+        return value
+
+    return parse
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {text!r}")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``peerd`` (the original client's flags, and ours)."""
+    parser = argparse.ArgumentParser(
+        prog="peerd",
+        description="p2pshare peer: share a folder, search the index, download verified files.",
+        allow_abbrev=False,
+    )
+    add = parser.add_argument
+    add("-hostname", "--hostname", required=True, help="this peer's domain name (its TLS name)")
+    add(
+        "-index_server_name",
+        "--index-server-name",
+        "--index_server_name",
+        dest="index_server_name",
+        required=True,
+        metavar="HOST[:PORT]",
+        help=f"the index to connect to (port {DEFAULT_INDEX_PORT} unless given)",
+    )
+    add(
+        "-peer_server_port",
+        "--peer-server-port",
+        "--peer_server_port",
+        dest="peer_server_port",
+        type=_port,
+        default=DEFAULT_PEER_PORT,
+        metavar="PORT",
+        help="port this peer serves on (%(default)s; 0 picks a free one)",
+    )
+    add("-username", "--username", required=True, help="the user to log in as")
+    add(
+        "-password",
+        "--password",
+        default=None,
+        help=f"the password (visible to other users of this machine: prefer ${PASSWORD_ENV}"
+        " or the prompt)",
+    )
+    add(
+        "-file_directory",
+        "--file-directory",
+        "--file_directory",
+        dest="file_directory",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="the shared folder: DIR/<keyword>/<file>; downloads land there too",
+    )
+    add("-certificate", "--certificate", type=Path, required=True, help="this peer's certificate")
+    add(
+        "-private_key",
+        "--private-key",
+        "--private_key",
+        dest="private_key",
+        type=Path,
+        required=True,
+        help="this peer's Ed25519 private key",
+    )
+    add("--ca", type=Path, required=True, help="the deployment's CA certificate")
+    add(
+        "--index-tls-name",
+        default=None,
+        metavar="NAME",
+        help="the name the index's certificate must carry (default: the HOST given)",
+    )
+    add("--bind", default="0.0.0.0", metavar="HOST", help="address to listen on (%(default)s)")  # noqa: S104
+    add(
+        "--advertise-address",
+        default=None,
+        metavar="ADDR",
+        help="address other peers should use (default: the one the index sees)",
+    )
+    add("--register", action="store_true", help="register the user first if it does not exist")
+    add("--no-shell", action="store_true", help="run as a daemon only, without the shell")
+    add(
+        "--ping-interval",
+        type=_positive(float),
+        default=DEFAULT_PING_INTERVAL,
+        metavar="S",
+        help="seconds between liveness pings; kept under a third of the index's peer TTL"
+        " (%(default)s)",
+    )
+    add(
+        "--max-fetches",
+        type=_positive(int),
+        default=DEFAULT_MAX_FETCHES,
+        metavar="N",
+        help="transfers served at once before BUSY (%(default)s)",
+    )
+    add_limit_flags(parser)
+    return parser
+
+
+def read_password(
+    args: argparse.Namespace,
+    environ: Mapping[str, str] = os.environ,
+    prompt: Callable[[str], str] = getpass.getpass,
+    interactive: bool | None = None,
+) -> str:
+    """The password: ``-password``, else ``$P2P_PASSWORD``, else a prompt on a terminal."""
+    if args.password is not None:
+        log.warning("a password in the command line is visible to others; use $%s", PASSWORD_ENV)
+        return str(args.password)
+    if environ.get(PASSWORD_ENV):
+        return environ[PASSWORD_ENV]
+    if interactive is None:
+        interactive = sys.stdin.isatty()
+    if not interactive:
+        raise UsageError(f"no password: set ${PASSWORD_ENV} or run peerd from a terminal")
+    try:
+        return prompt(f"password for {args.username}: ")
+    except (EOFError, KeyboardInterrupt):
+        raise UsageError("no password given") from None
+
+
+def config_from_args(args: argparse.Namespace, password: str) -> PeerConfig:
+    """The daemon's configuration from parsed flags."""
+    try:
+        host, port = parse_host_port(args.index_server_name, DEFAULT_INDEX_PORT)
+    except ValueError as exc:
+        raise UsageError(f"-index_server_name: {exc}") from None
+    return PeerConfig(
+        domain_name=args.hostname,
+        index_host=host,
+        index_port=port,
+        username=args.username,
+        password=password,
+        file_directory=args.file_directory,
+        cert=args.certificate,
+        key=args.private_key,
+        ca=args.ca,
+        port=args.peer_server_port,
+        bind=args.bind,
+        index_tls_name=args.index_tls_name,
+        advertise_address=args.advertise_address,
+        register=args.register,
+        ping_interval=args.ping_interval,
+        max_fetches=args.max_fetches,
+        limits=limits_from_args(args),
+    )
+
+
+async def run_shell(daemon: PeerDaemon) -> bool:
+    """Run the interactive shell until the user quits; False if there is no shell to run.
+
+    The hook the shell plugs into: it gets the started daemon (search, download, resync,
+    status) and returns when the user chooses Exit; the daemon is then stopped.
+    """
+    log.warning("the interactive shell is not built yet; running as with --no-shell")
+    return False
+
+
+async def run(config: PeerConfig, *, shell: bool) -> int:
+    """Start the daemon, serve until a signal (or the shell quits), then stop: exit status."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    daemon = PeerDaemon(config)
+
+    def resync() -> None:
+        task = loop.create_task(daemon.resync())
+        task.add_done_callback(_log_resync)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, resync)
+    try:
+        await daemon.start()
+        status = daemon.status()
+        print(
+            f"peerd: {status.domain_name} serving {status.shared_files} files on port"
+            f" {status.port}",
+            flush=True,
+        )
+        if not (shell and await run_shell(daemon)):
+            await stopping.wait()
+            log.info("signal received, draining")
+    except StartupError as exc:
+        print(f"peerd: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        await daemon.stop()
+    return 0
+
+
+def _log_resync(task: asyncio.Task[int]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.warning("re-sync failed: %s", exc)
+    else:
+        log.info("re-synced %d files", task.result())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``peerd``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    try:
+        config = config_from_args(args, read_password(args))
+        return asyncio.run(run(config, shell=not args.no_shell))
+    except (UsageError, StartupError) as exc:
+        print(f"peerd: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,337 @@
+"""The client library: talk to the index (:class:`IndexClient`) and to peers (:class:`PeerClient`).
+
+Everything here is typed and async and never prints; the shell and scripts build on it. Errors
+are the wire's typed errors (:mod:`netproto.errors`), rebuilt on this side of the connection.
+Downloads, with every check of PROTOCOL.md §7, live in :mod:`peerd.download`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import ssl
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from cryptography import x509
+
+from netproto.client import Connection, ResponseStream
+from netproto.errors import AuthRequired, BadFrame, BadRequest
+from netproto.operations import (
+    AuthReply,
+    ByeReply,
+    Credentials,
+    FetchHeader,
+    FetchRequest,
+    FetchTrailer,
+    KeywordRequest,
+    PeerRequest,
+    PingReply,
+    RegisterReply,
+    SearchHit,
+    SharedFile,
+    SyncReply,
+    list_reply_from_wire,
+    search_reply_from_wire,
+    split_sync,
+)
+from netproto.tls import client_context
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INDEX_PORT = 7000  # indexd's default --port
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_REQUEST_TIMEOUT = 30.0
+
+#: Where a token comes from: a fixed string, or a function returning the current one (the
+#: daemon re-authenticates before expiry, so long-lived peer connections ask it each time).
+TokenSource = str | Callable[[], str]
+
+
+@dataclass(frozen=True, slots=True)
+class TLSFiles:
+    """The deployment's CA certificate, and this peer's certificate and key (if any)."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+    def client_context(self) -> ssl.SSLContext:
+        """A TLS 1.3 client context presenting this certificate (when given)."""
+        return client_context(self.ca, self.cert, self.key)
+
+
+def parse_host_port(value: str, default_port: int = DEFAULT_INDEX_PORT) -> tuple[str, int]:
+    """Split ``HOST[:PORT]`` (``[v6]:PORT`` for IPv6 literals); raise ValueError if malformed."""
+    value = value.strip()
+    if not value:
+        raise ValueError("empty address")
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        if not sep or not host:
+            raise ValueError(f"malformed address {value!r}")
+        ipaddress.IPv6Address(host)
+        if not rest:
+            return host, default_port
+        if not rest.startswith(":"):
+            raise ValueError(f"malformed address {value!r}")
+        port_text = rest[1:]
+    elif value.count(":") > 1:
+        ipaddress.IPv6Address(value)  # a bare IPv6 literal, no port
+        return value, default_port
+    else:
+        host, sep, port_text = value.partition(":")
+        if not host:
+            raise ValueError(f"malformed address {value!r}")
+        if not sep:
+            return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"bad port in {value!r}")
+    return host, int(port_text)
+
+
+def _token(source: TokenSource | None) -> str:
+    if source is None:
+        raise AuthRequired("not authenticated: call auth() first")
+    return source if isinstance(source, str) else source()
+
+
+class IndexClient:
+    """A connection to the index: register, auth, sync, search, ping, bye."""
+
+    def __init__(self, conn: Connection, server_hostname: str) -> None:
+        self.conn = conn
+        self.server_hostname = server_hostname
+        self.username: str | None = None
+        self.token: str | None = None
+        self.expires_at: int | None = None
+
+    @classmethod
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext,
+        *,
+        server_hostname: str | None = None,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    ) -> IndexClient:
+        """Connect to the index at ``host:port``, checking its certificate names
+        ``server_hostname`` (default: ``host``)."""
+        name = server_hostname or host
+        conn = await Connection.open(
+            host,
+            port,
+            ssl_context,
+            server_hostname=name,
+            connect_timeout=connect_timeout,
+            request_timeout=request_timeout,
+        )
+        return cls(conn, name)
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        """The certificate the index presented (chain and host name checked by TLS)."""
+        return self.conn.peer_certificate
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection has failed or been closed."""
+        return self.conn.closed
+
+    async def register(self, username: str, password: str) -> str:
+        """Create a user; returns the canonical (lower-case) username."""
+        body = Credentials(username, password).to_wire()
+        return RegisterReply.from_wire(await self.conn.request("register", body)).username
+
+    async def auth(self, username: str, password: str) -> AuthReply:
+        """Log in; the token is kept for the calls that need one."""
+        creds = Credentials(username.lower(), password)
+        reply = AuthReply.from_wire(await self.conn.request("auth", creds.to_wire()))
+        self.username, self.token, self.expires_at = creds.username, reply.token, reply.expires_at
+        return reply
+
+    async def sync(
+        self,
+        domain_name: str,
+        port_number: int,
+        files: Iterable[SharedFile],
+        address: str | None = None,
+    ) -> int:
+        """Replace this peer's listing; a share too large for one frame goes in parts."""
+        token = _token(self.token)
+        count = 0
+        for part in split_sync(domain_name, port_number, files, address):
+            reply = await self.conn.request("sync", part.to_wire(), token)
+            count = SyncReply.from_wire(reply).files
+        return count
+
+    async def search(self, keyword: str) -> list[SearchHit]:
+        """Peers holding files under ``keyword`` (case-insensitive), live ones only."""
+        body = KeywordRequest(keyword).to_wire()
+        return search_reply_from_wire(await self.conn.request("search", body, _token(self.token)))
+
+    async def ping(self, domain_name: str) -> PingReply:
+        """Refresh this peer's liveness; the reply says how long it now lasts (``ttl``)."""
+        body = PeerRequest(domain_name).to_wire()
+        return PingReply.from_wire(await self.conn.request("ping", body, _token(self.token)))
+
+    async def bye(self, domain_name: str) -> ByeReply:
+        """Withdraw this peer's listing (at shutdown)."""
+        body = PeerRequest(domain_name).to_wire()
+        return ByeReply.from_wire(await self.conn.request("bye", body, _token(self.token)))
+
+    async def close(self) -> None:
+        """Close the connection."""
+        await self.conn.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+class FetchStream:
+    """A ``fetch`` answer in progress: the typed header, the chunks, then the trailer."""
+
+    def __init__(self, stream: ResponseStream, header: FetchHeader) -> None:
+        self._stream = stream
+        self.header = header
+
+    def chunks(self, timeout: float | None = None) -> AsyncIterator[bytes]:
+        """The file's bytes from the requested offset, as they arrive."""
+        return self._stream.chunks(timeout)
+
+    def trailer(self) -> FetchTrailer:
+        """The trailer (after the chunks); BAD_REQUEST if malformed."""
+        if self._stream.trailer is None:
+            raise BadFrame("the stream has not ended")
+        return FetchTrailer.from_wire(self._stream.trailer)
+
+    def close(self) -> None:
+        """Stop listening to this stream."""
+        self._stream.close()
+
+
+class PeerClient:
+    """A mutual-TLS connection to one peer, verified to be ``domain_name``: list and fetch."""
+
+    def __init__(
+        self, conn: Connection, domain_name: str, *, token: TokenSource, requester: str
+    ) -> None:
+        self.conn = conn
+        self.domain_name = domain_name
+        self.requester = requester
+        self._token = token
+
+    @classmethod
+    async def connect(
+        cls,
+        address: str,
+        port: int,
+        domain_name: str,
+        ssl_context: ssl.SSLContext,
+        *,
+        token: TokenSource,
+        requester: str,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    ) -> PeerClient:
+        """Connect to ``address:port``; TLS checks the peer's certificate names ``domain_name``.
+
+        ``ssl_context`` must present this peer's own certificate (peers require mutual TLS);
+        ``requester`` is this user's name, the token's ``sub``, which the peer signs.
+        """
+        conn = await Connection.open(
+            address,
+            port,
+            ssl_context,
+            server_hostname=domain_name,
+            connect_timeout=connect_timeout,
+            request_timeout=request_timeout,
+        )
+        return cls(conn, domain_name.lower(), token=token, requester=requester)
+
+    @classmethod
+    async def for_hit(
+        cls,
+        hit: SearchHit,
+        ssl_context: ssl.SSLContext,
+        *,
+        token: TokenSource,
+        requester: str,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    ) -> PeerClient:
+        """Connect to the peer of a search hit."""
+        return await cls.connect(
+            hit.address,
+            hit.port_number,
+            hit.domain_name,
+            ssl_context,
+            token=token,
+            requester=requester,
+            connect_timeout=connect_timeout,
+            request_timeout=request_timeout,
+        )
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        """The certificate the peer presented in the TLS handshake."""
+        return self.conn.peer_certificate
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection has failed or been closed."""
+        return self.conn.closed
+
+    async def list(self, keyword: str) -> list[str]:
+        """The names of the peer's files under ``keyword``."""
+        body = KeywordRequest(keyword).to_wire()
+        return list_reply_from_wire(await self.conn.request("list", body, _token(self._token)))
+
+    async def fetch(
+        self, keyword: str, file_name: str, nonce: bytes, offset: int = 0
+    ) -> FetchStream:
+        """Start a fetch; returns once the header has arrived (errors are raised typed).
+
+        This is the raw operation: :func:`peerd.download.download` checks what arrives.
+        """
+        body = FetchRequest(keyword, file_name, nonce, offset).to_wire()
+        stream = await self.conn.stream("fetch", body, _token(self._token))
+        try:
+            header = FetchHeader.from_wire(stream.header)
+        except BadRequest:
+            stream.close()
+            raise
+        return FetchStream(stream, header)
+
+    async def close(self) -> None:
+        """Close the connection."""
+        await self.conn.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+__all__ = [
+    "DEFAULT_INDEX_PORT",
+    "FetchStream",
+    "IndexClient",
+    "PeerClient",
+    "TLSFiles",
+    "TokenSource",
+    "parse_host_port",
+]

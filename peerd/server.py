@@ -1,0 +1,218 @@
+"""The peer server: ``list`` and ``fetch`` (PROTOCOL.md §4, §7) over mutual TLS.
+
+``fetch`` streams a file with bounded memory whatever its size: it reads at most 256 KiB at a
+time, one block ahead in a worker thread (read and hash overlap with TLS on the event loop),
+and the connection's writer holds it back when the requester reads slowly. The digest in the
+trailer is of the bytes actually read (the prefix before ``offset`` included), so a file
+changed since it was listed is never served under its old digest; a file changed during the
+transfer ends the stream with an error instead of a trailer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import logging
+import os
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from netproto.errors import BadRequest, Busy
+from netproto.operations import FetchHeader, FetchRequest, FetchTrailer, KeywordRequest
+from netproto.server import Operation, RequestContext, Server, ServerLimits, StreamReply
+from netproto.signing import fetch_signing_payload, sign_fetch
+from netproto.tls import server_context
+from netproto.tokens import Principal
+from peerd.share import OpenFile, Share
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 256 << 10  # PROTOCOL.md §4: chunks of at most 256 KiB
+_PREFIX_BLOCK = 1 << 20
+DEFAULT_MAX_FETCHES = 32
+
+
+class FileChanged(Busy):
+    """The file changed while it was being sent; the requester may fetch it again."""
+
+    default_message = "the file changed during the transfer; fetch it again"
+
+
+@dataclass
+class PeerService:
+    """What the handlers need: the share, this peer's name and signing key, and the caps."""
+
+    share: Share
+    domain_name: str
+    signing_key: Ed25519PrivateKey
+    max_fetches: int = DEFAULT_MAX_FETCHES
+    active_fetches: int = 0
+
+    async def handle_list(self, ctx: RequestContext, req: KeywordRequest) -> list[str]:
+        """``list``: the file names under a keyword (matched case-insensitively)."""
+        return await asyncio.to_thread(self.share.list_files, req.keyword)
+
+    async def handle_fetch(self, ctx: RequestContext, req: FetchRequest) -> StreamReply:
+        """``fetch``: a header, the file from ``offset`` in chunks, a signed trailer."""
+        if self.active_fetches >= self.max_fetches:
+            raise Busy("too many transfers in progress", retry_after=1)
+        self.active_fetches += 1
+        try:
+            opened = await self._open(req.keyword, req.file_name)
+        except BaseException:
+            self.active_fetches -= 1
+            raise
+        size = opened.identity.size
+        if req.offset > size:
+            opened.close()
+            self.active_fetches -= 1
+            raise BadRequest(f"offset: past the end of the file ({size} bytes)")
+        transfer = _Transfer(self, opened, req, ctx.subject)
+        header = FetchHeader(req.keyword, req.file_name, size, req.offset)
+        return StreamReply(header, transfer.chunks(), transfer.trailer)
+
+    async def _open(self, keyword: str, file_name: str) -> OpenFile:
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(None, self.share.open_file, keyword, file_name)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(_close_unwanted)  # the open still completes in its thread
+            raise
+
+
+def _close_unwanted(future: asyncio.Future[OpenFile]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result().close()
+
+
+class _Transfer:
+    """One fetch in progress: reads, hashes and yields the file, then signs the trailer."""
+
+    def __init__(self, service: PeerService, opened: OpenFile, req: FetchRequest, sub: str):
+        self.service = service
+        self.opened = opened
+        self.req = req
+        self.requester = sub
+        self.sha256 = hashlib.sha256()
+        self.digest: bytes | None = None
+
+    def _read_hashed(self, pos: int, length: int) -> bytes:
+        data = os.pread(self.opened.fd, length, pos)
+        self.sha256.update(data)
+        return data
+
+    def _hash_prefix(self, length: int) -> None:
+        pos = 0
+        while pos < length:
+            block = self._read_hashed(pos, min(_PREFIX_BLOCK, length - pos))
+            if not block:
+                raise FileChanged()
+            pos += len(block)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        size = self.opened.identity.size
+        pending: asyncio.Future[bytes] | None = None
+        try:
+            await loop.run_in_executor(None, self._hash_prefix, self.req.offset)
+            pos = self.req.offset
+            if pos < size:
+                pending = loop.run_in_executor(None, self._read_hashed, pos, CHUNK_SIZE)
+            while pending is not None:
+                data = await pending
+                pending = None
+                if not data:
+                    raise FileChanged()  # shorter than when it was opened
+                pos += len(data)
+                if pos < size:
+                    # Read the next block while this one is encrypted and sent.
+                    want = min(CHUNK_SIZE, size - pos)
+                    pending = loop.run_in_executor(None, self._read_hashed, pos, want)
+                yield data
+            if pos != size or self.opened.current_identity() != self.opened.identity:
+                raise FileChanged()
+            self.digest = self.sha256.digest()
+            self.service.share.remember(self.opened, self.opened.identity, self.digest)
+        finally:
+            self.service.active_fetches -= 1
+            self._close_after(pending)
+
+    def _close_after(self, pending: asyncio.Future[bytes] | None) -> None:
+        # A read may still run in a worker thread: close the descriptor only once it is done,
+        # so the thread never reads a descriptor number that was closed and reused.
+        if pending is None or pending.done():
+            self.opened.close()
+        else:
+            pending.add_done_callback(lambda _: self.opened.close())
+
+    def trailer(self) -> FetchTrailer:
+        assert self.digest is not None
+        service, req = self.service, self.req
+        size = self.opened.identity.size
+        payload = fetch_signing_payload(
+            signer=service.domain_name,
+            requester=self.requester,
+            keyword=req.keyword,
+            file_name=req.file_name,
+            size=size,
+            sha256=self.digest,
+            nonce=req.nonce,
+        )
+        signature = sign_fetch(service.signing_key, payload)
+        return FetchTrailer(size, self.digest, req.nonce, signature, service.domain_name)
+
+
+Handler = Callable[[PeerService, RequestContext, Any], Awaitable[Any]]
+
+#: The operations a peer serves: op name → (body parser, handler). PROTOCOL.md §4.
+HANDLERS: Mapping[str, tuple[Callable[[dict[str, Any]], Any], Handler]] = {
+    "list": (KeywordRequest.from_wire, PeerService.handle_list),
+    "fetch": (FetchRequest.from_wire, PeerService.handle_fetch),
+}
+
+
+def operations(service: PeerService) -> dict[str, Operation[Any]]:
+    """The handler table bound to one service, as :class:`netproto.server.Server` takes it."""
+    return {
+        op: Operation(parse, functools.partial(handler, service), needs_token=True)
+        for op, (parse, handler) in HANDLERS.items()
+    }
+
+
+def peer_ssl_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
+    """The peer server's TLS context: TLS 1.3, and a CA-issued client certificate required."""
+    return server_context(cert, key, ca, require_client_cert=True)
+
+
+def make_server(
+    service: PeerService,
+    ssl_context: ssl.SSLContext,
+    authenticate: Callable[[str], Principal],
+    limits: ServerLimits | None = None,
+) -> Server:
+    """A :class:`Server` serving ``list`` and ``fetch`` for ``service``."""
+    return Server(
+        operations(service),
+        ssl_context,
+        authenticate=authenticate,
+        limits=limits,
+        name=f"peerd {service.domain_name}",
+    )
+
+
+__all__ = [
+    "CHUNK_SIZE",
+    "HANDLERS",
+    "FileChanged",
+    "PeerService",
+    "make_server",
+    "operations",
+    "peer_ssl_context",
+]
