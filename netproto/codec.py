@@ -28,7 +28,10 @@ def pack(obj: Any) -> bytes:
 
 def unpack_map(data: bytes, max_len: int | None = None) -> dict[str, Any]:
     """Decode exactly one msgpack map from ``data``, or raise :class:`BadFrame`."""
-    limit = max_len if max_len is not None else len(data)
+    # No string or container can claim more entries than the frame has bytes: msgpack
+    # preallocates an array from its header, so a looser bound lets a few header bytes
+    # allocate megabytes (nested a thousand deep).
+    limit = len(data) if max_len is None else min(max_len, len(data))
     try:
         obj = msgpack.unpackb(
             data,

@@ -43,7 +43,8 @@ class FrameDecoder:
     @property
     def in_frame(self) -> bool:
         """True while part of a frame (prefix or body) has arrived but not all of it."""
-        return self.buffered > 0
+        # A consumed prefix leaves nothing buffered until the body starts: still mid-frame.
+        return self._need is not None or self.buffered > 0
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Append received bytes; call :meth:`frames` to collect what completed."""

@@ -23,6 +23,10 @@ _WINDOWS_DEVICES = frozenset(
 )
 # Bidirectional overrides and invisible marks make a name display as something it is not.
 _DECEPTIVE = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Slash look-alikes that NFKC leaves alone (fullwidth forms are caught by normalising).
+_SEPARATOR_LOOKALIKES = frozenset(
+    "\u2044\u2215\u2216\u2571\u2572\u29f5\u29f8\u29f9\U0001f67c\U0001f67d"
+)
 _USERNAME = re.compile(r"[a-z0-9._-]{1,32}")
 _DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 
@@ -38,7 +42,12 @@ def _check_segment(kind: str, name: object) -> str:
         if ch in "/\\" or unicodedata.category(ch) in ("Cc", "Cs") or ch in _DECEPTIVE:
             raise InvalidPath(f"{kind} contains a forbidden character {ch!r}")
     folded = unicodedata.normalize("NFKC", name)
-    if "/" in folded or "\\" in folded or folded in (".", ".."):
+    if (
+        "/" in folded
+        or "\\" in folded
+        or folded in (".", "..")
+        or not _SEPARATOR_LOOKALIKES.isdisjoint(folded)
+    ):
         raise InvalidPath(f"{kind} contains a look-alike of a path separator")
     if name[-1] in ". ":
         raise InvalidPath(f"{kind} must not end with a dot or a space")

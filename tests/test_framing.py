@@ -1,0 +1,156 @@
+"""netproto.framing: the 4-byte length prefix and the incremental decoder (PROTOCOL.md §2)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from netproto.codec import pack, unpack_map
+from netproto.errors import BadFrame, FrameTooLarge
+from netproto.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame, frame_header
+
+Feed = Callable[[bytes], Iterator[bytes]]
+
+
+def whole(data: bytes) -> Iterator[bytes]:
+    yield data
+
+
+def byte_by_byte(data: bytes) -> Iterator[bytes]:
+    for i in range(len(data)):
+        yield data[i : i + 1]
+
+
+FEEDS = pytest.mark.parametrize("feed", [whole, byte_by_byte], ids=["whole", "byte by byte"])
+
+
+def decode_all(decoder: FrameDecoder, data: bytes, feed: Feed) -> list[bytes]:
+    frames: list[bytes] = []
+    for piece in feed(data):
+        decoder.receive_data(piece)
+        frames.extend(decoder.frames())
+    return frames
+
+
+def test_frame_header_is_four_bytes_big_endian() -> None:
+    assert frame_header(0x01020304) == b"\x01\x02\x03\x04"
+    assert encode_frame(b"abc") == b"\x00\x00\x00\x03abc"
+
+
+def test_default_max_frame_is_one_mebibyte() -> None:
+    assert DEFAULT_MAX_FRAME == 1 << 20
+    assert FrameDecoder().max_frame == 1 << 20
+
+
+@FEEDS
+def test_frame_round_trips(feed: Feed) -> None:
+    body = pack({"id": 1, "ok": True, "body": [1, 2, 3]})
+    assert decode_all(FrameDecoder(), encode_frame(body), feed) == [body]
+
+
+@FEEDS
+def test_two_frames_in_one_read_are_both_returned_in_order(feed: Feed) -> None:
+    data = encode_frame(b"first") + encode_frame(b"second")
+    assert decode_all(FrameDecoder(), data, feed) == [b"first", b"second"]
+
+
+def test_frame_split_across_reads_is_returned_once_complete() -> None:
+    decoder = FrameDecoder()
+    data = encode_frame(b"hello world")
+    decoder.receive_data(data[:2])
+    assert list(decoder.frames()) == []
+    decoder.receive_data(data[2:7])
+    assert list(decoder.frames()) == []
+    decoder.receive_data(data[7:])
+    assert list(decoder.frames()) == [b"hello world"]
+
+
+def test_tail_of_one_frame_and_head_of_the_next_in_one_read() -> None:
+    decoder = FrameDecoder()
+    data = encode_frame(b"one") + encode_frame(b"two")
+    decoder.receive_data(data[:5])
+    assert list(decoder.frames()) == []
+    decoder.receive_data(data[5:9])
+    assert list(decoder.frames()) == [b"one"]
+    decoder.receive_data(data[9:])
+    assert list(decoder.frames()) == [b"two"]
+
+
+def test_in_frame_is_true_only_while_a_frame_is_incomplete() -> None:
+    decoder = FrameDecoder()
+    assert not decoder.in_frame
+    decoder.receive_data(b"\x00\x00")
+    assert decoder.in_frame
+    decoder.receive_data(b"\x00\x01")
+    assert list(decoder.frames()) == []
+    assert decoder.in_frame
+    decoder.receive_data(b"x")
+    assert list(decoder.frames()) == [b"x"]
+    assert not decoder.in_frame
+    assert decoder.buffered == 0
+
+
+@FEEDS
+def test_length_over_max_frame_is_refused_from_the_prefix_alone(feed: Feed) -> None:
+    decoder = FrameDecoder(max_frame=100)
+    with pytest.raises(FrameTooLarge):
+        decode_all(decoder, frame_header(101), feed)
+
+
+def test_length_over_max_frame_is_refused_before_the_body_is_buffered() -> None:
+    decoder = FrameDecoder(max_frame=100)
+    decoder.receive_data(frame_header(2**32 - 1) + b"x" * 10)
+    with pytest.raises(FrameTooLarge):
+        next(decoder.frames())
+
+
+@FEEDS
+def test_frame_of_exactly_max_frame_bytes_is_accepted(feed: Feed) -> None:
+    body = b"x" * 100
+    assert decode_all(FrameDecoder(max_frame=100), encode_frame(body), feed) == [body]
+
+
+@FEEDS
+def test_zero_length_frame_is_refused(feed: Feed) -> None:
+    with pytest.raises(FrameTooLarge, match="empty"):
+        decode_all(FrameDecoder(), frame_header(0), feed)
+
+
+def test_many_small_frames_in_one_read() -> None:
+    bodies = [str(i).encode() for i in range(10_000)]
+    data = b"".join(encode_frame(b) for b in bodies)
+    assert decode_all(FrameDecoder(), data, whole) == bodies
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=300), max_size=8), st.data())
+def test_frames_survive_any_split_into_reads(bodies: list[bytes], data: st.DataObject) -> None:
+    stream = b"".join(encode_frame(b) for b in bodies)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
+    decoder = FrameDecoder(max_frame=300)
+    frames: list[bytes] = []
+    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        decoder.receive_data(stream[start:end])
+        frames.extend(decoder.frames())
+    assert frames == bodies
+    assert not decoder.in_frame
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    st.binary(max_size=2000)
+    | st.lists(st.binary(max_size=200)).map(
+        lambda bodies: b"".join(encode_frame(b) for b in bodies)
+    )
+)
+def test_arbitrary_bytes_give_frames_or_only_the_documented_errors(data: bytes) -> None:
+    decoder = FrameDecoder(max_frame=1024)
+    decoder.receive_data(data)
+    try:
+        for frame in decoder.frames():
+            assert isinstance(unpack_map(frame, decoder.max_frame), dict)
+    except (BadFrame, FrameTooLarge):
+        pass

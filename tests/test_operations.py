@@ -1,0 +1,320 @@
+"""netproto.operations: typed request and reply bodies of every operation (PROTOCOL.md §4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from netproto.codec import pack, unpack_map
+from netproto.errors import BadRequest, InvalidPath, RequestError
+from netproto.framing import DEFAULT_MAX_FRAME
+from netproto.operations import (
+    MAX_FILE_SIZE,
+    MAX_SYNC_FILES_PER_PART,
+    AuthReply,
+    Credentials,
+    FetchHeader,
+    FetchRequest,
+    FetchTrailer,
+    KeywordRequest,
+    ListedFile,
+    PeerRequest,
+    RegisterReply,
+    SearchHit,
+    SharedFile,
+    SyncPart,
+    SyncReply,
+    SyncRequest,
+    list_reply_from_wire,
+    search_reply_from_wire,
+    split_sync,
+)
+
+DIGEST = bytes(range(32))
+NONCE = bytes(range(32, 64))
+SHARED = SharedFile("koala.txt", "koala", 1234, DIGEST)
+
+EXAMPLES: dict[str, Any] = {
+    "credentials": Credentials("alice", "correct horse"),
+    "register reply": RegisterReply("alice"),
+    "auth reply": AuthReply("header.payload.signature", 1_700_000_900),
+    "shared file": SHARED,
+    "sync": SyncRequest("peer1", 7001, (SHARED,)),
+    "sync with address and part": SyncRequest(
+        "peer1", 7001, (SHARED,), "10.0.0.5", SyncPart(b"u" * 16, 3, True)
+    ),
+    "sync reply": SyncReply(1),
+    "keyword": KeywordRequest("koala"),
+    "listed file": ListedFile("koala.txt", 1234, DIGEST),
+    "search hit": SearchHit("peer1", 7001, "127.0.0.1", (ListedFile("koala.txt", 1, DIGEST),)),
+    "peer": PeerRequest("peer1"),
+    "fetch": FetchRequest("koala", "koala.txt", NONCE),
+    "fetch with offset": FetchRequest("koala", "koala.txt", NONCE, 100),
+    "fetch header": FetchHeader("koala", "koala.txt", 1234, 0),
+    "fetch trailer": FetchTrailer(1234, DIGEST, NONCE, b"s" * 64, "peer1"),
+}
+
+
+@pytest.mark.parametrize("value", EXAMPLES.values(), ids=EXAMPLES.keys())
+def test_body_round_trips_through_the_codec(value: Any) -> None:
+    decoded = unpack_map(pack({"body": value.to_wire()}))["body"]
+    assert type(value).from_wire(decoded) == value
+
+
+def test_search_reply_round_trips() -> None:
+    hits = [EXAMPLES["search hit"], SearchHit("peer2", 7002, "::1", ())]
+    assert search_reply_from_wire([hit.to_wire() for hit in hits]) == hits
+
+
+def test_list_reply_round_trips() -> None:
+    assert list_reply_from_wire(["a.txt", "b.txt"]) == ["a.txt", "b.txt"]
+
+
+# --- secrets stay out of repr --------------------------------------------------------------
+
+
+def test_credentials_repr_hides_the_password() -> None:
+    assert "correct horse" not in repr(Credentials("alice", "correct horse"))
+
+
+def test_auth_reply_repr_hides_the_token() -> None:
+    assert "secret-token" not in repr(AuthReply("secret-token", 1))
+
+
+# --- register / auth -----------------------------------------------------------------------
+
+
+def test_credentials_username_is_case_folded() -> None:
+    assert Credentials.from_wire({"username": "Alice", "password": "x"}).username == "alice"
+
+
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"password": "password1"}, "username"),
+        ({"username": "alice"}, "password"),
+        ({"username": "alice", "password": b"bytes-pass"}, "password"),
+        ({"username": "alice", "password": "p" * 1025}, "password"),
+    ],
+    ids=["no username", "no password", "bin password", "huge password"],
+)
+def test_bad_credentials_are_bad_request_naming_the_field(body: dict[str, Any], field: str) -> None:
+    with pytest.raises(BadRequest, match=field):
+        Credentials.from_wire(body)
+
+
+# --- sync ----------------------------------------------------------------------------------
+
+
+def _sync_body(**changes: Any) -> dict[str, Any]:
+    body = SyncRequest("peer1", 7001, (SHARED,)).to_wire()
+    body.update(changes)
+    return {k: v for k, v in body.items() if v is not None}
+
+
+@pytest.mark.parametrize(
+    "changes,field",
+    [
+        ({"domain_name": None}, "domain_name"),
+        ({"domain_name": "not a host"}, "domain_name"),
+        ({"port_number": 0}, "port_number"),
+        ({"port_number": 65536}, "port_number"),
+        ({"port_number": "7001"}, "port_number"),
+        ({"files": None}, "files"),
+        ({"files": {"koala.txt": 1}}, "files"),
+        ({"files": [SHARED.to_wire()] * (MAX_SYNC_FILES_PER_PART + 1)}, "files"),
+        ({"files": ["koala.txt"]}, "files"),
+        ({"address": ""}, "address"),
+        ({"address": "h" * 256}, "address"),
+        ({"address": 10}, "address"),
+        ({"part": []}, "part"),
+        ({"part": {"upload": b"u" * 15, "seq": 0, "final": True}}, "upload"),
+        ({"part": {"upload": b"u" * 16, "seq": -1, "final": True}}, "seq"),
+        ({"part": {"upload": b"u" * 16, "seq": 10_001, "final": True}}, "seq"),
+        ({"part": {"upload": b"u" * 16, "seq": 0, "final": 1}}, "final"),
+    ],
+    ids=lambda v: str(v)[:40] if isinstance(v, dict) else v,
+)
+def test_bad_sync_body_is_bad_request_naming_the_field(changes: dict[str, Any], field: str) -> None:
+    with pytest.raises(BadRequest, match=field):
+        SyncRequest.from_wire(_sync_body(**changes))
+
+
+@pytest.mark.parametrize(
+    "entry_changes,field",
+    [
+        ({"size": -1}, "size"),
+        ({"size": MAX_FILE_SIZE + 1}, "size"),
+        ({"size": 1.5}, "size"),
+        ({"size": True}, "size"),
+        ({"sha256": DIGEST[:31]}, "sha256"),
+        ({"sha256": DIGEST.hex()}, "sha256"),
+    ],
+)
+def test_bad_shared_file_is_bad_request_naming_the_field(
+    entry_changes: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(BadRequest, match=field):
+        SharedFile.from_wire({**SHARED.to_wire(), **entry_changes})
+
+
+@pytest.mark.parametrize(
+    "entry_changes", [{"filename": "../secret"}, {"keyword": "a/b"}, {"filename": None}]
+)
+def test_shared_file_with_a_bad_name_is_invalid_path(entry_changes: dict[str, Any]) -> None:
+    with pytest.raises(InvalidPath):
+        SharedFile.from_wire({**SHARED.to_wire(), **entry_changes})
+
+
+def test_sync_domain_name_is_lower_cased() -> None:
+    assert SyncRequest.from_wire(_sync_body(domain_name="Peer1")).domain_name == "peer1"
+
+
+# --- multi-part sync (PROTOCOL.md §4.3) ----------------------------------------------------
+
+
+def _many_files(count: int) -> list[SharedFile]:
+    return [SharedFile(f"file-{i:05d}.bin", "bulk", i, DIGEST) for i in range(count)]
+
+
+def test_small_share_syncs_in_one_request_without_part() -> None:
+    requests = split_sync("peer1", 7001, _many_files(3))
+    assert len(requests) == 1
+    assert requests[0].part is None
+    assert len(requests[0].files) == 3
+
+
+def test_large_share_is_split_into_parts_that_each_fit_a_frame() -> None:
+    files = _many_files(300)
+    requests = split_sync("peer1", 7001, files, max_frame=8192)
+    assert len(requests) > 1
+    parts = [r.part for r in requests]
+    assert all(p is not None for p in parts)
+    assert [p.seq for p in parts if p] == list(range(len(requests)))
+    assert [p.final for p in parts if p] == [False] * (len(requests) - 1) + [True]
+    assert len({p.upload for p in parts if p}) == 1
+    assert [f for r in requests for f in r.files] == files
+    for r in requests:
+        envelope = {"v": 1, "id": 2**32 - 1, "op": "sync", "body": r.to_wire(), "token": "t" * 2048}
+        assert len(pack(envelope)) <= 8192
+
+
+def test_split_sync_default_fits_the_default_frame() -> None:
+    requests = split_sync("peer1", 7001, _many_files(MAX_SYNC_FILES_PER_PART + 5))
+    assert len(requests) >= 2
+    assert all(len(pack(r.to_wire())) <= DEFAULT_MAX_FRAME for r in requests)
+    assert all(len(r.files) <= MAX_SYNC_FILES_PER_PART for r in requests)
+
+
+# --- search / list / ping / bye ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body", [{}, {"keyword": ""}, {"keyword": ".."}, {"keyword": "a\\b"}])
+def test_bad_keyword_request_is_invalid_path(body: dict[str, Any]) -> None:
+    with pytest.raises(InvalidPath):
+        KeywordRequest.from_wire(body)
+
+
+@pytest.mark.parametrize("body", [[{"domain_name": "peer1"}], {"hits": []}, None])
+def test_search_reply_that_is_not_an_array_of_hits_is_bad_request(body: Any) -> None:
+    if isinstance(body, list):
+        with pytest.raises(BadRequest, match="port_number"):
+            search_reply_from_wire(body)
+    else:
+        with pytest.raises(BadRequest, match="array"):
+            search_reply_from_wire(body)
+
+
+def test_list_reply_with_a_bad_file_name_is_invalid_path() -> None:
+    with pytest.raises(InvalidPath):
+        list_reply_from_wire(["ok.txt", "../../etc/passwd"])
+
+
+def test_peer_request_without_domain_name_is_bad_request() -> None:
+    with pytest.raises(BadRequest, match="domain_name"):
+        PeerRequest.from_wire({})
+
+
+# --- fetch ---------------------------------------------------------------------------------
+
+
+def test_fetch_offset_defaults_to_zero_and_is_left_out_of_the_wire() -> None:
+    request = FetchRequest.from_wire({"keyword": "k", "file_name": "f", "nonce": NONCE})
+    assert request.offset == 0
+    assert "offset" not in request.to_wire()
+
+
+@pytest.mark.parametrize(
+    "changes,field",
+    [
+        ({"nonce": NONCE[:31]}, "nonce"),
+        ({"nonce": NONCE + b"x"}, "nonce"),
+        ({"nonce": NONCE.hex()}, "nonce"),
+        ({"offset": -1}, "offset"),
+        ({"offset": "0"}, "offset"),
+    ],
+)
+def test_bad_fetch_request_is_bad_request_naming_the_field(
+    changes: dict[str, Any], field: str
+) -> None:
+    body = {"keyword": "koala", "file_name": "koala.txt", "nonce": NONCE, **changes}
+    with pytest.raises(BadRequest, match=field):
+        FetchRequest.from_wire(body)
+
+
+@pytest.mark.parametrize("signature", [b"s" * 65, "s" * 64, None])
+def test_fetch_trailer_with_a_bad_signature_field_is_bad_request(signature: Any) -> None:
+    body = {**EXAMPLES["fetch trailer"].to_wire(), "digital_signature": signature}
+    with pytest.raises(BadRequest, match="digital_signature"):
+        FetchTrailer.from_wire(body)
+
+
+def test_fetch_header_that_is_not_a_map_is_bad_request() -> None:
+    with pytest.raises(BadRequest, match="header"):
+        FetchHeader.from_wire([1, 2])
+
+
+# --- any body ------------------------------------------------------------------------------
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20) | st.binary(max_size=40),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=10,
+)
+_field_names = st.sampled_from(
+    [
+        "username",
+        "password",
+        "domain_name",
+        "port_number",
+        "files",
+        "address",
+        "part",
+        "keyword",
+        "file_name",
+        "nonce",
+        "offset",
+        "filename",
+        "size",
+        "sha256",
+    ]
+)
+_PARSERS = [
+    Credentials.from_wire,
+    SyncRequest.from_wire,
+    KeywordRequest.from_wire,
+    PeerRequest.from_wire,
+    FetchRequest.from_wire,
+]
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.dictionaries(_field_names, _values), st.sampled_from(_PARSERS))
+def test_any_body_parses_or_raises_a_request_error(body: dict[str, Any], parse: Any) -> None:
+    try:
+        parse(body)
+    except RequestError as exc:
+        assert isinstance(exc, BadRequest | InvalidPath)
