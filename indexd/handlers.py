@@ -275,7 +275,7 @@ class IndexService:
             "register": Operation(Credentials.from_wire, self.handle_register, needs_token=False),
             "auth": Operation(Credentials.from_wire, self.handle_auth, needs_token=False),
             "sync": Operation(SyncRequest.from_wire, self.handle_sync),
-            "search": Operation(KeywordRequest.from_wire, self.handle_search),
+            "search": Operation(KeywordRequest.from_wire, self.handle_search, inline=True),
             "ping": Operation(PeerRequest.from_wire, self.handle_ping),
             "bye": Operation(PeerRequest.from_wire, self.handle_bye),
         }

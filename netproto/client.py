@@ -161,8 +161,11 @@ class Connection:
                 return rid
 
     def _send(self, op: str, body: dict[str, Any], token: str | None) -> int:
-        if self._failure is not None:
-            raise ConnectionClosed(str(self._failure))
+        failure = self._failure
+        if failure is not None:
+            if isinstance(failure, RequestError):  # e.g. BUSY sent before closing
+                raise type(failure)(failure.message, **failure.extra)
+            raise ConnectionClosed(str(failure))
         rid = self._new_id()
         self._writer.write(self._protocol.request(Request(rid, op, body, token)))
         return rid

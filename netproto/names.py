@@ -21,6 +21,9 @@ _WINDOWS_DEVICES = frozenset(
     ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
     + [f"{p}{n}" for p in ("COM", "LPT") for n in [*"123456789", "¹", "²", "³"]]
 )
+# Control, surrogate, format (zero-width, soft hyphen, BOM, bidi marks) and line/paragraph
+# separator characters: invisible or disruptive in a listing, so never part of a name.
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cs", "Cf", "Zl", "Zp"})
 # Bidirectional overrides and invisible marks make a name display as something it is not.
 _DECEPTIVE = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 # Slash look-alikes that NFKC leaves alone (fullwidth forms are caught by normalising).
@@ -39,7 +42,7 @@ def _check_segment(kind: str, name: object) -> str:
     if name.startswith("."):
         raise InvalidPath(f"{kind} must not start with '.' (hidden files are never shared)")
     for ch in name:
-        if ch in "/\\" or unicodedata.category(ch) in ("Cc", "Cs") or ch in _DECEPTIVE:
+        if ch in "/\\" or unicodedata.category(ch) in _FORBIDDEN_CATEGORIES or ch in _DECEPTIVE:
             raise InvalidPath(f"{kind} contains a forbidden character {ch!r}")
     folded = unicodedata.normalize("NFKC", name)
     if (

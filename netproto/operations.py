@@ -177,9 +177,7 @@ class SyncPart:
         final = part.get("final")
         if type(final) is not bool:
             raise BadRequest("part.final: expected a boolean")
-        return cls(
-            _bin(part, "upload", UPLOAD_ID_SIZE), _int(part, "seq", 0, MAX_SYNC_SEQ), final
-        )
+        return cls(_bin(part, "upload", UPLOAD_ID_SIZE), _int(part, "seq", 0, MAX_SYNC_SEQ), final)
 
     def to_wire(self) -> dict[str, Any]:
         """The part map."""

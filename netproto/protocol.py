@@ -44,6 +44,13 @@ def encode_chunk(rid: int, data: bytes | memoryview) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
+class Unreadable:
+    """The stream cannot be read past this point: answer with id 0, then close."""
+
+    error: RequestError
+
+
+@dataclass(frozen=True, slots=True)
 class Rejected:
     """A well-framed request the server answers with an error without dispatching it."""
 
@@ -63,22 +70,26 @@ class ServerProtocol:
         """True while a frame has started arriving but is not complete."""
         return self._decoder.in_frame
 
-    def receive_data(self, data: bytes) -> list[Request | Rejected]:
+    def receive_data(self, data: bytes) -> list[Request | Rejected | Unreadable]:
         """Feed received bytes; return the requests (or rejections) they completed.
 
-        Raises :class:`BadFrame` or :class:`FrameTooLarge` when the stream cannot be read
-        any further: the caller answers with id 0 and closes the connection.
+        When the stream cannot be read any further (:class:`BadFrame`,
+        :class:`FrameTooLarge`) the last event is :class:`Unreadable`: the requests before it
+        are still answered, then the caller answers with id 0 and closes the connection.
         """
         self._decoder.receive_data(data)
-        events: list[Request | Rejected] = []
-        for frame in self._decoder.frames():
-            msg = unpack_map(frame, self.max_frame)
-            try:
-                events.append(parse_request(msg))
-            except RequestError as exc:
-                if exc.closes_connection:
-                    raise
-                events.append(Rejected(request_id(msg), exc))
+        events: list[Request | Rejected | Unreadable] = []
+        try:
+            for frame in self._decoder.frames():
+                msg = unpack_map(frame, self.max_frame)
+                try:
+                    events.append(parse_request(msg))
+                except RequestError as exc:
+                    if exc.closes_connection:
+                        raise
+                    events.append(Rejected(request_id(msg), exc))
+        except RequestError as exc:
+            events.append(Unreadable(exc))
         return events
 
     @staticmethod

@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import types
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -31,7 +32,7 @@ from netproto.errors import (
 )
 from netproto.framing import DEFAULT_MAX_FRAME
 from netproto.messages import Request
-from netproto.protocol import Rejected, ServerProtocol, encode_chunk
+from netproto.protocol import Rejected, ServerProtocol, Unreadable, encode_chunk
 from netproto.streams import FrameWriter, map_exceptions
 from netproto.tokens import Principal
 
@@ -104,6 +105,11 @@ class Operation(Generic[Req]):
     parse: Callable[[dict[str, Any]], Req]
     handler: Callable[[RequestContext, Req], Awaitable[Any]]
     needs_token: bool = True
+    #: The handler normally answers without suspending (e.g. from memory): run it in the
+    #: read loop itself, so its reply leaves in the same event-loop turn as the request came.
+    #: Should it suspend after all, the rest runs as a task. It must not use
+    #: ``asyncio.timeout``/``current_task`` before its first suspension.
+    inline: bool = False
 
 
 Authenticator = Callable[[str], Principal]
@@ -239,6 +245,7 @@ class _Connection:
             log.debug("handshake with %s failed: %s", self.address, exc)
             self.abort()
             return
+        self.writer.apply_limits()  # the TLS transport replaced the TCP one
         der = self.raw_writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
         self.peer_cert = x509.load_der_x509_certificate(der) if der else None
         if busy:
@@ -273,7 +280,7 @@ class _Connection:
                     await self._close_with(Timeout("frame not completed in time"))
                     return
                 if self.tasks:
-                    continue  # not idle while answering: a long fetch sends nothing back
+                    continue  # not idle: a client receiving a long fetch has nothing to send
                 log.debug("closing idle connection from %s", self.address)
                 return
             except ConnectionClosed:
@@ -281,17 +288,28 @@ class _Connection:
             if not data:
                 await self.drain(limits.slow_reader_timeout)
                 return
-            try:
-                events = self.protocol.receive_data(data)
-            except RequestError as exc:
-                await self._close_with(exc)
-                return
+            events = self.protocol.receive_data(data)
+            operations = self.server.operations
             for event in events:
+                if isinstance(event, Unreadable):
+                    await self.drain(limits.slow_reader_timeout)
+                    await self._close_with(event.error)
+                    return
                 if isinstance(event, Rejected):
                     self.writer.write(ServerProtocol.error(event.id, event.error))
                     continue
                 await self._slots.acquire()
-                task = asyncio.create_task(self._handle(event))
+                operation = operations.get(event.op)
+                if operation is not None and operation.inline:
+                    coro = self._handle(event)
+                    try:
+                        suspended_on = coro.send(None)
+                    except StopIteration:
+                        self._slots.release()
+                        continue
+                    task = asyncio.create_task(_resume(coro, suspended_on))
+                else:
+                    task = asyncio.create_task(self._handle(event))
                 self.tasks.add(task)
                 task.add_done_callback(self._task_done)
             if not await self.writer.wait_writable(limits.slow_reader_timeout):
@@ -383,6 +401,29 @@ class _Connection:
         for task in list(self.tasks):
             task.cancel()
         self.writer.abort()
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, None], suspended_on: Any) -> Generator[Any, Any, None]:
+    """Drive the rest of a coroutine that was started eagerly and then suspended.
+
+    Wrapped in a task, this hands the task the future the coroutine is waiting on and
+    forwards every value and exception to it, as ``yield from`` would (what Python 3.12's
+    eager tasks do natively).
+    """
+    while True:
+        try:
+            sent = yield suspended_on
+        except BaseException as exc:  # cancellation and errors go to the coroutine
+            try:
+                suspended_on = coro.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                suspended_on = coro.send(sent)
+            except StopIteration:
+                return
 
 
 __all__ = [

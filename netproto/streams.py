@@ -48,7 +48,11 @@ class FrameWriter:
         self._scheduled = False
         self._high_water = high_water
         self._closed = False
-        writer.transport.set_write_buffer_limits(high=high_water)
+        self.apply_limits()
+
+    def apply_limits(self) -> None:
+        """Set the high-water mark on the current transport (again after a TLS upgrade)."""
+        self._writer.transport.set_write_buffer_limits(high=self._high_water)
 
     @property
     def closed(self) -> bool:
@@ -63,10 +67,14 @@ class FrameWriter:
             self._flush_now()
             self._writer.write(frame)
             return
-        self._pending.append(frame)
         if not self._scheduled:
+            # The first frame of a turn leaves at once (one request in flight pays no extra
+            # loop turn); later frames of the same turn are batched into one TLS write.
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_now)
+            self._writer.write(frame)
+            return
+        self._pending.append(frame)
 
     def _flush_now(self) -> None:
         self._scheduled = False

@@ -32,6 +32,7 @@ from netproto.protocol import (
     ClientProtocol,
     Rejected,
     ServerProtocol,
+    Unreadable,
     encode_chunk,
     encode_message,
 )
@@ -60,11 +61,13 @@ def byte_by_byte(data: bytes) -> Iterator[bytes]:
 FEEDS = pytest.mark.parametrize("feed", [whole, byte_by_byte], ids=["whole", "byte by byte"])
 
 
-def server_events(data: bytes, feed: Feed) -> list[Request | Rejected]:
+def server_events(data: bytes, feed: Feed) -> list[Request | Rejected | Unreadable]:
     protocol = ServerProtocol()
-    events: list[Request | Rejected] = []
+    events: list[Request | Rejected | Unreadable] = []
     for piece in feed(data):
         events.extend(protocol.receive_data(piece))
+        if events and isinstance(events[-1], Unreadable):
+            break  # the server stops reading the connection here
     return events
 
 
@@ -99,15 +102,28 @@ def test_server_rejects_a_bad_envelope_and_keeps_decoding(feed: Feed) -> None:
 
 
 @FEEDS
-def test_server_raises_bad_frame_for_an_unreadable_frame(feed: Feed) -> None:
-    with pytest.raises(BadFrame):
-        server_events(encode_frame(pack({"v": 1, "op": "ping", "body": {}})), feed)
+def test_server_ends_with_bad_frame_for_an_unreadable_frame(feed: Feed) -> None:
+    events = server_events(encode_frame(pack({"v": 1, "op": "ping", "body": {}})), feed)
+    assert len(events) == 1
+    assert isinstance(events[0], Unreadable)
+    assert isinstance(events[0].error, BadFrame)
 
 
 @FEEDS
-def test_server_raises_frame_too_large_from_the_prefix(feed: Feed) -> None:
-    with pytest.raises(FrameTooLarge):
-        server_events(frame_header((1 << 20) + 1), feed)
+def test_server_ends_with_frame_too_large_from_the_prefix(feed: Feed) -> None:
+    events = server_events(frame_header((1 << 20) + 1), feed)
+    assert len(events) == 1
+    assert isinstance(events[0], Unreadable)
+    assert isinstance(events[0].error, FrameTooLarge)
+
+
+@FEEDS
+def test_server_keeps_requests_read_before_an_unreadable_frame(feed: Feed) -> None:
+    data = encode_message(Request(3, "ping", {}).to_wire()) + encode_frame(b"\xc1")
+    events = server_events(data, feed)
+    assert events[0] == Request(3, "ping", {})
+    assert isinstance(events[1], Unreadable)
+    assert isinstance(events[1].error, BadFrame)
 
 
 def test_server_in_frame_follows_a_partial_frame() -> None:
