@@ -198,13 +198,17 @@ def config_from_args(args: argparse.Namespace, password: str) -> PeerConfig:
 
 
 async def run_shell(daemon: PeerDaemon) -> bool:
-    """Run the interactive shell until the user quits; False if there is no shell to run.
+    """Run the interactive shell until the user quits; the daemon is then stopped.
 
-    The hook the shell plugs into: it gets the started daemon (search, download, resync,
-    status) and returns when the user chooses Exit; the daemon is then stopped.
+    On a terminal it is the rich shell; with stdin or stdout not a terminal it reads commands
+    line by line from stdin and prints plain text (end of input = quit). SIGINT stops the
+    running command (or leaves at the prompt), SIGTERM leaves.
     """
-    log.warning("the interactive shell is not built yet; running as with --no-shell")
-    return False
+    # Imported here: a daemon started with --no-shell never loads rich.
+    from peerd.shell import run_shell_session
+
+    await run_shell_session(daemon)
+    return True
 
 
 async def run(config: PeerConfig, *, shell: bool) -> int:

@@ -1,0 +1,642 @@
+"""The interactive shell of a peer: the original menu plus named commands (design §5).
+
+``1`` re-syncs, ``2`` asks for a keyword, searches, lists each peer's files, downloads and
+verifies each one and shows it, ``3`` exits; and ``search``, ``get``, ``ls``, ``peers``,
+``sync``, ``status``, ``help``, ``quit``. The shell is a client like any script: it uses the
+:class:`~peerd.daemon.PeerDaemon`'s public methods and the client library, and leaves every
+bit of rendering to :class:`~peerd.ui.ShellView`.
+
+Lines are read in a separate thread, so the peer keeps serving while the shell waits for
+input. On a terminal there is line editing and history (``readline``); without one, commands
+are read line by line from stdin (a script), and end of input means quit. Every failure of a
+command is one readable line; tracebacks go to the debug log only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shlex
+import signal
+import ssl
+import sys
+import threading
+import time
+import types
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Protocol
+
+from netproto.errors import (
+    AuthRequired,
+    Busy,
+    ConnectionClosed,
+    Forbidden,
+    InvalidPath,
+    NotFound,
+    P2PError,
+    RateLimited,
+    RequestError,
+    Timeout,
+    TokenExpired,
+    TokenInvalid,
+    VerificationFailed,
+)
+from netproto.names import check_file_name, check_keyword
+from netproto.operations import SearchHit
+from peerd.client import PeerClient
+from peerd.daemon import PeerDaemon
+from peerd.download import (
+    DownloadError,
+    DownloadRefused,
+    DownloadResult,
+    FileConflict,
+    download,
+)
+from peerd.ui import (
+    PREVIEW_BYTES,
+    KnownPeer,
+    ShareEntry,
+    ShellView,
+    TransferCounts,
+    make_console,
+)
+
+log = logging.getLogger(__name__)
+
+PROMPT = "p2pshare> "
+KEYWORD_PROMPT = "keyword: "
+HISTORY_ENV = "P2P_HISTORY"
+HISTORY_NAME = ".p2pshare_history"
+HISTORY_LENGTH = 1000
+
+
+class LineSource(Protocol):
+    """Where the shell's lines come from; ``None`` means end of input."""
+
+    async def read(self, prompt: str) -> str | None:
+        """The next line (without its newline), or None at end of input."""
+        ...
+
+
+def _in_thread(func: Callable[[], str | None]) -> asyncio.Future[str | None]:
+    """Run a blocking read in a daemon thread (never the default executor: a read that never
+    returns must not hold up the interpreter's exit)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[str | None] = loop.create_future()
+
+    def settle(value: str | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+
+    def run() -> None:
+        value: str | None = None
+        error: BaseException | None = None
+        try:
+            value = func()
+        except EOFError:
+            value = None
+        except BaseException as exc:
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop may be gone already
+            loop.call_soon_threadsafe(settle, value, error)
+
+    threading.Thread(target=run, name="shell input", daemon=True).start()
+    return future
+
+
+class _PendingRead:
+    """At most one blocking read at a time: a read whose waiter was cancelled (Ctrl-C while a
+    command asked for input) is handed to the next reader, so no typed line is lost to a
+    thread nobody listens to any more."""
+
+    def __init__(self) -> None:
+        self._future: asyncio.Future[str | None] | None = None
+
+    async def read(self, func: Callable[[], str | None]) -> str | None:
+        if self._future is None:
+            self._future = _in_thread(func)
+        future = self._future
+        try:
+            return await asyncio.shield(future)
+        finally:
+            if future.done():
+                self._future = None
+
+
+class TerminalLines:
+    """Lines typed on a terminal, with ``readline`` editing, history and completion of the
+    command names when available."""
+
+    def __init__(self, history: Path | None = None, words: Sequence[str] = ()) -> None:
+        self.history = history
+        self.words = sorted(words)
+        self._pending = _PendingRead()
+        self._readline: types.ModuleType | None = None
+        try:
+            import readline
+        except ImportError:  # not every Python has it; input() still works
+            return
+        self._readline = readline
+        readline.set_history_length(HISTORY_LENGTH)
+        readline.set_completer(self._complete)
+        if "libedit" in (readline.__doc__ or ""):  # macOS's readline speaks another dialect
+            readline.parse_and_bind("bind ^I rl_complete")
+        else:
+            readline.parse_and_bind("tab: complete")
+        if history is not None:
+            with contextlib.suppress(OSError):
+                readline.read_history_file(history)
+
+    def _complete(self, text: str, state: int) -> str | None:
+        """The command names starting with ``text``, first word only."""
+        assert self._readline is not None
+        if self._readline.get_line_buffer()[: self._readline.get_begidx()].strip():
+            return None
+        matches = [w + " " for w in self.words if w.startswith(text) and not w.isdigit()]
+        return matches[state] if state < len(matches) else None
+
+    async def read(self, prompt: str) -> str | None:
+        """The next line typed (``input`` in a thread); None on Ctrl-D."""
+        return await self._pending.read(lambda: input(prompt))
+
+    def save_history(self) -> None:
+        """Write the history file, if there is one (silently skipped when it cannot be)."""
+        if self._readline is None or self.history is None:
+            return
+        try:
+            self._readline.write_history_file(self.history)
+        except OSError as exc:
+            log.debug("cannot write the history to %s: %s", self.history, exc)
+
+
+class StreamLines:
+    """Lines from a file descriptor that is not a terminal (a pipe or a file): a script.
+
+    It reads the descriptor itself (``os.read``) rather than through ``sys.stdin``, so a read
+    still pending at exit holds no lock the interpreter needs.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._buffer = b""
+        self._eof = False
+        self._pending = _PendingRead()
+
+    def _read_line(self) -> str | None:
+        while b"\n" not in self._buffer and not self._eof:
+            block = os.read(self.fd, 65536)
+            if not block:
+                self._eof = True
+            self._buffer += block
+        if not self._buffer:
+            return None
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode("utf-8", "replace").rstrip("\r")
+
+    async def read(self, prompt: str) -> str | None:
+        """The next line of the script; None at its end."""
+        return await self._pending.read(self._read_line)
+
+
+class UsageError(Exception):
+    """A command typed wrongly; the message is its usage."""
+
+
+def _peer_where(hit: SearchHit) -> str:
+    return f"{hit.domain_name} at {hit.address}:{hit.port_number}"
+
+
+def explain(exc: BaseException, where: str = "the index") -> str:
+    """One readable line for a failure of a command (``where``: whom we were talking to)."""
+    if isinstance(exc, FileConflict):
+        return f"{exc.path} already exists with different content (add --overwrite to replace it)"
+    if isinstance(exc, InvalidPath):
+        return f"invalid name: {exc.message}"
+    if isinstance(exc, Busy):
+        after = exc.extra.get("retry_after")
+        hint = f"; try again in {after} s" if isinstance(after, int | float) else "; try again"
+        return f"{where} is busy ({exc.message}){hint}"
+    if isinstance(exc, RateLimited):
+        return f"{where}: too many attempts; retry in {exc.retry_after:.0f} s"
+    if isinstance(exc, TokenExpired):
+        return f"{where} says our token has expired; it is renewed automatically, try again"
+    if isinstance(exc, TokenInvalid | AuthRequired):
+        return f"{where} refused our token ({exc.message}); does it use the same index?"
+    if isinstance(exc, NotFound):
+        return f"{where}: not found ({exc.message})"
+    if isinstance(exc, Forbidden):
+        return f"{where} refused: {exc.message}"
+    if isinstance(exc, Timeout):
+        return f"{where} did not answer in time ({exc.message})"
+    if isinstance(exc, ConnectionClosed):
+        if isinstance(exc.__cause__, ssl.SSLCertVerificationError):
+            return (
+                f"{where} presented a certificate we do not trust (not from our CA, or not"
+                " for that name)"
+            )
+        return f"{where} is offline or unreachable ({exc})"
+    if isinstance(exc, VerificationFailed):
+        return f"verification failed: {exc}"
+    if isinstance(exc, RequestError):
+        return f"{where}: {exc.code}: {exc.message}"
+    if isinstance(exc, DownloadError | P2PError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        name = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror or exc}{name}"
+    return f"unexpected error ({type(exc).__name__}: {exc}); run peerd with -vv for details"
+
+
+class Shell:
+    """The command loop: reads lines, runs commands, shows results; ``run()`` until quit."""
+
+    def __init__(
+        self,
+        daemon: PeerDaemon,
+        view: ShellView,
+        lines: LineSource,
+        *,
+        echo: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.daemon = daemon
+        self.view = view
+        self.lines: LineSource = lines
+        #: Show each line read (without a terminal nobody sees what the script typed).
+        self.echo = echo
+        self.clock = clock
+        self.known: dict[str, KnownPeer] = {}
+        self.counts = TransferCounts()
+        self._quit = False
+        self._command: asyncio.Task[None] | None = None
+        self._reading: asyncio.Future[str | None] | None = None
+        self.commands: dict[str, Callable[[list[str]], Awaitable[None]]] = {
+            "1": self.cmd_sync,
+            "2": self.cmd_menu_search,
+            "3": self.cmd_quit,
+            "search": self.cmd_search,
+            "get": self.cmd_get,
+            "ls": self.cmd_ls,
+            "peers": self.cmd_peers,
+            "sync": self.cmd_sync,
+            "status": self.cmd_status,
+            "help": self.cmd_help,
+            "?": self.cmd_help,
+            "quit": self.cmd_quit,
+            "exit": self.cmd_quit,
+        }
+
+    # --- the loop ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Greet, then read and run commands until quit, end of input, or a signal."""
+        self.view.banner(self.daemon.status())
+        line: str | None = ""
+        while not self._quit:
+            line = await self._read(PROMPT)
+            if line is None:
+                break
+            await self.execute(line)
+        self.view.goodbye(at_prompt=line is None)
+
+    async def _read(self, prompt: str) -> str | None:
+        self._reading = asyncio.ensure_future(self.lines.read(prompt))
+        try:
+            line = await self._reading
+        except asyncio.CancelledError:
+            if self._quit:  # interrupted at the prompt: leave
+                return None
+            raise
+        except OSError as exc:
+            log.debug("cannot read input", exc_info=True)
+            self.view.error(f"cannot read input: {exc.strerror or exc}")
+            return None
+        finally:
+            self._reading = None
+        if line is not None and self.echo:
+            self.view.echo(prompt, line)
+        return line
+
+    async def execute(self, line: str) -> None:
+        """Run one command line; Ctrl-C (:meth:`interrupt`) stops it and returns."""
+        task = asyncio.ensure_future(self._dispatch(line))
+        self._command = task
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            self._command = None
+        if task.cancelled():
+            self.view.interrupted()
+        else:
+            task.result()  # _dispatch handles every Exception; this re-raises only exits
+
+    def interrupt(self) -> None:
+        """Ctrl-C: stop the running command, or leave when waiting at the prompt."""
+        if self._command is not None and not self._command.done():
+            self._command.cancel()
+        else:
+            self.terminate()
+
+    def terminate(self) -> None:
+        """Leave the shell as soon as possible (SIGTERM, or Ctrl-C at the prompt)."""
+        self._quit = True
+        if self._command is not None:
+            self._command.cancel()
+        if self._reading is not None:
+            self._reading.cancel()
+
+    async def _dispatch(self, line: str) -> None:
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            self.view.error(f"cannot read that line: {exc}")
+            return
+        if not words:
+            return
+        name, args = words[0], words[1:]
+        command = self.commands.get(name.lower())
+        if command is None:
+            self.view.unknown_command(name)
+            return
+        try:
+            await command(args)
+        except UsageError as exc:
+            self.view.usage(str(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.debug("command %r failed", name, exc_info=True)
+            self.view.error(explain(exc))
+
+    # --- the menu and the commands ----------------------------------------------------
+
+    async def cmd_help(self, args: list[str]) -> None:
+        """``help``: every command."""
+        self.view.help()
+
+    async def cmd_quit(self, args: list[str]) -> None:
+        """``quit`` / ``exit`` / ``3``."""
+        self._quit = True
+
+    async def cmd_sync(self, args: list[str]) -> None:
+        """``sync`` / ``1``: scan the share and replace this peer's listing at the index."""
+        self.view.synced(await self.daemon.resync())
+
+    async def cmd_search(self, args: list[str]) -> None:
+        """``search <keyword>``: who shares what under a keyword."""
+        if len(args) != 1:
+            raise UsageError("search <keyword>")
+        await self._search(check_keyword(args[0]))
+
+    async def _search(self, keyword: str) -> list[SearchHit]:
+        hits = await self.daemon.search(keyword)
+        now = self.clock()
+        for hit in hits:
+            self.known[hit.domain_name] = KnownPeer(
+                hit.domain_name, hit.address, hit.port_number, keyword, len(hit.files), now
+            )
+        self.view.search_results(keyword, hits, self.daemon.domain_name)
+        return hits
+
+    async def cmd_menu_search(self, args: list[str]) -> None:
+        """``2``: ask for a keyword, search, list each peer's files, download and show each."""
+        if args:
+            keyword = args[0]
+        else:
+            line = await self._read(KEYWORD_PROMPT)
+            if line is None or not line.strip():
+                return
+            keyword = line.strip()
+        keyword = check_keyword(keyword)
+        hits = await self._search(keyword)
+        for hit in hits:
+            if hit.domain_name == self.daemon.domain_name:
+                continue  # our own files are here already
+            where = _peer_where(hit)
+            try:
+                async with await self.daemon.connect_peer(hit) as peer:
+                    names = await peer.list(keyword)
+                    self.view.peer_files(hit, keyword, names)
+                    for name in names:
+                        try:
+                            await self._fetch_and_show(peer, hit, keyword, name, overwrite=False)
+                        except (P2PError, OSError) as exc:
+                            log.debug("%s from %s failed", name, where, exc_info=True)
+                            self.view.error(explain(exc, where))
+                            if peer.closed:
+                                break
+            except (P2PError, OSError) as exc:
+                log.debug("peer %s failed", where, exc_info=True)
+                self.view.error(explain(exc, where))
+
+    async def cmd_get(self, args: list[str]) -> None:
+        """``get <keyword> <file> [--from <peer>] [--overwrite]``: one file, verified."""
+        usage = "get <keyword> <file> [--from <peer>] [--overwrite]"
+        positional: list[str] = []
+        source: str | None = None
+        overwrite = False
+        rest = iter(args)
+        for arg in rest:
+            if arg == "--from":
+                source = next(rest, None)
+                if source is None:
+                    raise UsageError(usage)
+            elif arg.startswith("--from="):
+                source = arg.partition("=")[2]
+            elif arg == "--overwrite":
+                overwrite = True
+            else:
+                positional.append(arg)
+        if len(positional) != 2:
+            raise UsageError(usage)
+        keyword, file_name = check_keyword(positional[0]), check_file_name(positional[1])
+        me = self.daemon.domain_name
+        hits = [h for h in await self.daemon.search(keyword) if h.domain_name != me]
+        if source is not None:
+            source = source.lower()
+            hits = [h for h in hits if h.domain_name == source]
+            if not hits:
+                self.view.error(f"{source} shares nothing under {keyword!r} (search {keyword})")
+                return
+        else:
+            hits = [h for h in hits if any(f.filename == file_name for f in h.files)]
+            if not hits:
+                self.view.error(
+                    f"no other peer shares {keyword}/{file_name} (search {keyword} to see what"
+                    " is there)"
+                )
+                return
+        for i, hit in enumerate(hits):
+            if i:
+                self.view.info(f"trying the next peer that lists it: {hit.domain_name}")
+            try:
+                async with await self.daemon.connect_peer(hit) as peer:
+                    if await self._fetch_and_show(peer, hit, keyword, file_name, overwrite):
+                        return
+            except (P2PError, OSError) as exc:
+                log.debug("peer %s failed", hit.domain_name, exc_info=True)
+                self.view.error(explain(exc, _peer_where(hit)))
+                if isinstance(exc, FileConflict | InvalidPath):
+                    return  # the same with every peer
+
+    async def _fetch_and_show(
+        self, peer: PeerClient, hit: SearchHit, keyword: str, file_name: str, overwrite: bool
+    ) -> bool:
+        """Download one file from a connected peer and show the outcome; True if it landed.
+
+        A refused verification is shown (every check) and counted; other failures propagate.
+        """
+        expected = next((f for f in hit.files if f.filename == file_name), None)
+        try:
+            with self.view.transfer(hit.domain_name, keyword, file_name) as progress:
+                result = await download(
+                    peer,
+                    keyword,
+                    file_name,
+                    self.daemon.config.file_directory,
+                    expected=expected,
+                    overwrite=overwrite,
+                    progress=progress,
+                )
+        except DownloadRefused as exc:
+            self.counts = replace(self.counts, refused=self.counts.refused + 1)
+            self.view.refused(hit.domain_name, keyword, file_name, exc)
+            return False
+        except (P2PError, OSError):
+            self.counts = replace(self.counts, failed=self.counts.failed + 1)
+            raise
+        self.counts = replace(
+            self.counts,
+            downloaded=self.counts.downloaded + 1,
+            downloaded_bytes=self.counts.downloaded_bytes + result.received,
+        )
+        self.view.downloaded(hit.domain_name, result)
+        await self._show(result)
+        return True
+
+    async def _show(self, result: DownloadResult) -> None:
+        try:
+            head = await asyncio.to_thread(_read_head, result.path, PREVIEW_BYTES)
+        except OSError as exc:
+            self.view.error(f"cannot read {result.path}: {exc.strerror or exc}")
+            return
+        self.view.preview(result.file_name, head, result.size, result.sha256)
+
+    async def cmd_ls(self, args: list[str]) -> None:
+        """``ls [keyword]``: this peer's own share, and whether the index has each file."""
+        if len(args) > 1:
+            raise UsageError("ls [keyword]")
+        keyword = check_keyword(args[0]) if args else None
+        files = await asyncio.to_thread(self.daemon.share.scan)
+        if keyword is not None:
+            files = [f for f in files if f.keyword.casefold() == keyword.casefold()]
+        synced = set(self.daemon.shared)
+        self.view.share([ShareEntry(f, f in synced) for f in files], keyword)
+
+    async def cmd_peers(self, args: list[str]) -> None:
+        """``peers``: the peers seen in searches this session, most recent first."""
+        peers = sorted(self.known.values(), key=lambda p: -p.seen_at)
+        self.view.peers(peers, self.daemon.domain_name, self.clock())
+
+    async def cmd_status(self, args: list[str]) -> None:
+        """``status``: who we are, the index session, the token, the share, transfers."""
+        share_bytes = sum(f.size for f in self.daemon.shared)
+        self.view.status(self.daemon.status(), share_bytes, self.counts, self.clock())
+
+
+def _read_head(path: Path, size: int) -> bytes:
+    with path.open("rb") as f:
+        return f.read(size)
+
+
+def history_path(share: Path, environ: dict[str, str] | None = None) -> Path | None:
+    """Where the history is kept: ``$P2P_HISTORY``, else the home folder, else next to the
+    share; None if none of them is writable."""
+    env = os.environ if environ is None else environ
+    if env.get(HISTORY_ENV):
+        return Path(env[HISTORY_ENV])
+    candidates = []
+    with contextlib.suppress(RuntimeError, KeyError):
+        candidates.append(Path.home())
+    candidates.append(share.resolve().parent)
+    for folder in candidates:
+        if folder.is_dir() and os.access(folder, os.W_OK):
+            return folder / HISTORY_NAME
+    return None
+
+
+@contextlib.contextmanager
+def _terminal_restored(fd: int) -> Iterator[None]:
+    """Put the terminal back as it was (a read left pending at exit may have changed it)."""
+    try:
+        import termios
+    except ImportError:
+        yield
+        return
+    try:
+        saved = termios.tcgetattr(fd)
+    except termios.error:
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(termios.error):
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+async def run_shell_session(daemon: PeerDaemon, *, stdin_fd: int = 0) -> None:
+    """Run the shell on this process's stdin/stdout until the user leaves.
+
+    On a terminal: colours, progress bars, line editing and history. Otherwise: plain text,
+    commands read line by line from stdin, end of input is quit. SIGINT stops the running
+    command (or leaves at the prompt); SIGTERM leaves.
+    """
+    interactive = os.isatty(stdin_fd) and sys.stdout.isatty()
+    view = ShellView(make_console(interactive=interactive), interactive=interactive)
+    lines = StreamLines(stdin_fd)
+    shell = Shell(daemon, view, lines, echo=not interactive)
+    terminal: TerminalLines | None = None
+    if interactive:
+        terminal = TerminalLines(history_path(daemon.config.file_directory), list(shell.commands))
+        shell.lines = terminal
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, shell.interrupt)
+    loop.add_signal_handler(signal.SIGTERM, shell.terminate)
+    restore = _terminal_restored(stdin_fd) if interactive else contextlib.nullcontext()
+    try:
+        with restore:
+            await shell.run()
+    except BrokenPipeError:  # the output was closed (``peerd ... | head``): just leave
+        log.debug("output closed; leaving the shell")
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the exit's flush has somewhere to go
+        os.close(devnull)
+    finally:
+        if terminal is not None:
+            terminal.save_history()
+        sys.stdout.flush()
+
+
+__all__ = [
+    "KEYWORD_PROMPT",
+    "PROMPT",
+    "LineSource",
+    "Shell",
+    "StreamLines",
+    "TerminalLines",
+    "explain",
+    "history_path",
+    "run_shell_session",
+]
