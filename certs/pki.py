@@ -69,6 +69,9 @@ def validate_name(name: str) -> str:
                 f"invalid name {name!r}: label {label!r} must be letters, digits and '-',"
                 " not starting or ending with '-'"
             )
+    if lowered.rsplit(".", 1)[-1].isdigit():
+        # TLS would treat it as an IP address and check IP SANs, not the name (PROTOCOL.md §1).
+        raise ValueError(f"invalid name {name!r}: a host name, not an IP address")
     return lowered
 
 

@@ -10,6 +10,7 @@ thread, so they are serialized; reads on another, which WAL lets run beside a wr
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -173,6 +174,13 @@ SCHEMA_VERSION = len(_MIGRATIONS)
 
 
 def _connect(path: str) -> sqlite3.Connection:
+    if str(path) != ":memory:":
+        # The database holds password hashes: owner-only from the first byte. SQLite gives
+        # its -wal and -shm files the database file's mode.
+        try:
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        except OSError as exc:  # reported like any other failure to open the database
+            raise sqlite3.OperationalError(f"unable to open database file: {exc.strerror}") from exc
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
     db.execute("PRAGMA foreign_keys = ON")
     db.execute("PRAGMA busy_timeout = 30000")

@@ -21,7 +21,7 @@ class RequestError(P2PError):
     closes_connection: ClassVar[bool] = False
     default_message: ClassVar[str] = "internal error"
 
-    def __init__(self, message: str | None = None, **extra: Any) -> None:
+    def __init__(self, message: str | None = None, /, **extra: Any) -> None:
         self.message = message or self.default_message
         self.extra = extra
         super().__init__(self.message)

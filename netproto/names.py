@@ -87,8 +87,13 @@ def canonical_domain_name(domain_name: object) -> str:
     if type(domain_name) is not str or not 0 < len(domain_name) <= 253:
         raise BadRequest("domain_name: expected a DNS host name of 1 to 253 characters")
     name = domain_name.lower().rstrip(".")
-    if not name or not all(_DNS_LABEL.fullmatch(label) for label in name.split(".")):
+    labels = name.split(".")
+    if not name or not all(_DNS_LABEL.fullmatch(label) for label in labels):
         raise BadRequest("domain_name: expected a DNS host name (labels of a-z, 0-9, '-')")
+    if labels[-1].isdigit():
+        # An all-numeric last label reads as an IP address, and TLS would then check the
+        # certificate's IP addresses (which many certificates share) instead of its name.
+        raise BadRequest("domain_name: must be a DNS name, not an IP address")
     return name
 
 

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from netproto.daemon import add_limit_flags, configure_logging, limits_from_args
+from netproto.daemon import AcceptErrorLog, add_limit_flags, configure_logging, limits_from_args
 from peerd.client import DEFAULT_INDEX_PORT, parse_host_port
 from peerd.daemon import (
     DEFAULT_PEER_PORT,
@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--index-tls-name",
         default=None,
         metavar="NAME",
-        help="the name the index's certificate must carry (default: the HOST given)",
+        help="the DNS name the index's certificate must carry (default: HOST when it is a"
+        " name, 'indexd' when HOST is an IP address; never checked against an IP address)",
     )
     add("--bind", default="0.0.0.0", metavar="HOST", help="address to listen on (%(default)s)")  # noqa: S104
     add(
@@ -214,6 +215,7 @@ async def run_shell(daemon: PeerDaemon) -> bool:
 async def run(config: PeerConfig, *, shell: bool) -> int:
     """Start the daemon, serve until a signal (or the shell quits), then stop: exit status."""
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(AcceptErrorLog())
     stopping = asyncio.Event()
     daemon = PeerDaemon(config)
 

@@ -19,7 +19,8 @@ from typing import Self
 from cryptography import x509
 
 from netproto.client import Connection, ResponseStream
-from netproto.errors import AuthRequired, BadFrame, BadRequest
+from netproto.errors import AuthRequired, BadFrame, BadRequest, RequestError
+from netproto.names import canonical_domain_name
 from netproto.operations import (
     AuthReply,
     ByeReply,
@@ -43,6 +44,7 @@ from netproto.tls import client_context
 log = logging.getLogger(__name__)
 
 DEFAULT_INDEX_PORT = 7000  # indexd's default --port
+DEFAULT_INDEX_NAME = "indexd"  # the index's certificate name when it is dialled by address
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_REQUEST_TIMEOUT = 30.0
 
@@ -62,6 +64,26 @@ class TLSFiles:
     def client_context(self) -> ssl.SSLContext:
         """A TLS 1.3 client context presenting this certificate (when given)."""
         return client_context(self.ca, self.cert, self.key)
+
+
+def index_tls_name(host: str, explicit: str | None = None) -> str:
+    """The DNS name the index's certificate must carry.
+
+    Always a DNS name: ``explicit`` if given, else ``host`` when it is a name, else
+    :data:`DEFAULT_INDEX_NAME`. Never an IP address: every certificate of a deployment may
+    carry the loopback addresses, so an IP check would accept any peer as the index — and the
+    index is who receives the password and whose key signs every token.
+    """
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        candidate = explicit or host
+    else:
+        candidate = explicit or DEFAULT_INDEX_NAME
+    try:
+        return canonical_domain_name(candidate)
+    except BadRequest:
+        raise ValueError(f"{candidate!r} is not a DNS name for the index") from None
 
 
 def parse_host_port(value: str, default_port: int = DEFAULT_INDEX_PORT) -> tuple[str, int]:
@@ -121,8 +143,8 @@ class IndexClient:
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     ) -> IndexClient:
         """Connect to the index at ``host:port``, checking its certificate names
-        ``server_hostname`` (default: ``host``)."""
-        name = server_hostname or host
+        ``server_hostname`` (default: see :func:`index_tls_name`)."""
+        name = index_tls_name(host, server_hostname)
         conn = await Connection.open(
             host,
             port,
@@ -308,9 +330,12 @@ class PeerClient:
         stream = await self.conn.stream("fetch", body, _token(self._token))
         try:
             header = FetchHeader.from_wire(stream.header)
-        except BadRequest:
+        except RequestError as exc:
+            # The peer's header is at fault, not our request (an INVALID_PATH here is a name
+            # the peer made up). Unregister the stream too: its chunks would otherwise fill
+            # its queue and stall every other request on this connection.
             stream.close()
-            raise
+            raise BadRequest(f"the peer's stream header is malformed: {exc.message}") from exc
         return FetchStream(stream, header)
 
     async def close(self) -> None:

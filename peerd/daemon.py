@@ -44,7 +44,7 @@ from netproto.operations import SearchHit, SharedFile
 from netproto.server import Server, ServerLimits
 from netproto.tls import certificate_dns_names, client_context
 from netproto.tokens import Principal, TokenVerifier
-from peerd.client import IndexClient, PeerClient
+from peerd.client import IndexClient, PeerClient, index_tls_name
 from peerd.download import DownloadResult, ProgressCallback, download
 from peerd.server import DEFAULT_MAX_FETCHES, PeerService, make_server, peer_ssl_context
 from peerd.share import Share
@@ -134,7 +134,7 @@ def _identity(config: PeerConfig) -> tuple[x509.Certificate, Ed25519PrivateKey]:
         cert.verify_directly_issued_by(ca)
     except (ValueError, TypeError, InvalidSignature):
         raise StartupError(f"certificate {config.cert} is not issued by CA {config.ca}") from None
-    if config.domain_name not in certificate_dns_names(cert):
+    if config.domain_name.lower() not in certificate_dns_names(cert):
         raise StartupError(
             f"certificate {config.cert} does not name {config.domain_name!r}"
             f" (it names {', '.join(certificate_dns_names(cert)) or 'no DNS host'})"
@@ -151,6 +151,10 @@ class PeerDaemon:
             username = canonical_username(config.username)
         except RequestError as exc:
             raise StartupError(exc.message) from None
+        try:
+            self.index_tls_name = index_tls_name(config.index_host, config.index_tls_name)
+        except ValueError as exc:
+            raise StartupError(f"--index-tls-name: {exc}") from None
         self.config = config
         self.domain_name = domain_name
         self.username = username
@@ -355,7 +359,7 @@ class PeerDaemon:
                 config.index_host,
                 config.index_port,
                 self.client_context,
-                server_hostname=config.index_tls_name,
+                server_hostname=self.index_tls_name,
                 connect_timeout=config.connect_timeout,
                 request_timeout=config.request_timeout,
             )

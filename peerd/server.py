@@ -1,7 +1,8 @@
 """The peer server: ``list`` and ``fetch`` (PROTOCOL.md §4, §7) over mutual TLS.
 
-``fetch`` streams a file with bounded memory whatever its size: it reads at most 256 KiB at a
-time, one block ahead in a worker thread (read and hash overlap with TLS on the event loop),
+``fetch`` streams a file with bounded memory whatever its size: it reads 1 MiB at a time, one
+block ahead in a worker thread (read and hash overlap with TLS on the event loop), sends it in
+chunks of 256 KiB,
 and the connection's writer holds it back when the requester reads slowly. The digest in the
 trailer is of the bytes actually read (the prefix before ``offset`` included), so a file
 changed since it was listed is never served under its old digest; a file changed during the
@@ -11,6 +12,7 @@ transfer ends the stream with an error instead of a trailer.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -24,6 +26,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from netproto.errors import BadRequest, Busy
+from netproto.framing import DEFAULT_MAX_FRAME
 from netproto.operations import FetchHeader, FetchRequest, FetchTrailer, KeywordRequest
 from netproto.server import Operation, RequestContext, Server, ServerLimits, StreamReply
 from netproto.signing import fetch_signing_payload, sign_fetch
@@ -35,6 +38,9 @@ log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 256 << 10  # PROTOCOL.md §4: chunks of at most 256 KiB
 _PREFIX_BLOCK = 1 << 20
+#: File bytes read (and hashed) per trip to a worker thread: four chunks, so the hand-off to
+#: and from the thread is paid once per MiB, not per chunk (BENCHMARKS.md).
+_READ_BLOCK = 4 * CHUNK_SIZE
 DEFAULT_MAX_FETCHES = 32
 
 
@@ -56,7 +62,8 @@ class PeerService:
 
     async def handle_list(self, ctx: RequestContext, req: KeywordRequest) -> list[str]:
         """``list``: the file names under a keyword (matched case-insensitively)."""
-        return await asyncio.to_thread(self.share.list_files, req.keyword)
+        names = await asyncio.to_thread(self.share.list_files, req.keyword)
+        return fit_list_reply(names)
 
     async def handle_fetch(self, ctx: RequestContext, req: FetchRequest) -> StreamReply:
         """``fetch``: a header, the file from ``offset`` in chunks, a signed trailer."""
@@ -85,6 +92,25 @@ class PeerService:
         except asyncio.CancelledError:
             future.add_done_callback(_close_unwanted)  # the open still completes in its thread
             raise
+
+
+#: Room left in a frame for the reply envelope around a list of names.
+_LIST_BUDGET = DEFAULT_MAX_FRAME - 1024
+
+
+def fit_list_reply(names: list[str], budget: int = _LIST_BUDGET) -> list[str]:
+    """The first names (in the given, sorted order) whose encoding fits in one reply frame.
+
+    PROTOCOL.md §4.6: a folder too large for one frame is listed in part rather than not at
+    all; ``search`` on the index, which has its own bound, names every file that was synced.
+    """
+    used = 5  # the array header, at most
+    for count, name in enumerate(names):
+        used += len(name.encode("utf-8", "surrogateescape")) + 3  # str header, at most
+        if used > budget:
+            log.info("list reply truncated to %d of %d names", count, len(names))
+            return names[:count]
+    return names
 
 
 def _close_unwanted(future: asyncio.Future[OpenFile]) -> None:
@@ -116,7 +142,7 @@ class _Transfer:
                 raise FileChanged()
             pos += len(block)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncIterator[bytes | memoryview]:
         loop = asyncio.get_running_loop()
         size = self.opened.identity.size
         pending: asyncio.Future[bytes] | None = None
@@ -124,7 +150,8 @@ class _Transfer:
             await loop.run_in_executor(None, self._hash_prefix, self.req.offset)
             pos = self.req.offset
             if pos < size:
-                pending = loop.run_in_executor(None, self._read_hashed, pos, CHUNK_SIZE)
+                want = min(_READ_BLOCK, size - pos)
+                pending = loop.run_in_executor(None, self._read_hashed, pos, want)
             while pending is not None:
                 data = await pending
                 pending = None
@@ -133,9 +160,11 @@ class _Transfer:
                 pos += len(data)
                 if pos < size:
                     # Read the next block while this one is encrypted and sent.
-                    want = min(CHUNK_SIZE, size - pos)
+                    want = min(_READ_BLOCK, size - pos)
                     pending = loop.run_in_executor(None, self._read_hashed, pos, want)
-                yield data
+                view = memoryview(data)
+                for start in range(0, len(data), CHUNK_SIZE):
+                    yield view[start : start + CHUNK_SIZE]
             if pos != size or self.opened.current_identity() != self.opened.identity:
                 raise FileChanged()
             self.digest = self.sha256.digest()
@@ -191,6 +220,13 @@ def peer_ssl_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
     return server_context(cert, key, ca, require_client_cert=True)
 
 
+#: A peer's default write high-water mark (PROTOCOL.md §6 has 4 MiB for servers in general).
+#: A fetch keeps its connection's output at the mark, as ciphertext waiting for the socket;
+#: 1 MiB instead of 4 cuts the serving peer's memory per fetch from about 27 MiB to 6 MiB,
+#: at the same speed (BENCHMARKS.md).
+PEER_WRITE_HIGH_WATER = 1 << 20
+
+
 def make_server(
     service: PeerService,
     ssl_context: ssl.SSLContext,
@@ -198,6 +234,9 @@ def make_server(
     limits: ServerLimits | None = None,
 ) -> Server:
     """A :class:`Server` serving ``list`` and ``fetch`` for ``service``."""
+    limits = limits or ServerLimits()
+    if limits.write_high_water == ServerLimits.write_high_water:  # the general default
+        limits = dataclasses.replace(limits, write_high_water=PEER_WRITE_HIGH_WATER)
     return Server(
         operations(service),
         ssl_context,

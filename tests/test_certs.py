@@ -247,7 +247,12 @@ def test_name_longer_than_253_chars_is_invalid() -> None:
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("peer1", "peer1"), ("Index.Example.COM", "index.example.com"), ("a-b", "a-b"), ("7", "7")],
+    [
+        ("peer1", "peer1"),
+        ("Index.Example.COM", "index.example.com"),
+        ("a-b", "a-b"),
+        ("7up", "7up"),
+    ],
 )
 def test_valid_name_is_accepted_lower_cased(name: str, expected: str) -> None:
     assert validate_name(name) == expected
@@ -694,3 +699,9 @@ def test_python_m_certs_error_exits_2_without_traceback(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: refusing to overwrite") and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["127.0.0.1", "peer.42"])
+def test_name_that_reads_as_an_ip_address_is_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="not an IP address"):
+        validate_name(name)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -170,3 +172,13 @@ def test_unwritable_database_path_fails_to_open(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(sqlite3.OperationalError):
         SqliteIndexStore(blocker / "index.db")
+
+
+def test_database_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "index.db"
+    old = os.umask(0o022)
+    try:
+        SqliteIndexStore(path).close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600

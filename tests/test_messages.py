@@ -241,3 +241,9 @@ def test_error_without_message_gets_the_default_message() -> None:
 def test_rate_limited_without_a_usable_retry_after_defaults_to_one_second() -> None:
     assert RateLimited().retry_after == 1.0
     assert RateLimited(retry_after="soon").retry_after == 1.0
+
+
+def test_error_map_with_a_self_key_is_rebuilt_without_failing() -> None:
+    error = RequestError.from_wire({"code": "NOT_FOUND", "message": "gone", "self": 1})
+    assert isinstance(error, NotFound)
+    assert error.extra == {"self": 1}

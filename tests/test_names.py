@@ -233,3 +233,9 @@ def test_password_over_72_utf8_bytes_is_too_long(password: str) -> None:
 def test_unusable_password_is_bad_request(password: object) -> None:
     with pytest.raises(BadRequest):
         check_password(password)
+
+
+@pytest.mark.parametrize("name", ["127.0.0.1", "10.1.2.3", "peer.123", "1"])
+def test_domain_name_that_reads_as_an_ip_address_is_refused(name: str) -> None:
+    with pytest.raises(BadRequest):
+        canonical_domain_name(name)

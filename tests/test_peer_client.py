@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from certs import load_cert, load_key
-from netproto.errors import AuthRequired, NotFound, VerificationFailed
+from netproto.errors import AuthRequired, ConnectionClosed, NotFound, VerificationFailed
 from netproto.operations import (
     FetchHeader,
     FetchRequest,
@@ -26,7 +26,7 @@ from netproto.operations import (
 from netproto.server import Operation, RequestContext, Server, StreamReply
 from netproto.signing import fetch_signing_payload, sign_fetch
 from netproto.tokens import TokenVerifier
-from peerd.client import IndexClient, parse_host_port
+from peerd.client import IndexClient, index_tls_name, parse_host_port
 from peerd.download import (
     CHECKS,
     DownloadError,
@@ -598,3 +598,36 @@ async def test_index_calls_that_need_a_token_refuse_before_auth(
         async with client:
             with pytest.raises(AuthRequired):
                 await client.search("koala")
+
+
+# --- the index's identity is a DNS name, never an IP address --------------------------------
+
+
+def test_index_tls_name_defaults_to_indexd_when_dialled_by_address() -> None:
+    assert index_tls_name("127.0.0.1") == "indexd"
+    assert index_tls_name("::1") == "indexd"
+
+
+def test_index_tls_name_is_the_host_when_it_is_a_name() -> None:
+    assert index_tls_name("Index.Example.org") == "index.example.org"
+
+
+def test_index_tls_name_prefers_the_explicit_name() -> None:
+    assert index_tls_name("127.0.0.1", "idx") == "idx"
+
+
+def test_index_tls_name_refuses_an_ip_address_as_the_name() -> None:
+    with pytest.raises(ValueError):
+        index_tls_name("127.0.0.1", "127.0.0.1")
+
+
+async def test_a_peer_certificate_is_not_accepted_as_the_index_by_address(pki: Any) -> None:
+    """peer2's certificate carries 127.0.0.1 too; dialled by address it must still be refused."""
+    impostor = Server({}, pki.server_ctx("peer2"), name="impostor")
+    await impostor.start("127.0.0.1", 0)
+    try:
+        async with asyncio.timeout(10):
+            with pytest.raises(ConnectionClosed):
+                await IndexClient.connect("127.0.0.1", impostor.port, pki.client_ctx("peer1"))
+    finally:
+        await impostor.close(grace=0.5)

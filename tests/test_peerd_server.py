@@ -14,6 +14,7 @@ import pytest
 
 from certs import load_cert, load_key
 from netproto.client import Connection
+from netproto.codec import pack
 from netproto.errors import (
     AuthRequired,
     BadRequest,
@@ -23,12 +24,13 @@ from netproto.errors import (
     NotFound,
     TokenInvalid,
 )
+from netproto.framing import DEFAULT_MAX_FRAME
 from netproto.operations import FetchHeader, FetchRequest, FetchTrailer, KeywordRequest
 from netproto.server import RequestContext
 from netproto.signing import fetch_signature_valid, fetch_signing_payload
 from netproto.tokens import Principal, TokenIssuer
 from peerd.client import FetchStream, PeerClient
-from peerd.server import CHUNK_SIZE, HANDLERS, PeerService, _Transfer
+from peerd.server import CHUNK_SIZE, HANDLERS, PeerService, _Transfer, fit_list_reply
 from peerd.share import Share
 
 TIMEOUT = 10.0
@@ -436,3 +438,16 @@ async def test_a_fetch_reads_ahead_only_as_far_as_the_requester_takes(
         await asyncio.sleep(0.5)  # time enough to read far ahead, were nothing holding it back
         await peer.close()
     assert 0 < read <= 64 << 20
+
+
+def test_list_reply_of_a_huge_folder_fits_one_frame() -> None:
+    names = sorted(f"{i:06d}-{'x' * 40}.txt" for i in range(30_000))
+    fitted = fit_list_reply(names)
+    assert 0 < len(fitted) < len(names)
+    assert fitted == names[: len(fitted)]
+    assert len(pack(fitted)) <= DEFAULT_MAX_FRAME - 1024
+
+
+def test_list_reply_of_a_small_folder_is_whole() -> None:
+    names = ["a.txt", "b.txt"]
+    assert fit_list_reply(names) == names
