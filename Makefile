@@ -17,8 +17,25 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The slow variants (e.g. the 10,000-frame fuzz run of tests/test_adv_framing.py).
 test-long: $(STAMP)
 	$(BIN)/python -m pytest -m long
+
+# TLS audit of a live indexd and peerd (tests/tls_audit.py): sslyze, Python's ssl and
+# openssl s_client; fails on anything but TLS 1.3, AEAD suites and X25519, or a peer that
+# takes clients without a certificate. sslyze pins an older `cryptography`, so it gets a venv
+# of its own (the `audit` extra) instead of changing the project's.
+AUDIT_VENV  := .venv-audit
+AUDIT_STAMP := $(AUDIT_VENV)/.installed
+
+$(AUDIT_STAMP): setup.cfg setup.py pyproject.toml
+	@test -x $(AUDIT_VENV)/bin/python || $(PYTHON) -m venv $(AUDIT_VENV)
+	$(AUDIT_VENV)/bin/python -m pip install -q --upgrade pip
+	$(AUDIT_VENV)/bin/python -m pip install -q -e '.[audit]'
+	@touch $(AUDIT_STAMP)
+
+audit: $(AUDIT_STAMP)
+	$(AUDIT_VENV)/bin/python tests/tls_audit.py $(AUDIT_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -46,4 +63,4 @@ bench-quick: $(STAMP)
 	$(BIN)/python -m bench --quick
 
 clean:
-	rm -rf $(VENV) build *.egg-info demo bench/results
+	rm -rf $(VENV) $(AUDIT_VENV) build *.egg-info demo bench/results

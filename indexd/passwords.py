@@ -10,8 +10,11 @@ about as long as a wrong password.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
+import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -22,6 +25,22 @@ from netproto.errors import Busy
 from netproto.names import MAX_PASSWORD_BYTES, MIN_PASSWORD_BYTES
 
 DEFAULT_COST = 12
+#: How much lower the hashing threads' priority is than the event loop's (Linux nice steps).
+#: bcrypt keeps every core busy during a burst of logins; at a lower priority the event loop
+#: still gets a core the moment a request arrives, so searches answer in about the same time
+#: (design §6: within 10 ms during a burst; BENCHMARKS.md). Without contention it costs
+#: bcrypt nothing.
+HASH_THREAD_NICENESS = 10
+
+
+def _lower_priority() -> None:
+    """Run this (hashing) thread at a lower priority: Linux only, where nice is per thread."""
+    if sys.platform.startswith("linux"):
+        tid = threading.get_native_id()
+        with contextlib.suppress(OSError):
+            niceness = os.getpriority(os.PRIO_PROCESS, tid) + HASH_THREAD_NICENESS
+            os.setpriority(os.PRIO_PROCESS, tid, niceness)
+
 
 T = TypeVar("T")
 
@@ -41,7 +60,9 @@ class PasswordHasher:
         self.cost = cost
         self.concurrency = concurrency or os.cpu_count() or 1
         self.max_waiting = max_waiting
-        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="indexd-bcrypt")
+        self._pool = ThreadPoolExecutor(
+            self.concurrency, thread_name_prefix="indexd-bcrypt", initializer=_lower_priority
+        )
         self._slots = asyncio.Semaphore(self.concurrency)
         self._waiting = 0
         self._dummy: bytes | None = None

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from netproto.server import ServerLimits
 
@@ -74,11 +75,46 @@ def configure_logging(verbosity: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+ACCEPT_FAILED = "socket.accept() out of system resource"
+
+
+class AcceptErrorLog:
+    """Loop exception handler: accept() running out of descriptors is one warning a while.
+
+    asyncio logs each failed accept() (EMFILE, ENFILE, ENOBUFS, ENOMEM) with a traceback,
+    about a hundred times a second while a client keeps the process at its descriptor
+    limit, and retries by itself a second later; the daemon keeps serving its open
+    connections meanwhile. Left alone that floods the log; this says it once per
+    ``interval`` with a count. Everything else goes to the default handler.
+    """
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self.suppressed = 0
+        self._next_warning = float("-inf")
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if context.get("message") != ACCEPT_FAILED:
+            loop.default_exception_handler(context)
+            return
+        self.suppressed += 1
+        now = loop.time()
+        if now >= self._next_warning:
+            log.warning(
+                "cannot accept new connections (%s); retrying (%d failures since the last warning)",
+                context.get("exception"),
+                self.suppressed,
+            )
+            self.suppressed = 0
+            self._next_warning = now + self.interval
+
+
 async def run_until_signalled(
     start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]
 ) -> None:
     """Start, wait for SIGINT or SIGTERM, then stop (drain) and return."""
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(AcceptErrorLog())
     stopping = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)

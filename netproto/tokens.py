@@ -113,7 +113,8 @@ class TokenVerifier:
                 audience=AUDIENCE,
                 issuer=self.issuer,
                 leeway=LEEWAY,
-                options={"require": list(REQUIRED_CLAIMS), "verify_iat": True},
+                # strict_aud: "aud" must be exactly our audience, not a list that holds it.
+                options={"require": list(REQUIRED_CLAIMS), "verify_iat": True, "strict_aud": True},
             )
         except jwt.ExpiredSignatureError as exc:
             raise TokenExpired() from exc

@@ -312,6 +312,18 @@ class _Download:
     # --- the transfer ---------------------------------------------------------------
 
     async def run(self) -> DownloadResult:
+        try:
+            return await self._run()
+        except OSError as exc:
+            if isinstance(exc, TimeoutError):
+                raise
+            # The disk refused something (full, over quota, read-only, not permitted): one
+            # readable line, and no partial file left behind to resume into.
+            with contextlib.suppress(OSError):
+                self._discard_partial()
+            raise DownloadError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+
+    async def _run(self) -> DownloadResult:
         if self._existing_size() is not None:
             present = await self._present_result()
             if present is not None:
@@ -639,10 +651,16 @@ async def download(
     if expected is not None and expected.filename != file_name:
         raise ValueError("expected describes another file")
     root = Path(file_directory)
-    os.makedirs(root, exist_ok=True)
-    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        folder, dir_fd, created = _open_keyword_dir(root_fd, keyword)
+        os.makedirs(root, exist_ok=True)
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise DownloadError(f"cannot use {root} for downloads: {exc.strerror or exc}") from exc
+    try:
+        try:
+            folder, dir_fd, created = _open_keyword_dir(root_fd, keyword)
+        except OSError as exc:
+            raise DownloadError(f"cannot make the folder {root / keyword}: {exc.strerror}") from exc
         try:
             job = _Download(
                 peer,
