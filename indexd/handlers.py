@@ -66,6 +66,24 @@ class IndexSettings:
     staging: StagingLimits = field(default_factory=StagingLimits)
 
 
+@functools.lru_cache(maxsize=4096)
+def _keyword_request(keyword: str) -> KeywordRequest:
+    return KeywordRequest.from_wire({"keyword": keyword})
+
+
+def parse_search(body: dict[str, Any]) -> KeywordRequest:
+    """:meth:`KeywordRequest.from_wire`, remembering recent valid keywords.
+
+    Checking a keyword (Unicode categories, NFKC look-alikes, device names) costs more than
+    the rest of a cached search; a search for a keyword checked before skips it (BENCHMARKS.md).
+    Invalid keywords are not remembered, and any other body goes the full way.
+    """
+    keyword = body.get("keyword")
+    if type(keyword) is str and len(body) == 1:
+        return _keyword_request(keyword)
+    return KeywordRequest.from_wire(body)
+
+
 @functools.lru_cache(maxsize=1024)
 def _certificate_names(cert: x509.Certificate) -> frozenset[str]:
     return frozenset(certificate_dns_names(cert))
@@ -275,7 +293,7 @@ class IndexService:
             "register": Operation(Credentials.from_wire, self.handle_register, needs_token=False),
             "auth": Operation(Credentials.from_wire, self.handle_auth, needs_token=False),
             "sync": Operation(SyncRequest.from_wire, self.handle_sync),
-            "search": Operation(KeywordRequest.from_wire, self.handle_search, inline=True),
+            "search": Operation(parse_search, self.handle_search, inline=True),
             "ping": Operation(PeerRequest.from_wire, self.handle_ping),
             "bye": Operation(PeerRequest.from_wire, self.handle_bye),
         }

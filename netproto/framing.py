@@ -1,7 +1,9 @@
 """Length-prefixed framing (PROTOCOL.md §2): a 4-byte big-endian length, then that many bytes.
 
-Sans-I/O: :class:`FrameDecoder` takes bytes as they arrive and hands out whole frame bodies.
-The length is checked against ``max_frame`` before a single body byte is buffered.
+Sans-I/O: :class:`FrameDecoder` takes bytes as they arrive and hands out whole frame bodies;
+:class:`FrameBuffer` does the same with buffers it hands out for the bytes to be received into
+(no copy between TLS and a large frame's reader). Either checks the length against
+``max_frame`` before a single body byte is buffered.
 """
 
 from __future__ import annotations
@@ -76,3 +78,103 @@ class FrameDecoder:
         if self._pos:
             del buf[: self._pos]
             self._pos = 0
+
+
+#: Frames at least this long arrive in a buffer of their own (see :class:`FrameBuffer`).
+OWN_BUFFER_AT = 64 << 10
+_SCRATCH = 256 << 10
+
+
+class FrameBuffer:
+    """Incremental frame decoder that hands out the buffers bytes are received into.
+
+    For :class:`asyncio.BufferedProtocol`: :meth:`get_buffer` gives the receiver (TLS, which
+    decrypts straight into it) where to put the next bytes, :meth:`buffer_updated` says how
+    many came and returns the frames they completed. Small frames are read, several at a time,
+    into one reused scratch buffer and returned as views of it, valid only until the next
+    :meth:`get_buffer`. A frame of :data:`OWN_BUFFER_AT` bytes or more gets a buffer of its
+    own as soon as its length is known, and its body arrives straight into it: that one is
+    returned as a :class:`bytearray` nobody else touches, so a 256 KiB stream chunk is never
+    copied between the decryption and whoever reads it. Lengths are checked against
+    ``max_frame`` from the prefix alone, before any body byte is buffered.
+    """
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.max_frame = max_frame
+        self._scratch = bytearray(_SCRATCH)
+        self._view = memoryview(self._scratch)
+        self._start = 0  # first byte not yet handed out
+        self._end = 0  # end of the bytes received into the scratch buffer
+        self._own: bytearray | None = None  # the body of a large frame being received
+        self._own_filled = 0
+
+    @property
+    def in_frame(self) -> bool:
+        """True while part of a frame (prefix or body) has arrived but not all of it."""
+        return self._own is not None or self._end > self._start
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """Where the next received bytes go (never past the end of a large frame's body)."""
+        own = self._own
+        if own is not None:
+            return memoryview(own)[self._own_filled :]
+        start, end = self._start, self._end
+        if start == end:
+            self._start = self._end = 0
+        elif len(self._scratch) - end < OWN_BUFFER_AT:
+            # Move the incomplete frame's head to the front; it is under OWN_BUFFER_AT long,
+            # so what is free after it always holds the rest.
+            self._scratch[: end - start] = self._scratch[start:end]
+            self._start, self._end = 0, end - start
+        return self._view[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> list[memoryview | bytearray]:
+        """``nbytes`` arrived in the last buffer; return the frame bodies now complete.
+
+        Raises :class:`FrameTooLarge` for a length of 0 or over ``max_frame``.
+        """
+        frames: list[memoryview | bytearray] = []
+        own = self._own
+        if own is not None:
+            self._own_filled += nbytes
+            if self._own_filled < len(own):
+                return frames
+            frames.append(own)
+            self._own = None
+            return frames
+        self._end += nbytes
+        pos, end, view = self._start, self._end, self._view
+        while end - pos >= HEADER_SIZE:
+            (length,) = HEADER.unpack_from(view, pos)
+            if length == 0:
+                raise FrameTooLarge("empty frame (length 0)")
+            if length > self.max_frame:
+                raise FrameTooLarge(f"frame of {length} bytes exceeds {self.max_frame}")
+            body = pos + HEADER_SIZE
+            if end - body >= length:
+                frames.append(view[body : body + length])
+                pos = body + length
+                continue
+            if length >= OWN_BUFFER_AT:
+                own = bytearray(length)
+                have = end - body
+                own[:have] = view[body:end]
+                self._own, self._own_filled = own, have
+                pos = end
+            break
+        self._start = pos
+        return frames
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[bytes | bytearray]:
+        """Feed bytes received elsewhere; return the frames they completed, as independent
+        objects (frames in the scratch buffer are copied out; large ones keep their own)."""
+        frames: list[bytes | bytearray] = []
+        source = memoryview(data)
+        while source:
+            buf = self.get_buffer(len(source))
+            n = min(len(buf), len(source))
+            buf[:n] = source[:n]
+            source = source[n:]
+            for frame in self.buffer_updated(n):
+                frames.append(frame if isinstance(frame, bytearray) else bytes(frame))
+        return frames

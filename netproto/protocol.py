@@ -15,11 +15,20 @@ import msgpack
 
 from netproto.codec import pack, unpack_map
 from netproto.errors import BadFrame, RequestError
-from netproto.framing import DEFAULT_MAX_FRAME, FrameDecoder, frame_header
+from netproto.framing import (
+    DEFAULT_MAX_FRAME,
+    HEADER,
+    HEADER_SIZE,
+    FrameBuffer,
+    FrameDecoder,
+    frame_header,
+)
 from netproto.messages import (
     MAX_ID,
+    PROTOCOL_VERSION,
     Request,
     ServerMessage,
+    StreamChunk,
     error_map,
     parse_request,
     parse_server_message,
@@ -38,9 +47,17 @@ def encode_message(msg: dict[str, Any]) -> bytes:
 
 def encode_chunk(rid: int, data: bytes | memoryview) -> bytes:
     """One stream chunk frame, built with a single copy of ``data``."""
-    # The map {"id": rid, "chunk": <bin>} written out by hand so the payload is copied once.
-    prefix = b"\x82\xa2id" + pack(rid) + b"\xa5chunk\xc6" + len(data).to_bytes(4, "big")
-    return b"".join((frame_header(len(prefix) + len(data)), prefix, data))
+    return encode_chunk_head(rid, len(data)) + data
+
+
+def encode_chunk_head(rid: int, size: int) -> bytes:
+    """The start of a stream chunk frame whose ``size`` payload bytes follow as they are.
+
+    The map ``{"id": rid, "chunk": <bin 32>}`` written out by hand, so that a writer can send
+    the payload straight from where it lies, without copying it into one frame first.
+    """
+    prefix = b"\x82\xa2id" + pack(rid) + b"\xa5chunk\xc6" + size.to_bytes(4, "big")
+    return frame_header(len(prefix) + size) + prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +109,41 @@ class ServerProtocol:
             events.append(Unreadable(exc))
         return events
 
+    def receive_whole(self, data: bytes, max_events: int) -> list[Request | Rejected] | None:
+        """Decode ``data`` at once if it is exactly whole frames (at most ``max_events``), all
+        readable, and no partial frame is buffered; else return None having consumed nothing
+        (then feed it to :meth:`receive_data`, which reports what is wrong with it).
+
+        The asyncio layer answers such input as it arrives, in the transport's callback.
+        """
+        if self._decoder.in_frame:
+            return None
+        end = len(data)
+        spans: list[tuple[int, int]] = []
+        pos = 0
+        while pos < end:
+            if end - pos < HEADER_SIZE or len(spans) == max_events:
+                return None
+            (length,) = HEADER.unpack_from(data, pos)
+            pos += HEADER_SIZE
+            if not 0 < length <= self.max_frame or pos + length > end:
+                return None
+            spans.append((pos, pos + length))
+            pos += length
+        events: list[Request | Rejected] = []
+        try:
+            for start, stop in spans:
+                msg = unpack_map(data[start:stop], self.max_frame)
+                try:
+                    events.append(parse_request(msg))
+                except RequestError as exc:
+                    if exc.closes_connection:
+                        return None
+                    events.append(Rejected(request_id(msg), exc))
+        except RequestError:
+            return None
+        return events
+
     @staticmethod
     def reply(rid: int, body: Any) -> bytes:
         """Encode a success reply."""
@@ -124,7 +176,7 @@ class ClientProtocol:
     """The client side of one connection: numbers requests, decodes answers."""
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
-        self._decoder = FrameDecoder(max_frame)
+        self._frames = FrameBuffer(max_frame)
         self._ids = itertools.cycle(range(1, MAX_ID + 1))
         self.max_frame = max_frame
 
@@ -134,8 +186,16 @@ class ClientProtocol:
 
     def request(self, request: Request) -> bytes:
         """Encode a request; raise :class:`BadFrame` if it would exceed ``max_frame``."""
+        return self.encode_request(request.id, request.op, request.body, request.token)
+
+    def encode_request(self, rid: int, op: str, body: dict[str, Any], token: str | None) -> bytes:
+        """Encode the request envelope of PROTOCOL.md §3 (what :meth:`request` does, without
+        building a :class:`Request` first); raise :class:`BadFrame` past ``max_frame``."""
+        msg: dict[str, Any] = {"v": PROTOCOL_VERSION, "id": rid, "op": op, "body": body}
+        if token is not None:
+            msg["token"] = token
         try:
-            data = encode_message(request.to_wire())
+            data = encode_message(msg)
         except (TypeError, ValueError, OverflowError, msgpack.PackException) as exc:
             raise BadFrame(f"request cannot be encoded: {exc}") from exc
         if len(data) - 4 > self.max_frame:
@@ -144,5 +204,51 @@ class ClientProtocol:
 
     def receive_data(self, data: bytes) -> list[ServerMessage]:
         """Feed received bytes; return the server messages they completed."""
-        self._decoder.receive_data(data)
-        return [parse_server_message(unpack_map(f, self.max_frame)) for f in self._decoder.frames()]
+        return [self._message(f) for f in self._frames.receive_data(data)]
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """Where to receive the next bytes into (see :class:`FrameBuffer`)."""
+        return self._frames.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> list[ServerMessage]:
+        """``nbytes`` arrived in the last :meth:`get_buffer`; return the messages completed.
+
+        A stream chunk that arrived in a buffer of its own is returned as a view of it, not
+        copied (its ``data`` is then a :class:`memoryview`).
+        """
+        return [self._message(f) for f in self._frames.buffer_updated(nbytes)]
+
+    def _message(self, frame: bytes | bytearray | memoryview) -> ServerMessage:
+        if type(frame) is bytearray:  # a frame with a buffer of its own
+            chunk = _chunk_frame(frame)
+            if chunk is not None:
+                return chunk
+        return parse_server_message(unpack_map(frame, self.max_frame))  # type: ignore[arg-type]
+
+
+_CHUNK_HEAD = b"\x82\xa2id"
+_CHUNK_KEY = b"\xa5chunk\xc6"
+
+
+def _chunk_frame(frame: bytearray | memoryview) -> StreamChunk | None:
+    """A chunk frame laid out exactly as :func:`encode_chunk` writes it, read without copying
+    its payload; None for anything else (which then goes through the strict codec)."""
+    if len(frame) < 16 or bytes(frame[:4]) != _CHUNK_HEAD:
+        return None
+    lead = frame[4]
+    if lead < 0x80:  # {"id": <uint>, ...} in any of msgpack's unsigned encodings
+        rid, pos = lead, 5
+    elif lead == 0xCC:
+        rid, pos = frame[5], 6
+    elif lead == 0xCD:
+        rid, pos = int.from_bytes(frame[5:7], "big"), 7
+    elif lead == 0xCE:
+        rid, pos = int.from_bytes(frame[5:9], "big"), 9
+    else:
+        return None
+    if bytes(frame[pos : pos + 7]) != _CHUNK_KEY:
+        return None
+    start = pos + 11
+    if start + int.from_bytes(frame[pos + 7 : start], "big") != len(frame):
+        return None
+    return StreamChunk(rid, memoryview(frame)[start:])  # type: ignore[arg-type]

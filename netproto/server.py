@@ -9,6 +9,7 @@ context and the typed body, listed in a table of :class:`Operation`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import ssl
@@ -32,7 +33,7 @@ from netproto.errors import (
 )
 from netproto.framing import DEFAULT_MAX_FRAME
 from netproto.messages import Request
-from netproto.protocol import Rejected, ServerProtocol, Unreadable, encode_chunk
+from netproto.protocol import Rejected, ServerProtocol, Unreadable, encode_chunk_head
 from netproto.streams import FrameWriter, map_exceptions
 from netproto.tokens import Principal
 
@@ -166,16 +167,35 @@ class Server:
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop accepting, let requests in flight finish within ``grace``, then close all."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         self._closing = True
         if self._server is not None:
             self._server.close()
         conns = list(self._connections)
+        # Those with answers to finish or deliver; the idle rest is simply dropped.
+        busy = [c for c in conns if c.tasks or c.writer.buffered()]
         for conn in conns:
             conn.stop_reading()
         if conns:
             await asyncio.wait([asyncio.ensure_future(c.drain(grace)) for c in conns])
+            # Close those gracefully in what is left of the grace: an answer finished just now
+            # may still sit in the buffers (up to the high-water mark, and the socket's), and
+            # an abort would drop it (a finished fetch would lose its tail and trailer).
+            left = max(0.0, deadline - loop.time())
+            closing = [
+                asyncio.ensure_future(c.writer.close(left)) for c in busy if c in self._connections
+            ]
+            if closing:
+                await asyncio.wait(closing)
         for conn in list(self._connections):
             conn.abort()
+        # Let each connection's task see its end and finish here, rather than be cancelled
+        # (and logged) when the event loop shuts down.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                while self._connections:  # noqa: ASYNC110 - asyncio.Server has no such event
+                    await asyncio.sleep(0.01)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
@@ -232,7 +252,11 @@ class _Connection:
         self.state = ConnectionState()
         self.peer_cert: x509.Certificate | None = None
         self._read_task: asyncio.Task[Any] | None = None
-        self._slots = asyncio.Semaphore(self.limits.max_in_flight)
+        self._slots = _Slots(self.limits.max_in_flight)
+        self._guard: _ReadDeadline | None = None
+        #: True while the read loop waits for input with nothing left to do: input may then
+        #: be answered right in the transport's callback (:meth:`_take`).
+        self._parked = False
 
     async def run(self, *, busy: bool) -> None:
         try:
@@ -252,17 +276,33 @@ class _Connection:
             await self._close_with(Busy("too many connections"))
             return
         self._read_task = asyncio.current_task()
+        transport = self.raw_writer.transport
+        transport.set_protocol(_FastInput(transport.get_protocol(), self))
         try:
             await self._read_loop()
         except asyncio.CancelledError:
-            # stop_reading(): let requests in flight finish; close() decides when to abort.
+            # stop_reading(): let requests in flight finish and their answers leave (a
+            # graceful close waits for the last byte); close() decides when to abort.
             await self.drain(self.limits.slow_reader_timeout)
+            await self.writer.close(self.limits.slow_reader_timeout)
         finally:
             self.abort()
 
     async def _read_loop(self) -> None:
-        limits = self.limits
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self._guard = guard = _ReadDeadline(loop, task)
+        try:
+            await self._read_frames(loop, task, guard)
+        finally:
+            guard.close()
+
+    async def _read_frames(
+        self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], guard: _ReadDeadline
+    ) -> None:
+        limits = self.limits
+        read = self.reader.read
         frame_deadline: float | None = None
         while True:
             if self.protocol.in_frame:
@@ -272,10 +312,27 @@ class _Connection:
             else:
                 frame_deadline = None
                 deadline = loop.time() + limits.idle_timeout
+            guard.set(deadline)
             try:
-                async with asyncio.timeout_at(deadline), map_exceptions():
-                    data = await self.reader.read(limits.read_size)
-            except TimeoutError:
+                with map_exceptions():
+                    self._parked = True
+                    try:
+                        data = await read(limits.read_size)
+                    finally:
+                        self._parked = False
+                timed_out = False
+            except asyncio.CancelledError:
+                if not guard.expired:
+                    raise
+                guard.expired = False
+                if task.uncancel():
+                    raise  # stop_reading() cancelled it too
+                timed_out = True
+            except ConnectionClosed:
+                return
+            finally:
+                guard.clear()
+            if timed_out:
                 if self.protocol.in_frame:
                     await self._close_with(Timeout("frame not completed in time"))
                     return
@@ -283,13 +340,14 @@ class _Connection:
                     continue  # not idle: a client receiving a long fetch has nothing to send
                 log.debug("closing idle connection from %s", self.address)
                 return
-            except ConnectionClosed:
-                return
             if not data:
                 await self.drain(limits.slow_reader_timeout)
                 return
             events = self.protocol.receive_data(data)
             operations = self.server.operations
+            # The answers inline operations give at once leave together, in one TLS write and
+            # without a callback to flush them (an extra event-loop turn per read otherwise).
+            self.writer.hold()
             for event in events:
                 if isinstance(event, Unreadable):
                     await self.drain(limits.slow_reader_timeout)
@@ -298,23 +356,71 @@ class _Connection:
                 if isinstance(event, Rejected):
                     self.writer.write(ServerProtocol.error(event.id, event.error))
                     continue
+                # Per request, not per read: one read may hold thousands of pipelined requests
+                # whose replies (a search's up to max_frame each) would otherwise all be
+                # produced before the reader is asked to keep up (PROTOCOL.md §6).
+                if self.writer.over_high_water() and not await self.writer.wait_writable(
+                    limits.slow_reader_timeout
+                ):
+                    log.info("cutting off slow reader %s", self.address)
+                    return
                 await self._slots.acquire()
-                operation = operations.get(event.op)
-                if operation is not None and operation.inline:
-                    coro = self._handle(event)
-                    try:
-                        suspended_on = coro.send(None)
-                    except StopIteration:
-                        self._slots.release()
-                        continue
-                    task = asyncio.create_task(_resume(coro, suspended_on))
-                else:
-                    task = asyncio.create_task(self._handle(event))
-                self.tasks.add(task)
-                task.add_done_callback(self._task_done)
+                self._start(event, operations.get(event.op))
+            self.writer.release()
             if not await self.writer.wait_writable(limits.slow_reader_timeout):
                 log.info("cutting off slow reader %s", self.address)
                 return
+
+    def _start(self, req: Request, operation: Operation[Any] | None) -> None:
+        """Run a request (its slot taken): an inline operation right here, until it answers
+        or suspends; any other as a task."""
+        if operation is not None and operation.inline:
+            coro = self._handle(req)
+            try:
+                suspended_on = coro.send(None)
+            except StopIteration:
+                self._slots.release()
+                return
+            task = asyncio.create_task(_resume(coro, suspended_on))
+        else:
+            task = asyncio.create_task(self._handle(req))
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _take(self, data: bytes) -> bool:
+        """Answer ``data`` in the transport's callback if it is a few whole requests that need
+        no waiting (a slot for each, the writer under its high-water mark); else False, and
+        the read loop gets it. One turn of the event loop fewer per request (BENCHMARKS.md).
+        """
+        if self.writer.over_high_water():
+            return False
+        events = self.protocol.receive_whole(data, _FAST_EVENTS)
+        if events is None or len(events) > self._slots.free:
+            return False
+        operations = self.server.operations
+        writer = self.writer
+        writer.hold()
+        for event in events:
+            if isinstance(event, Rejected):
+                writer.write(ServerProtocol.error(event.id, event.error))
+            else:
+                self._slots.take()
+                self._start(event, operations.get(event.op))
+        writer.release()
+        guard = self._guard
+        if guard is not None:
+            guard.set(asyncio.get_running_loop().time() + self.limits.idle_timeout)
+        if writer.over_high_water():
+            # The read loop waits for the reader after each batch; here a task does it.
+            task = asyncio.create_task(self._cut_off_if_slow())
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        return True
+
+    async def _cut_off_if_slow(self) -> None:
+        if not await self.writer.wait_writable(self.limits.slow_reader_timeout):
+            log.info("cutting off slow reader %s", self.address)
+            self.abort()
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
@@ -369,7 +475,7 @@ class _Connection:
         self.writer.write(ServerProtocol.stream_start(rid, to_wire(reply.header)))
         try:
             async for chunk in reply.chunks:
-                self.writer.write(encode_chunk(rid, chunk))
+                self.writer.write_parts(encode_chunk_head(rid, len(chunk)), chunk)
                 if not await self.writer.wait_writable(self.limits.slow_reader_timeout):
                     log.info("cutting off slow reader %s during a stream", self.address)
                     self.abort()
@@ -401,6 +507,124 @@ class _Connection:
         for task in list(self.tasks):
             task.cancel()
         self.writer.abort()
+
+
+#: Requests one received chunk may hold to be answered in the transport's callback; more go
+#: to the read loop, which waits for the writer after each (bounding what one chunk buffers).
+_FAST_EVENTS = 8
+
+
+class _FastInput(asyncio.Protocol):
+    """The TLS transport's protocol once the connection is up: input the connection can
+    answer at once goes to :meth:`_Connection._take`, the rest to the stream protocol (and
+    so to the read loop). Write flow control and the end of the connection go to the stream
+    protocol, so the :class:`asyncio.StreamWriter` keeps working as before."""
+
+    def __init__(self, inner: asyncio.BaseProtocol, conn: _Connection) -> None:
+        self._inner = inner
+        self._conn = conn
+
+    def data_received(self, data: bytes) -> None:
+        conn = self._conn
+        if conn._parked and conn._take(data):
+            return
+        # From here on the read loop has input queued: later input must queue behind it.
+        conn._parked = False
+        self._inner.data_received(data)  # type: ignore[attr-defined]
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()  # type: ignore[attr-defined,no-any-return]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+class _Slots:
+    """How many more requests a connection may run: a semaphore with a synchronous take."""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def take(self) -> None:
+        """Take a slot known to be free."""
+        self.free -= 1
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting for one if none is free."""
+        while self.free <= 0:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+        self.free -= 1
+
+    def release(self) -> None:
+        """Give a slot back."""
+        self.free += 1
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+
+class _ReadDeadline:
+    """The deadline of the read loop's current read, kept by one timer per connection.
+
+    ``asyncio.timeout`` around every read costs a timer and a cancel scope per read, about a
+    third of the server's CPU for a one-in-flight request (BENCHMARKS.md). Here the deadline is
+    a number moved forward on each read; the one timer acts only when it fires past it (it then
+    cancels the read, and :attr:`expired` tells the loop why), and re-arms itself otherwise.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
+        self._loop = loop
+        self._task = task
+        self._deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self.expired = False
+
+    def set(self, deadline: float) -> None:
+        """Arm for a read that must complete by ``deadline`` (loop time)."""
+        self._deadline = deadline
+        if self._timer is None or self._timer_at > deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._fire)
+            self._timer_at = deadline
+
+    def clear(self) -> None:
+        """The read completed (or failed): no deadline until the next :meth:`set`."""
+        self._deadline = None
+
+    def close(self) -> None:
+        """Stop the timer."""
+        self._deadline = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fire(self) -> None:
+        self._timer = None
+        deadline = self._deadline
+        if deadline is None:
+            return  # not reading now; the next set() arms a new timer
+        if self._loop.time() >= deadline:
+            self.expired = True
+            self._task.cancel()
+        else:
+            self.set(deadline)
 
 
 @types.coroutine

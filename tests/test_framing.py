@@ -154,3 +154,72 @@ def test_arbitrary_bytes_give_frames_or_only_the_documented_errors(data: bytes) 
             assert isinstance(unpack_map(frame, decoder.max_frame), dict)
     except (BadFrame, FrameTooLarge):
         pass
+
+
+# --- FrameBuffer: receiving into handed-out buffers (asyncio.BufferedProtocol) -------------
+
+from netproto.framing import OWN_BUFFER_AT, FrameBuffer  # noqa: E402
+
+
+def receive_into(fb: FrameBuffer, data: bytes, sizes: list[int]) -> list[bytes]:
+    """Receive ``data`` as a transport would, at most ``sizes[i]`` bytes per buffer."""
+    frames: list[bytes] = []
+    pos, i = 0, 0
+    while pos < len(data):
+        buf = fb.get_buffer(-1)
+        n = min(len(buf), sizes[i % len(sizes)], len(data) - pos)
+        buf[:n] = data[pos : pos + n]
+        pos += n
+        i += 1
+        frames.extend(bytes(f) for f in fb.buffer_updated(n))  # copied before the next read
+    return frames
+
+
+@pytest.mark.parametrize("sizes", [[1], [7, 3], [16384], [1 << 20]], ids=str)
+def test_frame_buffer_returns_small_and_large_frames_whole_in_order(sizes: list[int]) -> None:
+    bodies = [b"a", b"b" * 100, b"c" * OWN_BUFFER_AT, b"d" * 3000, b"e" * (256 << 10) + b"!"]
+    data = b"".join(encode_frame(b) for b in bodies)
+    fb = FrameBuffer()
+    assert receive_into(fb, data, sizes) == bodies
+    assert not fb.in_frame
+
+
+def test_frame_buffer_gives_a_large_frame_its_own_buffer_filled_in_place() -> None:
+    body = bytes(range(256)) * 1024  # 256 KiB
+    data = encode_frame(body)
+    fb = FrameBuffer()
+    buf = fb.get_buffer(-1)
+    buf[:1000] = data[:1000]
+    assert fb.buffer_updated(1000) == []
+    assert fb.in_frame
+    rest = fb.get_buffer(-1)
+    assert len(rest) == len(data) - 1000  # exactly the rest of the body, nothing beyond
+    rest[:] = data[1000:]
+    (frame,) = fb.buffer_updated(len(rest))
+    assert type(frame) is bytearray and frame == body
+    assert not fb.in_frame
+
+
+def test_frame_buffer_refuses_a_length_over_max_frame_from_the_prefix_alone() -> None:
+    fb = FrameBuffer(max_frame=100)
+    buf = fb.get_buffer(-1)
+    buf[:4] = frame_header(101)
+    with pytest.raises(FrameTooLarge):
+        fb.buffer_updated(4)
+
+
+def test_frame_buffer_refuses_a_zero_length_frame() -> None:
+    with pytest.raises(FrameTooLarge):
+        FrameBuffer().receive_data(frame_header(0))
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    st.lists(st.binary(min_size=1, max_size=300) | st.just(b"x" * (OWN_BUFFER_AT + 5)), max_size=6),
+    st.lists(st.integers(1, 70_000), min_size=1, max_size=5),
+)
+def test_frame_buffer_survives_any_split_into_reads(bodies: list[bytes], sizes: list[int]) -> None:
+    stream = b"".join(encode_frame(b) for b in bodies)
+    fb = FrameBuffer()
+    assert receive_into(fb, stream, sizes) == bodies
+    assert not fb.in_frame

@@ -344,3 +344,80 @@ def _worked_example_hex() -> bytes:
 def test_protocol_md_worked_example_is_what_the_encoder_sends() -> None:
     request = Request(1, "search", {"keyword": "koala"})
     assert _worked_example_hex() == ClientProtocol().request(request)
+
+
+# --- fast paths: whole requests at once, chunks received in place ----------------------------
+
+
+def _request_frame(rid: int, keyword: str = "koala") -> bytes:
+    return ClientProtocol().request(Request(rid, "search", {"keyword": keyword}, "t"))
+
+
+def test_receive_whole_decodes_whole_requests_like_receive_data() -> None:
+    data = _request_frame(1) + _request_frame(2, "horse")
+    events = ServerProtocol().receive_whole(data, 8)
+    assert events == ServerProtocol().receive_data(data)
+    assert [e.id for e in events or []] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _request_frame(1)[:-1],  # a partial frame
+        _request_frame(1) + _request_frame(2)[:3],  # a whole frame and a partial prefix
+        frame_header(0),  # empty
+        frame_header(2 << 20) + b"x",  # over max_frame
+        encode_frame(b"\xc1"),  # not msgpack
+        encode_frame(pack({"op": "search"})),  # no id: BAD_FRAME, closes the connection
+    ],
+    ids=["partial", "whole then partial", "empty", "too large", "not msgpack", "no id"],
+)
+def test_receive_whole_leaves_anything_else_to_receive_data(data: bytes) -> None:
+    protocol = ServerProtocol()
+    assert protocol.receive_whole(data, 8) is None
+    assert not protocol.in_frame  # nothing was consumed
+
+
+def test_receive_whole_takes_at_most_max_events() -> None:
+    data = b"".join(_request_frame(i) for i in range(1, 4))
+    assert ServerProtocol().receive_whole(data, 2) is None
+    assert len(ServerProtocol().receive_whole(data, 3) or []) == 3
+
+
+def test_receive_whole_answers_a_bad_envelope_with_its_rejection() -> None:
+    data = encode_frame(pack({"v": 9, "id": 5, "op": "search", "body": {}}))
+    (event,) = ServerProtocol().receive_whole(data, 8) or []
+    assert isinstance(event, Rejected) and event.id == 5
+    assert isinstance(event.error, UnsupportedVersion)
+
+
+def _receive_into(protocol: ClientProtocol, data: bytes, step: int) -> list[Any]:
+    messages: list[Any] = []
+    pos = 0
+    while pos < len(data):
+        buf = protocol.get_buffer(-1)
+        n = min(len(buf), step, len(data) - pos)
+        buf[:n] = data[pos : pos + n]
+        pos += n
+        messages.extend(protocol.buffer_updated(n))
+    return messages
+
+
+@pytest.mark.parametrize("rid", [7, 200, 40_000, 2**32 - 1])
+def test_a_large_chunk_received_in_place_is_a_view_of_its_own_buffer(rid: int) -> None:
+    payload = bytes(range(256)) * 1024
+    data = ServerProtocol.reply(1, "x") + encode_chunk(rid, payload) + encode_chunk(rid, b"tail")
+    reply, chunk, tail = _receive_into(ClientProtocol(), data, 16384)
+    assert reply == Reply(1, "x")
+    assert isinstance(chunk.data, memoryview) and chunk == StreamChunk(rid, payload)
+    assert tail == StreamChunk(rid, b"tail") and type(tail.data) is bytes
+
+
+def test_a_chunk_frame_laid_out_otherwise_goes_through_the_strict_codec() -> None:
+    payload = b"p" * (100 << 10)
+    reordered = encode_frame(pack({"chunk": payload, "id": 3}))
+    (chunk,) = _receive_into(ClientProtocol(), reordered, 1 << 20)
+    assert chunk == StreamChunk(3, payload)
+    trailing = encode_frame(encode_chunk(3, payload)[4:] + b"\x00")
+    with pytest.raises(BadFrame):
+        _receive_into(ClientProtocol(), trailing, 1 << 20)
