@@ -344,6 +344,10 @@ class _Connection:
                 await self.drain(limits.slow_reader_timeout)
                 return
             events = self.protocol.receive_data(data)
+            if events:
+                # A frame completed: the deadline of the next one runs from now, not from the
+                # first byte of a burst (PROTOCOL.md §6: each frame within frame_timeout).
+                frame_deadline = None
             operations = self.server.operations
             # The answers inline operations give at once leave together, in one TLS write and
             # without a callback to flush them (an extra event-loop turn per read otherwise).

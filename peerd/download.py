@@ -45,6 +45,7 @@ from netproto.operations import NONCE_SIZE, FetchTrailer, ListedFile
 from netproto.signing import fetch_signature_valid, fetch_signing_payload
 from peerd.client import FetchStream, PeerClient
 from peerd.share import hash_fd, open_regular, open_subdir
+from peerd.threadjob import ThreadJob
 
 log = logging.getLogger(__name__)
 
@@ -397,11 +398,10 @@ class _Download:
             )
 
     async def _receive(self, stream: FetchStream, fd: int, offset: int, sha256: Any) -> int:
-        loop = asyncio.get_running_loop()
         total = stream.header.size
         remaining = total - offset
         received = 0
-        pending: asyncio.Future[None] | None = None
+        pending: ThreadJob[None] | None = None
         try:
             try:
                 async for chunk in stream.chunks():
@@ -410,15 +410,18 @@ class _Download:
                     if pending is not None:
                         await pending
                     # Write and hash this chunk while the next one is decrypted.
-                    pending = loop.run_in_executor(
-                        None, _write_hashed, fd, chunk, offset + received, sha256
-                    )
+                    pending = ThreadJob(_write_hashed, fd, chunk, offset + received, sha256)
                     received += len(chunk)
                     if self.progress is not None:
                         self.progress(offset + received, total)
             finally:
                 if pending is not None:
-                    await asyncio.shield(pending)
+                    try:
+                        await asyncio.shield(pending.future)
+                    except asyncio.CancelledError:
+                        # The caller closes fd next: the write must be over first (one chunk).
+                        pending.wait()
+                        raise
         except (ConnectionClosed, Timeout) as exc:
             raise DownloadRefused(
                 "truncated",

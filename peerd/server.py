@@ -33,6 +33,7 @@ from netproto.signing import fetch_signing_payload, sign_fetch
 from netproto.tls import server_context
 from netproto.tokens import Principal
 from peerd.share import OpenFile, Share
+from peerd.threadjob import ThreadJob
 
 log = logging.getLogger(__name__)
 
@@ -143,15 +144,17 @@ class _Transfer:
             pos += len(block)
 
     async def chunks(self) -> AsyncIterator[bytes | memoryview]:
-        loop = asyncio.get_running_loop()
         size = self.opened.identity.size
-        pending: asyncio.Future[bytes] | None = None
+        # The thread work in progress, if any: the descriptor is closed only once it is done.
+        pending: ThreadJob[Any] | None = None
         try:
-            await loop.run_in_executor(None, self._hash_prefix, self.req.offset)
+            pending = ThreadJob(self._hash_prefix, self.req.offset)
+            await pending
+            pending = None
             pos = self.req.offset
             if pos < size:
                 want = min(_READ_BLOCK, size - pos)
-                pending = loop.run_in_executor(None, self._read_hashed, pos, want)
+                pending = ThreadJob(self._read_hashed, pos, want)
             while pending is not None:
                 data = await pending
                 pending = None
@@ -161,7 +164,7 @@ class _Transfer:
                 if pos < size:
                     # Read the next block while this one is encrypted and sent.
                     want = min(_READ_BLOCK, size - pos)
-                    pending = loop.run_in_executor(None, self._read_hashed, pos, want)
+                    pending = ThreadJob(self._read_hashed, pos, want)
                 view = memoryview(data)
                 for start in range(0, len(data), CHUNK_SIZE):
                     yield view[start : start + CHUNK_SIZE]
@@ -173,13 +176,13 @@ class _Transfer:
             self.service.active_fetches -= 1
             self._close_after(pending)
 
-    def _close_after(self, pending: asyncio.Future[bytes] | None) -> None:
-        # A read may still run in a worker thread: close the descriptor only once it is done,
-        # so the thread never reads a descriptor number that was closed and reused.
-        if pending is None or pending.done():
+    def _close_after(self, pending: ThreadJob[Any] | None) -> None:
+        # A read may still run in a worker thread (even after the task awaiting it was
+        # cancelled): close the descriptor only once the thread is done with it.
+        if pending is None:
             self.opened.close()
         else:
-            pending.add_done_callback(lambda _: self.opened.close())
+            pending.when_finished(self.opened.close)
 
     def trailer(self) -> FetchTrailer:
         assert self.digest is not None

@@ -709,3 +709,28 @@ async def test_requests_before_an_unreadable_frame_are_answered(
     assert {a["id"] for a in answers} == {9, 0}
     assert next(a for a in answers if a["id"] == 9)["body"] == {"k": 1}
     assert next(a for a in answers if a["id"] == 0)["error"]["code"] == "BAD_FRAME"
+
+
+async def test_frame_deadline_applies_to_each_frame_not_to_a_burst(
+    pki: Any, start_server: StartServer
+) -> None:
+    """Frames trickled so that reads end mid-frame, each well within the deadline, all pass."""
+    server = await start_server(ServerLimits(frame_timeout=1.0))
+    frames = b"".join(
+        encode_frame(pack({"v": 1, "id": i, "op": "echo", "body": {"i": i}})) for i in range(1, 9)
+    )
+    async with asyncio.timeout(TIMEOUT):
+        reader, writer = await asyncio.open_connection(
+            HOST, server.port, ssl=pki.client_ctx(), server_hostname="indexd"
+        )
+        for start in range(0, len(frames), 7):  # ~0.4 s per frame, ~3 s in all
+            writer.write(frames[start : start + 7])
+            await writer.drain()
+            await asyncio.sleep(0.1)
+        answers = []
+        while len(answers) < 8:
+            (n,) = struct.unpack(">I", await reader.readexactly(4))
+            answers.append(unpack_map(await reader.readexactly(n)))
+        writer.close()
+    assert sorted(a["id"] for a in answers) == list(range(1, 9))
+    assert all(a["ok"] for a in answers)
