@@ -12,11 +12,12 @@ import datetime as dt
 import ipaddress
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -30,6 +31,7 @@ __all__ = [
     "issue_leaf",
     "leaf_paths",
     "load_cert",
+    "load_identity",
     "load_key",
     "make_ca",
     "make_private_dir",
@@ -37,6 +39,8 @@ __all__ = [
     "write_cert",
     "write_key",
 ]
+
+T = TypeVar("T")
 
 CA_CERT_NAME = "ca.crt"
 CA_KEY_NAME = "ca.key"
@@ -317,3 +321,36 @@ def init_pki(
         cert, key = issue_leaf(ca_cert, ca_key, name, ips)
         write_key(key_path, key, overwrite)
         write_cert(cert_path, cert, overwrite)
+
+
+def load_identity(
+    cert_path: Path, key_path: Path, ca_path: Path
+) -> tuple[x509.Certificate, ed25519.Ed25519PrivateKey, x509.Certificate]:
+    """Load a daemon's certificate, key and CA, and check they belong together.
+
+    Raises ValueError with one readable line: a file that cannot be read or parsed, a key
+    that is not the certificate's, or a certificate the CA did not issue.
+    """
+
+    def load(what: str, path: Path, loader: Callable[[Path], T]) -> T:
+        try:
+            return loader(path)
+        except OSError as exc:
+            raise ValueError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise ValueError(f"bad {what} {path}: {exc}") from None
+
+    cert = load("certificate", cert_path, load_cert)
+    key = load("private key", key_path, load_key)
+    ca = load("CA certificate", ca_path, load_cert)
+    raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    cert_key = cert.public_key()
+    if not isinstance(cert_key, ed25519.Ed25519PublicKey) or (
+        cert_key.public_bytes(*raw) != key.public_key().public_bytes(*raw)
+    ):
+        raise ValueError(f"private key {key_path} does not match certificate {cert_path}")
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        raise ValueError(f"certificate {cert_path} is not issued by CA {ca_path}") from None
+    return cert, key, ca

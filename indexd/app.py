@@ -19,11 +19,9 @@ from pathlib import Path
 from types import TracebackType
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from certs import load_cert, load_key
+import certs
 from indexd.handlers import DEFAULT_PEER_TTL, IndexService, IndexSettings
 from indexd.passwords import DEFAULT_COST, PasswordHasher
 from indexd.ratelimit import BackoffPolicy
@@ -74,36 +72,12 @@ class Identity:
     ssl_context: ssl.SSLContext
 
 
-def _read_error(what: str, path: Path, exc: Exception) -> StartupError:
-    if isinstance(exc, OSError):
-        return StartupError(f"cannot read {what} {path}: {exc.strerror or exc}")
-    return StartupError(f"bad {what}: {exc}")
-
-
 def load_identity(cert_path: Path, key_path: Path, ca_path: Path) -> Identity:
     """Load and cross-check the index's certificate, Ed25519 key and CA."""
     try:
-        cert = load_cert(cert_path)
-    except (OSError, ValueError) as exc:
-        raise _read_error("certificate", cert_path, exc) from None
-    try:
-        key = load_key(key_path)
-    except (OSError, ValueError) as exc:
-        raise _read_error("private key", key_path, exc) from None
-    try:
-        ca = load_cert(ca_path)
-    except (OSError, ValueError) as exc:
-        raise _read_error("CA certificate", ca_path, exc) from None
-    raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    cert_key = cert.public_key()
-    if not isinstance(cert_key, type(key.public_key())) or (
-        cert_key.public_bytes(*raw) != key.public_key().public_bytes(*raw)
-    ):
-        raise StartupError(f"private key {key_path} does not match certificate {cert_path}")
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
-        raise StartupError(f"certificate {cert_path} is not issued by CA {ca_path}") from None
+        cert, key, _ = certs.load_identity(cert_path, key_path, ca_path)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
     names = certificate_dns_names(cert)
     if not names:
         raise StartupError(f"certificate {cert_path} names no DNS host")

@@ -21,11 +21,9 @@ from pathlib import Path
 from types import TracebackType
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from certs import load_cert, load_key
+from certs import load_identity
 from netproto.errors import (
     AuthFailed,
     ConnectionClosed,
@@ -106,34 +104,10 @@ class PeerStatus:
 
 def _identity(config: PeerConfig) -> tuple[x509.Certificate, Ed25519PrivateKey]:
     """Load the peer's certificate and key and check they fit together, the CA and the name."""
-
-    def read_error(what: str, path: Path, exc: Exception) -> StartupError:
-        if isinstance(exc, OSError):
-            return StartupError(f"cannot read {what} {path}: {exc.strerror or exc}")
-        return StartupError(f"bad {what} {path}: {exc}")
-
     try:
-        cert = load_cert(config.cert)
-    except (OSError, ValueError) as exc:
-        raise read_error("certificate", config.cert, exc) from None
-    try:
-        key = load_key(config.key)
-    except (OSError, ValueError) as exc:
-        raise read_error("private key", config.key, exc) from None
-    try:
-        ca = load_cert(config.ca)
-    except (OSError, ValueError) as exc:
-        raise read_error("CA certificate", config.ca, exc) from None
-    raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    cert_key = cert.public_key()
-    if not isinstance(cert_key, type(key.public_key())) or (
-        cert_key.public_bytes(*raw) != key.public_key().public_bytes(*raw)
-    ):
-        raise StartupError(f"private key {config.key} does not match certificate {config.cert}")
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
-        raise StartupError(f"certificate {config.cert} is not issued by CA {config.ca}") from None
+        cert, key, _ = load_identity(config.cert, config.key, config.ca)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
     if config.domain_name.lower() not in certificate_dns_names(cert):
         raise StartupError(
             f"certificate {config.cert} does not name {config.domain_name!r}"

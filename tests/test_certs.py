@@ -28,6 +28,7 @@ from certs import (
     init_pki,
     issue_leaf,
     load_cert,
+    load_identity,
     load_key,
     make_ca,
     validate_name,
@@ -431,10 +432,21 @@ def test_write_key_opens_new_file_exclusively_with_mode_0600(
     assert flags & os.O_CREAT and flags & os.O_EXCL and not flags & os.O_TRUNC
 
 
+def pkcs8_pem(key: Any) -> bytes:
+    """The unencrypted PKCS#8 PEM encoding a key file must hold."""
+    return bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
 def test_write_key_is_pkcs8_pem_that_loads_back(tmp_path: Path, leaf: Pair) -> None:
     path = tmp_path / "k.key"
     write_key(path, leaf[1])
-    assert path.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----\n")
+    assert path.read_bytes() == pkcs8_pem(leaf[1])
     raw = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     loaded = load_key(path)
     assert loaded.public_key().public_bytes(*raw) == leaf[1].public_key().public_bytes(*raw)
@@ -454,7 +466,7 @@ def test_write_key_overwrite_replaces_and_narrows_mode_to_0600(tmp_path: Path, l
     path.chmod(0o644)
     write_key(path, leaf[1], overwrite=True)
     assert mode(path) == 0o600
-    assert path.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert path.read_bytes() == pkcs8_pem(leaf[1])
 
 
 def test_write_cert_creates_mode_0644(tmp_path: Path, leaf: Pair, umask_zero: None) -> None:
@@ -705,3 +717,32 @@ def test_python_m_certs_error_exits_2_without_traceback(tmp_path: Path) -> None:
 def test_name_that_reads_as_an_ip_address_is_refused(name: str) -> None:
     with pytest.raises(ValueError, match="not an IP address"):
         validate_name(name)
+
+
+def test_load_identity_returns_a_matching_certificate_key_and_ca(tmp_path: Path) -> None:
+    init_pki(tmp_path, ["peer1"])
+    cert, key, ca = load_identity(
+        tmp_path / "peer1.crt", tmp_path / "peer1.key", tmp_path / "ca.crt"
+    )
+    raw = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    assert cert.public_key().public_bytes(*raw) == key.public_key().public_bytes(*raw)
+    assert ca.subject == cert.issuer
+
+
+def test_load_identity_refuses_another_certificates_key(tmp_path: Path) -> None:
+    init_pki(tmp_path, ["peer1", "peer2"])
+    with pytest.raises(ValueError, match="does not match certificate"):
+        load_identity(tmp_path / "peer1.crt", tmp_path / "peer2.key", tmp_path / "ca.crt")
+
+
+def test_load_identity_refuses_a_certificate_from_another_ca(tmp_path: Path) -> None:
+    init_pki(tmp_path / "a", ["peer1"])
+    init_pki(tmp_path / "b", ["peer1"])
+    a, b = tmp_path / "a", tmp_path / "b"
+    with pytest.raises(ValueError, match="is not issued by CA"):
+        load_identity(a / "peer1.crt", a / "peer1.key", b / "ca.crt")
+
+
+def test_load_identity_names_an_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="cannot read certificate"):
+        load_identity(tmp_path / "none.crt", tmp_path / "none.key", tmp_path / "ca.crt")
