@@ -90,7 +90,7 @@ class ResponseStream:
         self.header = msg.body
         return self.header
 
-    async def chunks(self, timeout: float | None = None) -> AsyncIterator[bytes]:
+    async def chunks(self, timeout: float | None = None) -> AsyncIterator[bytes | memoryview]:
         """Yield chunk payloads until the trailer arrives (then stored in ``trailer``)."""
         per_frame = timeout if timeout is not None else self._conn.request_timeout
         while True:

@@ -61,10 +61,10 @@ class StreamStart:
 
 @dataclass(frozen=True, slots=True)
 class StreamChunk:
-    """One chunk of stream data."""
+    """One chunk of stream data (a view into the receive buffer: no copy on the chunk path)."""
 
     id: int
-    data: bytes
+    data: bytes | memoryview
 
 
 @dataclass(frozen=True, slots=True)

@@ -251,4 +251,4 @@ def _chunk_frame(frame: bytearray | memoryview) -> StreamChunk | None:
     start = pos + 11
     if start + int.from_bytes(frame[pos + 7 : start], "big") != len(frame):
         return None
-    return StreamChunk(rid, memoryview(frame)[start:])  # type: ignore[arg-type]
+    return StreamChunk(rid, memoryview(frame)[start:])

@@ -227,7 +227,7 @@ class FetchStream:
         self._stream = stream
         self.header = header
 
-    def chunks(self, timeout: float | None = None) -> AsyncIterator[bytes]:
+    def chunks(self, timeout: float | None = None) -> AsyncIterator[bytes | memoryview]:
         """The file's bytes from the requested offset, as they arrive."""
         return self._stream.chunks(timeout)
 
