@@ -8,11 +8,12 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from indexd.app import DEFAULT_PORT, DEFAULT_TOKEN_TTL, IndexConfig, IndexDaemon, StartupError
+from indexd.app import DEFAULT_PORT, DEFAULT_TOKEN_TTL, IndexConfig, IndexDaemon
 from indexd.handlers import DEFAULT_PEER_TTL
 from indexd.passwords import DEFAULT_COST
 from indexd.ratelimit import BackoffPolicy
 from netproto.daemon import (
+    StartupError,
     add_limit_flags,
     configure_logging,
     limits_from_args,

@@ -27,6 +27,7 @@ from indexd.passwords import DEFAULT_COST, PasswordHasher
 from indexd.ratelimit import BackoffPolicy
 from indexd.staging import StagingLimits
 from indexd.store import SchemaTooNew, SqliteIndexStore
+from netproto.daemon import StartupError
 from netproto.server import Server, ServerLimits
 from netproto.tls import certificate_dns_names, server_context
 from netproto.tokens import TokenIssuer, TokenVerifier
@@ -36,10 +37,6 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 7000
 DEFAULT_TOKEN_TTL = 900.0
 SWEEP_INTERVAL = 30.0
-
-
-class StartupError(Exception):
-    """The daemon cannot start; the message is one readable line."""
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,14 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from netproto.errors import P2PError
 from netproto.server import ServerLimits
 
 log = logging.getLogger(__name__)
+
+
+class StartupError(P2PError):
+    """A daemon cannot start; the message is one readable line (no traceback is shown)."""
 
 
 def add_limit_flags(parser: argparse.ArgumentParser) -> None:

@@ -18,14 +18,19 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from netproto.daemon import AcceptErrorLog, add_limit_flags, configure_logging, limits_from_args
+from netproto.daemon import (
+    AcceptErrorLog,
+    StartupError,
+    add_limit_flags,
+    configure_logging,
+    limits_from_args,
+)
 from peerd.client import DEFAULT_INDEX_PORT, parse_host_port
 from peerd.daemon import (
     DEFAULT_PEER_PORT,
     DEFAULT_PING_INTERVAL,
     PeerConfig,
     PeerDaemon,
-    StartupError,
 )
 from peerd.server import DEFAULT_MAX_FETCHES
 

@@ -24,6 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from certs import load_identity
+from netproto.daemon import StartupError
 from netproto.errors import (
     AuthFailed,
     ConnectionClosed,
@@ -54,10 +55,6 @@ DEFAULT_PING_INTERVAL = 30.0  # well under indexd's default --peer-ttl of 120 s
 REAUTH_FRACTION = 0.8
 _MAX_BACKOFF = 60.0
 _BYE_TIMEOUT = 3.0
-
-
-class StartupError(P2PError):
-    """The daemon cannot start; the message is one readable line."""
 
 
 @dataclass(frozen=True)

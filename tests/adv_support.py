@@ -194,6 +194,19 @@ async def open_conn(
     return Connection(reader, writer, request_timeout=STEP)
 
 
+def nested_map(depth: int) -> dict[str, Any]:
+    """``{"a": {"a": ...}}`` nested ``depth`` maps deep."""
+    node: dict[str, Any] = {}
+    for _ in range(depth):
+        node = {"a": node}
+    return node
+
+
+def raw_map(*pairs: bytes) -> bytes:
+    """A msgpack fixmap built from already-encoded keys and values."""
+    return bytes([0x80 | (len(pairs) // 2)]) + b"".join(pairs)
+
+
 def frame_of(msg: Any) -> bytes:
     """One frame holding ``msg`` packed as the protocol packs (bytes as bin)."""
     return encode_frame(pack(msg))

@@ -36,7 +36,9 @@ from adv_support import (
     frame_of,
     indexd_process,
     live_daemons,
+    nested_map,
     open_raw,
+    raw_map,
     read_message,
     request_frame,
 )
@@ -75,17 +77,6 @@ def assert_good_answer(kind: str, msg: dict[str, Any], rid: int) -> None:
 # --- every frame §2 says cannot be read: one id-0 error, then the connection closes ----------
 
 
-def _nested_map(depth: int) -> dict[str, Any]:
-    node: dict[str, Any] = {}
-    for _ in range(depth):
-        node = {"a": node}
-    return node
-
-
-def _raw_map(*pairs: bytes) -> bytes:
-    return bytes([0x80 | (len(pairs) // 2)]) + b"".join(pairs)
-
-
 _ENV = {"v": 1, "id": 5, "op": "search"}
 
 UNREADABLE: dict[str, tuple[bytes, str]] = {
@@ -117,34 +108,34 @@ UNREADABLE: dict[str, tuple[bytes, str]] = {
         encode_frame(msgpack.packb({**_ENV, "body": {"keyword": {1: 2}}})),
         "BAD_FRAME",
     ),
-    "invalid UTF-8 in a str": (encode_frame(_raw_map(b"\xa2op", b"\xa1\xff")), "BAD_FRAME"),
+    "invalid UTF-8 in a str": (encode_frame(raw_map(b"\xa2op", b"\xa1\xff")), "BAD_FRAME"),
     "lone surrogate in a str": (
-        encode_frame(_raw_map(b"\xa2op", b"\xa3\xed\xa0\x80")),
+        encode_frame(raw_map(b"\xa2op", b"\xa3\xed\xa0\x80")),
         "BAD_FRAME",
     ),
     "array32 claiming 2^31 entries": (
-        encode_frame(_raw_map(b"\xa4body", b"\xdd\x80\x00\x00\x00")),
+        encode_frame(raw_map(b"\xa4body", b"\xdd\x80\x00\x00\x00")),
         "BAD_FRAME",
     ),
     "map32 claiming 2^31 entries": (
-        encode_frame(_raw_map(b"\xa4body", b"\xdf\x80\x00\x00\x00")),
+        encode_frame(raw_map(b"\xa4body", b"\xdf\x80\x00\x00\x00")),
         "BAD_FRAME",
     ),
     "str32 claiming 2^31 bytes": (
-        encode_frame(_raw_map(b"\xa2op", b"\xdb\x80\x00\x00\x00")),
+        encode_frame(raw_map(b"\xa2op", b"\xdb\x80\x00\x00\x00")),
         "BAD_FRAME",
     ),
     "bin32 claiming 2^31 bytes": (
-        encode_frame(_raw_map(b"\xa4body", b"\xc6\x80\x00\x00\x00")),
+        encode_frame(raw_map(b"\xa4body", b"\xc6\x80\x00\x00\x00")),
         "BAD_FRAME",
     ),
     "array of 200,001 entries": (
         encode_frame(
-            _raw_map(b"\xa4body", b"\xdd" + struct.pack(">I", 200_001) + b"\xc0" * 200_001)
+            raw_map(b"\xa4body", b"\xdd" + struct.pack(">I", 200_001) + b"\xc0" * 200_001)
         ),
         "BAD_FRAME",
     ),
-    "nesting 17 deep": (encode_frame(pack({**_ENV, "body": _nested_map(16)})), "BAD_FRAME"),
+    "nesting 17 deep": (encode_frame(pack({**_ENV, "body": nested_map(16)})), "BAD_FRAME"),
     "nesting 5000 deep": (encode_frame(b"\x81\xa4body" + b"\x91" * 5000 + b"\xc0"), "BAD_FRAME"),
     "missing id": (frame_of({"v": 1, "op": "search", "body": {}}), "BAD_FRAME"),
     "id 0": (frame_of({**_ENV, "id": 0, "body": {}}), "BAD_FRAME"),

@@ -16,6 +16,7 @@ from typing import Any
 import msgpack
 import pytest
 import pytest_asyncio
+from adv_support import nested_map, raw_map
 
 from netproto.client import Connection
 from netproto.codec import pack, unpack_map
@@ -200,18 +201,6 @@ async def wait_until(predicate: Callable[[], bool], seconds: float) -> None:
 # --- frames that cannot be read: error with id 0, then the connection closes ----------------
 
 
-def _nested(depth: int) -> dict[str, Any]:
-    node: dict[str, Any] = {}
-    for _ in range(depth):
-        node = {"a": node}
-    return node
-
-
-def _raw_map(*pairs: bytes) -> bytes:
-    """A msgpack fixmap built from already-encoded keys and values."""
-    return bytes([0x80 | (len(pairs) // 2)]) + b"".join(pairs)
-
-
 _ENVELOPE = {"v": 1, "id": 5, "op": "echo"}
 
 UNREADABLE_FRAMES = {
@@ -229,19 +218,19 @@ UNREADABLE_FRAMES = {
         "BAD_FRAME",
     ),
     "array32 claiming 2^31 entries": (
-        encode_frame(_raw_map(b"\xa4body", b"\xdd\x80\x00\x00\x00")),
+        encode_frame(raw_map(b"\xa4body", b"\xdd\x80\x00\x00\x00")),
         "BAD_FRAME",
     ),
     "map32 claiming 2^31 entries": (
-        encode_frame(_raw_map(b"\xa4body", b"\xdf\x80\x00\x00\x00")),
+        encode_frame(raw_map(b"\xa4body", b"\xdf\x80\x00\x00\x00")),
         "BAD_FRAME",
     ),
     "str32 claiming 2^31 bytes": (
-        encode_frame(_raw_map(b"\xa2op", b"\xdb\x80\x00\x00\x00")),
+        encode_frame(raw_map(b"\xa2op", b"\xdb\x80\x00\x00\x00")),
         "BAD_FRAME",
     ),
     "nesting deeper than the codec allows": (
-        encode_frame(pack({**_ENVELOPE, "body": _nested(20)})),
+        encode_frame(pack({**_ENVELOPE, "body": nested_map(20)})),
         "BAD_FRAME",
     ),
     "nesting deeper than msgpack's own stack": (
@@ -250,7 +239,7 @@ UNREADABLE_FRAMES = {
     ),
     "integer map key": (encode_frame(msgpack.packb({1: 2})), "BAD_FRAME"),
     "bin map key": (encode_frame(msgpack.packb({b"id": 1}, use_bin_type=True)), "BAD_FRAME"),
-    "invalid UTF-8 in a str": (encode_frame(_raw_map(b"\xa2op", b"\xa1\xff")), "BAD_FRAME"),
+    "invalid UTF-8 in a str": (encode_frame(raw_map(b"\xa2op", b"\xa1\xff")), "BAD_FRAME"),
     "missing id": (encode_frame(pack({"v": 1, "op": "echo", "body": {}})), "BAD_FRAME"),
     "id 0": (request(0), "BAD_FRAME"),
     "negative id": (request(-1), "BAD_FRAME"),
