@@ -17,11 +17,11 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-# The slow variants (e.g. the 10,000-frame fuzz run of tests/test_adv_framing.py).
+# The slow variants (e.g. the 10,000-frame fuzz run of tests/adversarial/test_framing.py).
 test-long: $(STAMP)
 	$(BIN)/python -m pytest -m long
 
-# TLS audit of a live indexd and peerd (tests/tls_audit.py): sslyze, Python's ssl and
+# TLS audit of a live indexd and peerd (tests/support/tls_audit.py): sslyze, Python's ssl and
 # openssl s_client; fails on anything but TLS 1.3, AEAD suites and X25519, or a peer that
 # takes clients without a certificate. sslyze pins an older `cryptography`, so it gets a venv
 # of its own (the `audit` extra) instead of changing the project's.
@@ -35,7 +35,7 @@ $(AUDIT_STAMP): setup.cfg setup.py pyproject.toml
 	@touch $(AUDIT_STAMP)
 
 audit: $(AUDIT_STAMP)
-	$(AUDIT_VENV)/bin/python tests/tls_audit.py $(AUDIT_ARGS)
+	$(AUDIT_VENV)/bin/python tests/support/tls_audit.py $(AUDIT_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -44,7 +44,7 @@ from netproto.signing import (
 )
 
 GOLDEN = Path(__file__).parent / "golden"
-PROTOCOL_MD = Path(__file__).parent.parent / "PROTOCOL.md"
+PROTOCOL_MD = Path(__file__).resolve().parents[2] / "PROTOCOL.md"
 
 Feed = Callable[[bytes], Iterator[bytes]]
 

@@ -1,4 +1,5 @@
-"""TLS audit of a live indexd and a live peerd (``make audit``; or ``python tests/tls_audit.py``).
+"""TLS audit of a live indexd and a live peerd (``make audit``, or
+``python tests/support/tls_audit.py``).
 
 Starts ``python -m indexd`` and ``python -m peerd`` on loopback with a throwaway PKI and checks,
 against the running daemons, what design §1/§4 promise:
@@ -32,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 

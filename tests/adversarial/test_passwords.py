@@ -10,12 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from adv_support import (
-    Live,
-    assert_index_serves,
-    live_daemons,
-    open_conn,
-)
 
 from indexd.ratelimit import BackoffPolicy
 from netproto.client import Connection
@@ -27,6 +21,12 @@ from netproto.errors import (
     PasswordTooShort,
     RateLimited,
     RequestError,
+)
+from tests.support.adversary import (
+    Live,
+    assert_index_serves,
+    live_daemons,
+    open_conn,
 )
 
 LOOSE = BackoffPolicy(free=100_000)

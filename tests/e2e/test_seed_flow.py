@@ -22,7 +22,7 @@ from peerd.download import download, part_names
 
 TIMEOUT = 30.0
 PASSWORD = "correct horse battery"  # the conftest peer_config password
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def put(root: Path, rel: str, content: bytes) -> Path:

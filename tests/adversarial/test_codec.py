@@ -12,13 +12,13 @@ import tracemalloc
 from typing import Any
 
 import pytest
-from adv_support import BOMBS, MAX_FRAME
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netproto.codec import STRUCTURE_CHECK_ABOVE, check_structure, pack, unpack_map
 from netproto.errors import BadFrame
 from netproto.operations import SharedFile, split_sync
+from tests.support.adversary import BOMBS, MAX_FRAME
 
 
 def _traced(data: bytes) -> tuple[int, float]:

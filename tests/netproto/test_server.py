@@ -16,7 +16,6 @@ from typing import Any
 import msgpack
 import pytest
 import pytest_asyncio
-from adv_support import nested_map, raw_map
 
 from netproto.client import Connection
 from netproto.codec import pack, unpack_map
@@ -39,6 +38,7 @@ from netproto.server import (
     StreamReply,
 )
 from netproto.tokens import Principal
+from tests.support.adversary import nested_map, raw_map
 
 TIMEOUT = 10.0
 HOST = "127.0.0.1"

@@ -20,7 +20,12 @@ from typing import Any
 import msgpack
 import pytest
 import pytest_asyncio
-from adv_support import (
+
+from netproto.codec import pack, unpack_map
+from netproto.errors import BadFrame, RequestError
+from netproto.framing import encode_frame
+from netproto.messages import parse_request
+from tests.support.adversary import (
     BOMBS,
     HEALTH_FILE,
     HEALTH_KEYWORD,
@@ -42,11 +47,6 @@ from adv_support import (
     read_message,
     request_frame,
 )
-
-from netproto.codec import pack, unpack_map
-from netproto.errors import BadFrame, RequestError
-from netproto.framing import encode_frame
-from netproto.messages import parse_request
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -469,7 +469,7 @@ async def test_bombs_cost_a_live_indexd_process_no_more_memory_or_time_than_a_pl
             bomb_times.append(await _round_trip(daemon.port, ctx, encode_frame(bomb), True))
         growth_mib = (daemon.memory_kib("VmHWM") - baseline) / 1024
         async with asyncio.timeout(STEP):
-            from adv_support import open_conn
+            from tests.support.adversary import open_conn
 
             conn = await open_conn(daemon.port, "indexd", ctx)
             with pytest.raises(RequestError) as caught:

@@ -13,7 +13,12 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from adv_support import (
+
+from netproto.errors import BadRequest, InvalidPath, NotFound, VerificationFailed
+from netproto.operations import ListedFile
+from peerd.client import PeerClient
+from peerd.download import DownloadRefused, download
+from tests.support.adversary import (
     HEALTH_CONTENT,
     HEALTH_FILE,
     HEALTH_KEYWORD,
@@ -29,11 +34,6 @@ from adv_support import (
     sha256,
     tree,
 )
-
-from netproto.errors import BadRequest, InvalidPath, NotFound, VerificationFailed
-from netproto.operations import ListedFile
-from peerd.client import PeerClient
-from peerd.download import DownloadRefused, download
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

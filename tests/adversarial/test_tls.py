@@ -15,7 +15,14 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from adv_support import (
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.x509.oid import NameOID
+
+from netproto.errors import ConnectionClosed
+from netproto.server import ServerLimits
+from tests.support.adversary import (
     HEALTH_KEYWORD,
     HOST,
     STEP,
@@ -24,13 +31,6 @@ from adv_support import (
     live_daemons,
     open_conn,
 )
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.x509.oid import NameOID
-
-from netproto.errors import ConnectionClosed
-from netproto.server import ServerLimits
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

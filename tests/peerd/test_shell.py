@@ -22,7 +22,6 @@ from typing import Any
 import pexpect
 import pytest
 import pytest_asyncio
-from test_peer_client import EvilPeer  # the malicious peer of the client-library tests
 
 from indexd.app import IndexConfig, IndexDaemon
 from netproto.errors import NotFound, RateLimited, Timeout, TokenExpired, UserExists
@@ -32,10 +31,11 @@ from peerd.client import IndexClient
 from peerd.daemon import PeerConfig, PeerDaemon
 from peerd.shell import Shell, StreamLines, explain
 from peerd.ui import ShellView, make_console
+from tests.support.evil_peer import EvilPeer  # the malicious peer of the client-library tests
 
 TIMEOUT = 20.0
 PASSWORD = "correct horse battery"  # the conftest peer_config password
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FAKE = b"a file whose signature is made with mallory's key\n"
 CHECKED = (r"✓\s+nonce", r"✓\s+digest", r"✓\s+signature")
 

@@ -37,7 +37,7 @@ from certs import (
 )
 from certs.__main__ import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 Pair = tuple[x509.Certificate, ed25519.Ed25519PrivateKey]
 
 

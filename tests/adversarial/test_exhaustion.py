@@ -17,7 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from adv_support import (
+
+from indexd.staging import StagingLimits
+from netproto.errors import BadRequest, Busy, NotFound
+from netproto.operations import SharedFile, SyncPart, SyncRequest, split_sync
+from netproto.server import ServerLimits
+from tests.support.adversary import (
     HEALTH_KEYWORD,
     HOST,
     STEP,
@@ -36,11 +41,6 @@ from adv_support import (
     request_frame,
     wait_until,
 )
-
-from indexd.staging import StagingLimits
-from netproto.errors import BadRequest, Busy, NotFound
-from netproto.operations import SharedFile, SyncPart, SyncRequest, split_sync
-from netproto.server import ServerLimits
 
 KINDS = ("index", "peer")
 

@@ -24,7 +24,7 @@ from netproto.operations import SharedFile
 PASSWORD = "correct horse"
 TIMEOUT = 20.0
 # `python -m indexd` runs from the repository root, so it finds the package in any install.
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @contextlib.asynccontextmanager

@@ -12,7 +12,12 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from adv_support import (
+
+from netproto.errors import Busy
+from netproto.operations import ListedFile, search_reply_from_wire
+from peerd.client import PeerClient
+from peerd.download import DownloadRefused, download
+from tests.support.adversary import (
     HEALTH_CONTENT,
     HEALTH_FILE,
     HEALTH_KEYWORD,
@@ -25,11 +30,6 @@ from adv_support import (
     sha256,
     tree,
 )
-
-from netproto.errors import Busy
-from netproto.operations import ListedFile, search_reply_from_wire
-from peerd.client import PeerClient
-from peerd.download import DownloadRefused, download
 
 CONTENT = b"the genuine content of new.txt\n" * 10
 
@@ -222,7 +222,7 @@ async def test_a_file_rewritten_while_it_is_sent_is_never_signed_and_the_downloa
     files = {"bulk/data.bin": old}
     async with live_daemons(pki, tmp_path / "rig", files=files) as live:
         served = live.share / "bulk" / "data.bin"
-        from adv_support import open_conn
+        from tests.support.adversary import open_conn
 
         conn = await open_conn(live.index_port, "indexd", pki.client_ctx())
         hits = search_reply_from_wire(

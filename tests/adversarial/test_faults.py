@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from adv_support import (
+
+from netproto.errors import ConnectionClosed, Internal, NotFound, RequestError, Timeout
+from netproto.operations import SharedFile, search_reply_from_wire, split_sync
+from peerd.client import PeerClient
+from peerd.daemon import PeerDaemon
+from peerd.download import DownloadError
+from tests.support.adversary import (
     HEALTH_KEYWORD,
     HOST,
     PASSWORD,
@@ -40,12 +46,6 @@ from adv_support import (
     peerd_process,
     sha256,
 )
-
-from netproto.errors import ConnectionClosed, Internal, NotFound, RequestError, Timeout
-from netproto.operations import SharedFile, search_reply_from_wire, split_sync
-from peerd.client import PeerClient
-from peerd.daemon import PeerDaemon
-from peerd.download import DownloadError
 
 
 def _leftovers(folder: Path) -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pexpect
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 40.0
 SCRIPT = "search koala\nget koala joey.txt\nquit\n"
 

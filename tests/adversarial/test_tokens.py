@@ -18,7 +18,12 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from adv_support import (
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from certs import load_cert, load_key
+from netproto.errors import Forbidden, NotFound
+from tests.support.adversary import (
     HEALTH_KEYWORD,
     MAX_FRAME,
     Live,
@@ -32,11 +37,6 @@ from adv_support import (
     read_message,
     request_frame,
 )
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-from certs import load_cert, load_key
-from netproto.errors import Forbidden, NotFound
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -1,4 +1,4 @@
-"""Shared machinery of the adversarial suite (``tests/test_adv_*.py``).
+"""Shared machinery of the adversarial suite (``tests/adversarial/``).
 
 Live daemons (a real :class:`IndexDaemon` and a real :class:`PeerDaemon` serving a small share,
 in-process or as subprocesses), raw TLS connections on which a test writes what no
@@ -38,7 +38,7 @@ PASSWORD = "correct horse battery"
 HEALTH_KEYWORD = "koala"
 HEALTH_FILE = "hello.txt"
 HEALTH_CONTENT = b"hello from peer1\n"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DOCUMENTED_CODES = frozenset(ERRORS_BY_CODE)
 
 
