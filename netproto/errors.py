@@ -13,6 +13,21 @@ class P2PError(Exception):
     """Base of every error this project raises on purpose."""
 
 
+class ProtocolError(P2PError):
+    """The protocol was broken; the subclass says by whom (h11's split)."""
+
+
+class LocalProtocolError(ProtocolError):
+    """*We* broke the protocol: e.g. a request that cannot be encoded or exceeds the frame
+    limit. Nothing was sent; the connection is still usable."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The *other side* broke the protocol: a malformed frame, a reply of the wrong kind, a
+    stream header or trailer that is not what PROTOCOL.md says. The connection it came on is
+    no longer trusted."""
+
+
 class RequestError(P2PError):
     """An error that travels on the wire as ``{"code", "message", ...extra}``."""
 
