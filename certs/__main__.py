@@ -12,13 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from certs import pki
-
-EXIT_OK = 0
-EXIT_ERROR = 2
-
-
-class CommandError(Exception):
-    """A failure worth one line on stderr, not a traceback."""
+from runner import CommandError, ExitCode, run_command
 
 
 def _ca_paths(directory: Path) -> tuple[Path, Path]:
@@ -173,25 +167,23 @@ def _describe(exc: OSError) -> str:
     return str(exc)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the PKI tool and return its exit code (0 on success, 2 on any error)."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, or a usage error argparse has already printed
-        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+def _run(args: argparse.Namespace) -> None:
+    """Run the subcommand; what can go wrong becomes one :class:`CommandError` line."""
     try:
         args.run(args, sys.stdout)
     except FileExistsError as exc:
         hint = " (use --force to replace it)" if hasattr(args, "force") else ""
-        print(f"error: {_describe(exc)}{hint}", file=sys.stderr)
-    except (CommandError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        raise CommandError(f"{_describe(exc)}{hint}") from exc
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
     except OSError as exc:
-        print(f"error: {_describe(exc)}", file=sys.stderr)
-    else:
-        return EXIT_OK
-    return EXIT_ERROR
+        raise CommandError(_describe(exc)) from exc
+
+
+def main(argv: Sequence[str] | None = None) -> ExitCode:
+    """Run the PKI tool: OK, FAILURE if the command failed, USAGE for a bad command line."""
+    parser = build_parser()
+    return run_command("certs", lambda: _run(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -12,11 +12,12 @@ from indexd.app import DEFAULT_PORT, DEFAULT_TOKEN_TTL, IndexConfig, IndexDaemon
 from indexd.handlers import DEFAULT_PEER_TTL
 from indexd.passwords import DEFAULT_COST
 from indexd.ratelimit import BackoffPolicy
-from netproto.daemon import (
-    StartupError,
-    add_limit_flags,
+from runner import (
+    ExitCode,
+    add_daemon_flags,
     configure_logging,
     limits_from_args,
+    run_command,
     run_until_signalled,
 )
 
@@ -101,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="longest wait (%(default)s)",
     )
-    add_limit_flags(parser)
+    add_daemon_flags(parser)
     return parser
 
 
@@ -145,18 +146,15 @@ async def serve(config: IndexConfig) -> None:
     await run_until_signalled(start, daemon.stop)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``indexd``: 0 after a clean shutdown, 2 if it cannot start."""
-    args = build_parser().parse_args(argv)
-    configure_logging(args.verbose)
-    try:
+def main(argv: Sequence[str] | None = None) -> ExitCode:
+    """Entry point of ``indexd``: OK after a clean shutdown, FAILURE if it cannot start."""
+
+    def command() -> None:
+        args = build_parser().parse_args(argv)
+        configure_logging(args.verbose)
         asyncio.run(serve(config_from_args(args)))
-    except StartupError as exc:
-        print(f"indexd: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # a second Ctrl-C while draining
-        return 130
-    return 0
+
+    return run_command("indexd", command)
 
 
 if __name__ == "__main__":

@@ -27,10 +27,10 @@ from indexd.passwords import DEFAULT_COST, PasswordHasher
 from indexd.ratelimit import BackoffPolicy
 from indexd.staging import StagingLimits
 from indexd.store import SchemaTooNew, SqliteIndexStore
-from netproto.daemon import StartupError
 from netproto.server import Server, ServerLimits
 from netproto.tls import certificate_dns_names, server_context
 from netproto.tokens import TokenIssuer, TokenVerifier
+from runner import StartupError
 
 log = logging.getLogger(__name__)
 

@@ -18,13 +18,6 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from netproto.daemon import (
-    AcceptErrorLog,
-    StartupError,
-    add_limit_flags,
-    configure_logging,
-    limits_from_args,
-)
 from peerd.client import DEFAULT_INDEX_PORT, parse_host_port
 from peerd.daemon import (
     DEFAULT_PEER_PORT,
@@ -33,14 +26,19 @@ from peerd.daemon import (
     PeerDaemon,
 )
 from peerd.server import DEFAULT_MAX_FETCHES
+from runner import (
+    ExitCode,
+    UsageError,
+    add_daemon_flags,
+    configure_logging,
+    limits_from_args,
+    run_command,
+    run_until_signalled,
+)
 
 log = logging.getLogger("peerd")
 
 PASSWORD_ENV = "P2P_PASSWORD"  # noqa: S105 - the variable's name, not a password
-
-
-class UsageError(Exception):
-    """A problem with the command line or the environment, reported in one line."""
 
 
 def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
@@ -150,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="transfers served at once before BUSY (%(default)s)",
     )
-    add_limit_flags(parser)
+    add_daemon_flags(parser)
     return parser
 
 
@@ -203,7 +201,7 @@ def config_from_args(args: argparse.Namespace, password: str) -> PeerConfig:
     )
 
 
-async def run_shell(daemon: PeerDaemon) -> bool:
+async def run_shell(daemon: PeerDaemon) -> None:
     """Run the interactive shell until the user quits; the daemon is then stopped.
 
     On a terminal it is the rich shell; with stdin or stdout not a terminal it reads commands
@@ -214,24 +212,14 @@ async def run_shell(daemon: PeerDaemon) -> bool:
     from peerd.shell import run_shell_session
 
     await run_shell_session(daemon)
-    return True
 
 
-async def run(config: PeerConfig, *, shell: bool) -> int:
-    """Start the daemon, serve until a signal (or the shell quits), then stop: exit status."""
+async def run(config: PeerConfig, *, shell: bool) -> None:
+    """Start the daemon, serve until a signal (or until the shell quits), then stop."""
     loop = asyncio.get_running_loop()
-    loop.set_exception_handler(AcceptErrorLog())
-    stopping = asyncio.Event()
     daemon = PeerDaemon(config)
 
-    def resync() -> None:
-        task = loop.create_task(daemon.resync())
-        task.add_done_callback(_log_resync)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stopping.set)
-    loop.add_signal_handler(signal.SIGHUP, resync)
-    try:
+    async def start() -> None:
         await daemon.start()
         status = daemon.status()
         print(
@@ -239,17 +227,17 @@ async def run(config: PeerConfig, *, shell: bool) -> int:
             f" {status.port}",
             flush=True,
         )
-        if not (shell and await run_shell(daemon)):
-            await stopping.wait()
-            log.info("signal received, draining")
-    except StartupError as exc:
-        print(f"peerd: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
-        await daemon.stop()
-    return 0
+
+    def resync() -> None:
+        task = loop.create_task(daemon.resync())
+        task.add_done_callback(_log_resync)
+
+    await run_until_signalled(
+        start,
+        daemon.stop,
+        foreground=(lambda: run_shell(daemon)) if shell else None,
+        signals={signal.SIGHUP: resync},
+    )
 
 
 def _log_resync(task: asyncio.Task[int]) -> None:
@@ -262,19 +250,16 @@ def _log_resync(task: asyncio.Task[int]) -> None:
         log.info("re-synced %d files", task.result())
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``peerd``; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    configure_logging(args.verbose)
-    try:
+def main(argv: Sequence[str] | None = None) -> ExitCode:
+    """Entry point of ``peerd``; returns the exit status (README.md, "Exit status")."""
+
+    def command() -> None:
+        args = build_parser().parse_args(argv)
+        configure_logging(args.verbose)
         config = config_from_args(args, read_password(args))
-        return asyncio.run(run(config, shell=not args.no_shell))
-    except (UsageError, StartupError) as exc:
-        print(f"peerd: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+        asyncio.run(run(config, shell=not args.no_shell))
+
+    return run_command("peerd", command)
 
 
 if __name__ == "__main__":

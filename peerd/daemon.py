@@ -24,7 +24,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from certs import load_identity
-from netproto.daemon import StartupError
 from netproto.errors import (
     AuthFailed,
     ConnectionClosed,
@@ -47,6 +46,7 @@ from peerd.client import IndexClient, PeerClient, index_tls_name
 from peerd.download import DownloadResult, ProgressCallback, download
 from peerd.server import DEFAULT_MAX_FETCHES, PeerService, make_server, peer_ssl_context
 from peerd.share import Share
+from runner import StartupError
 
 log = logging.getLogger(__name__)
 

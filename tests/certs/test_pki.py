@@ -1,16 +1,13 @@
-"""Tests for certs/: the Ed25519 CA, leaf certificates, key files and the command line."""
+"""Tests for certs/pki.py: the Ed25519 CA, leaf certificates and key files."""
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import ipaddress
 import os
 import socket
 import ssl
 import stat
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,7 +32,6 @@ from certs import (
     write_cert,
     write_key,
 )
-from certs.__main__ import main
 
 REPO = Path(__file__).resolve().parents[2]
 Pair = tuple[x509.Certificate, ed25519.Ed25519PrivateKey]
@@ -568,149 +564,6 @@ def test_init_pki_rejects_leaf_named_ca(tmp_path: Path) -> None:
 def test_init_pki_rejects_duplicate_names(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="duplicate"):
         init_pki(tmp_path / "pki", ["peer1", "PEER1"])
-
-
-# --- command line ---------------------------------------------------------------------------
-
-
-def test_cli_ca_writes_ca_files_and_prints_only_paths(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    d = tmp_path / "pki"
-    assert main(["ca", "--dir", str(d), "--name", "Demo CA", "--days", "30"]) == 0
-    out = capsys.readouterr().out
-    assert str(d / "ca.crt") in out and str(d / "ca.key") in out
-    assert "PRIVATE" not in out
-    assert mode(d) == 0o700 and mode(d / "ca.key") == 0o600
-    assert load_cert(d / "ca.crt").subject.rfc4514_string() == "CN=Demo CA"
-
-
-def test_cli_issue_writes_leaf_signed_by_directory_ca(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main(["ca", "--dir", str(tmp_path)]) == 0
-    argv = ["issue", "Peer1", "--dir", str(tmp_path), "--ip", "10.0.0.9", "--ip", "10.0.0.10"]
-    assert main(argv) == 0
-    assert str(tmp_path / "peer1.key") in capsys.readouterr().out
-    cert = load_cert(tmp_path / "peer1.crt")
-    ca_cert = load_cert(tmp_path / "ca.crt")
-    verify_signed_by(cert, ca_cert)
-    assert sans(cert).get_values_for_type(x509.IPAddress) == ips(
-        "10.0.0.9", "10.0.0.10", "127.0.0.1", "::1"
-    )
-    assert mode(tmp_path / "peer1.key") == 0o600
-
-
-def test_cli_issue_no_loopback_leaves_out_loopback_ips(tmp_path: Path) -> None:
-    assert main(["ca", "--dir", str(tmp_path)]) == 0
-    assert main(["issue", "peer1", "--dir", str(tmp_path), "--no-loopback"]) == 0
-    assert sans(load_cert(tmp_path / "peer1.crt")).get_values_for_type(x509.IPAddress) == []
-
-
-def test_cli_init_writes_ca_and_every_leaf(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    d = tmp_path / "pki"
-    assert main(["init", "--dir", str(d), "index", "peer1", "peer2"]) == 0
-    out = capsys.readouterr().out
-    for name in ("ca", "index", "peer1", "peer2"):
-        assert (d / f"{name}.crt").is_file() and mode(d / f"{name}.key") == 0o600
-        assert str(d / f"{name}.key") in out
-    assert mode(d) == 0o700
-
-
-def test_cli_show_prints_subject_sans_validity_and_fingerprint(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    init_pki(tmp_path, ["peer1"])
-    cert = load_cert(tmp_path / "peer1.crt")
-    assert main(["show", str(tmp_path / "peer1.crt")]) == 0
-    out = capsys.readouterr().out
-    assert "CN=peer1" in out and "CN=p2pshare CA" in out
-    assert "peer1" in out and "127.0.0.1" in out and "::1" in out
-    assert cert.not_valid_after_utc.isoformat() in out
-    digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
-    assert ":".join(digest[i : i + 2] for i in range(0, 64, 2)).upper() in out
-
-
-def test_cli_existing_key_without_force_exits_2_with_one_error_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    init_pki(tmp_path, ["peer1"])
-    before = (tmp_path / "peer1.key").read_bytes()
-    assert main(["issue", "peer1", "--dir", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1
-    assert "--force" in err and "Traceback" not in err
-    assert (tmp_path / "peer1.key").read_bytes() == before
-
-
-def test_cli_existing_ca_without_force_exits_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main(["ca", "--dir", str(tmp_path)]) == 0
-    before = (tmp_path / "ca.key").read_bytes()
-    assert main(["ca", "--dir", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.startswith("error: refusing to overwrite")
-    assert (tmp_path / "ca.key").read_bytes() == before
-
-
-def test_cli_force_overwrites_existing_key(tmp_path: Path) -> None:
-    init_pki(tmp_path, ["peer1"])
-    before = (tmp_path / "peer1.key").read_bytes()
-    assert main(["issue", "peer1", "--dir", str(tmp_path), "--force"]) == 0
-    assert (tmp_path / "peer1.key").read_bytes() != before
-    assert mode(tmp_path / "peer1.key") == 0o600
-
-
-def test_cli_bad_name_exits_2_with_error_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main(["ca", "--dir", str(tmp_path)]) == 0
-    assert main(["issue", "under_score", "--dir", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: invalid name 'under_score'") and "Traceback" not in err
-    assert not (tmp_path / "under_score.key").exists()
-
-
-def test_cli_issue_without_ca_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["issue", "peer1", "--dir", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.startswith(f"error: no CA in {tmp_path}")
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_cli_issue_named_ca_exits_2_and_keeps_ca(tmp_path: Path) -> None:
-    assert main(["ca", "--dir", str(tmp_path)]) == 0
-    before = (tmp_path / "ca.key").read_bytes()
-    assert main(["issue", "ca", "--dir", str(tmp_path), "--force"]) == 2
-    assert (tmp_path / "ca.key").read_bytes() == before
-
-
-def test_cli_show_of_non_certificate_exits_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    init_pki(tmp_path, ["peer1"])
-    assert main(["show", str(tmp_path / "peer1.key")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and "PRIVATE" not in err
-
-
-def test_cli_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["issue"]) == 2
-    assert "usage:" in capsys.readouterr().err
-
-
-def test_python_m_certs_error_exits_2_without_traceback(tmp_path: Path) -> None:
-    init_pki(tmp_path, ["peer1"])
-    proc = subprocess.run(
-        [sys.executable, "-m", "certs", "issue", "peer1", "--dir", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert proc.returncode == 2
-    assert proc.stderr.startswith("error: refusing to overwrite") and "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("name", ["127.0.0.1", "peer.42"])

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from indexd.__main__ import main
 from netproto.errors import ConnectionClosed, RequestError, Timeout
 from netproto.operations import SharedFile
+from runner import ExitCode
 
 PASSWORD = "correct horse"
 TIMEOUT = 20.0
@@ -100,7 +101,7 @@ def _ec_key(tmp_path: Path) -> Path:
         ("port-in-use", "cannot listen on 127.0.0.1"),
     ],
 )
-def test_startup_errors_are_one_readable_line_and_exit_2(
+def test_startup_errors_are_one_readable_line_and_exit_failure(
     pki: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, expected: str
 ) -> None:
     args = {
@@ -136,12 +137,12 @@ def test_startup_errors_are_one_readable_line_and_exit_2(
     with busy:
         code = main([item for pair in args.items() for item in pair])
     err = capsys.readouterr().err
-    assert code == 2
-    assert err.count("\n") == 1 and err.startswith("indexd: error: ") and expected in err
+    assert code == ExitCode.FAILURE
+    assert err.count("\n") == 1 and err.startswith("indexd: ") and expected in err
     assert "Traceback" not in err
 
 
-def test_startup_error_of_the_real_command_exits_2_without_traceback(
+def test_startup_error_of_the_real_command_exits_1_without_traceback(
     pki: Any, tmp_path: Path
 ) -> None:
     import subprocess
@@ -157,8 +158,8 @@ def test_startup_error_of_the_real_command_exits_2_without_traceback(
         timeout=TIMEOUT,
         cwd=REPO,
     )
-    assert result.returncode == 2
-    assert result.stderr.startswith("indexd: error: cannot read certificate")
+    assert result.returncode == ExitCode.FAILURE == 1
+    assert result.stderr.startswith("indexd: cannot read certificate")
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 

@@ -1,4 +1,8 @@
-"""What every daemon shares: the §6 limit flags, logging set-up, and running until a signal."""
+"""What both daemons share: the connection-limit flags, logging set-up, and the signal loop.
+
+The limits themselves are :class:`netproto.server.ServerLimits` (PROTOCOL.md §6); this module
+only maps them to flags, so the wire package holds the protocol and nothing of the command line.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +10,16 @@ import argparse
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from netproto.errors import P2PError
 from netproto.server import ServerLimits
 
 log = logging.getLogger(__name__)
 
 
-class StartupError(P2PError):
-    """A daemon cannot start; the message is one readable line (no traceback is shown)."""
-
-
-def add_limit_flags(parser: argparse.ArgumentParser) -> None:
-    """Add ``--handshake-timeout``, ``--frame-timeout``, ``--idle-timeout`` and the caps."""
+def add_daemon_flags(parser: argparse.ArgumentParser) -> None:
+    """Add the connection limits (``--handshake-timeout``, ... the caps) and ``-v``."""
     d = ServerLimits()
     group = parser.add_argument_group("connection limits")
     group.add_argument(
@@ -58,13 +57,13 @@ def add_limit_flags(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="connections from one address before BUSY (%(default)s)",
     )
-    group.add_argument(
+    parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
     )
 
 
 def limits_from_args(args: argparse.Namespace) -> ServerLimits:
-    """The :class:`ServerLimits` the flags of :func:`add_limit_flags` describe."""
+    """The :class:`ServerLimits` the flags of :func:`add_daemon_flags` describe."""
     return ServerLimits(
         handshake_timeout=args.handshake_timeout,
         frame_timeout=args.frame_timeout,
@@ -115,19 +114,32 @@ class AcceptErrorLog:
 
 
 async def run_until_signalled(
-    start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]
+    start: Callable[[], Awaitable[None]],
+    stop: Callable[[], Awaitable[None]],
+    *,
+    foreground: Callable[[], Awaitable[object]] | None = None,
+    signals: Mapping[signal.Signals, Callable[[], None]] | None = None,
 ) -> None:
-    """Start, wait for SIGINT or SIGTERM, then stop (drain) and return."""
+    """Start, wait for SIGINT or SIGTERM, then stop (drain) and return.
+
+    ``foreground`` (the peer's shell) runs in place of the wait, and the run ends when it
+    returns; it may install signal handlers of its own. ``signals`` adds handlers for other
+    signals (the peer re-syncs on SIGHUP). ``stop`` runs even if ``start`` fails.
+    """
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(AcceptErrorLog())
     stopping = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stopping.set)
+    handlers = {signal.SIGINT: stopping.set, signal.SIGTERM: stopping.set, **(signals or {})}
+    for sig, handler in handlers.items():
+        loop.add_signal_handler(sig, handler)
     try:
         await start()
-        await stopping.wait()
-        log.info("signal received, draining")
+        if foreground is not None:
+            await foreground()
+        else:
+            await stopping.wait()
+            log.info("signal received, draining")
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in handlers:
             loop.remove_signal_handler(sig)
         await stop()
