@@ -26,8 +26,8 @@ from indexd.keywords import MAX_HIT_FILES, KeywordIndex, PeerHits, prepare_hits
 from indexd.passwords import PasswordHasher
 from indexd.ratelimit import AttemptLimiter, BackoffPolicy
 from indexd.staging import StagingLimits, SyncStaging
-from indexd.store import IndexStore, Listing, PeerOwned, PeerRecord, UnknownUser
-from netproto.errors import AuthFailed, Forbidden, NotFound, UserExists
+from indexd.store import IndexStore, Listing, PeerOwned, PeerRecord, StoreError, UnknownUser
+from netproto.errors import AuthFailed, Forbidden, Internal, NotFound, RequestError, UserExists
 from netproto.framing import DEFAULT_MAX_FRAME
 from netproto.names import check_password
 from netproto.operations import (
@@ -64,6 +64,15 @@ class IndexSettings:
     # An address may be shared by many users (NAT): more free attempts before backing off.
     address_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(free=100))
     staging: StagingLimits = field(default_factory=StagingLimits)
+
+
+def wire_error(exc: StoreError) -> RequestError:
+    """The wire error a store refusal is answered with (the one place they are translated)."""
+    if isinstance(exc, PeerOwned):
+        return Forbidden("this domain_name belongs to another user")
+    if isinstance(exc, UnknownUser):
+        return Forbidden("the token's user is not registered")
+    return Internal()  # e.g. SchemaTooNew: refused at start-up, never reaches a handler
 
 
 @functools.lru_cache(maxsize=4096)
@@ -154,10 +163,18 @@ class IndexService:
         self.address_attempts.prune(now)
 
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._writes, fn, *args)
+        return await self._in_store(self._writes, fn, *args)
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._reads, fn, *args)
+        return await self._in_store(self._reads, fn, *args)
+
+    @staticmethod
+    async def _in_store(executor: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+        """Run a store call off the event loop; its refusals come back as wire errors."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+        except StoreError as exc:
+            raise wire_error(exc) from exc
 
     def _prepare(self, record: PeerRecord, files: Iterable[SharedFile]) -> PeerHits:
         s = self.settings
@@ -232,12 +249,7 @@ class IndexService:
         listing = Listing(
             user, req.domain_name, req.port_number, req.address or ctx.address, files, now
         )
-        try:
-            count, prepared, generation = await self._write(self._commit_listing, listing)
-        except PeerOwned:
-            raise Forbidden("this domain_name belongs to another user") from None
-        except UnknownUser:
-            raise Forbidden("the token's user is not registered") from None
+        count, prepared, generation = await self._write(self._commit_listing, listing)
         self.owners[req.domain_name] = user
         self.index.apply(prepared, generation)
         log.info("%s synced %s: %d files", user, req.domain_name, count)
@@ -255,8 +267,9 @@ class IndexService:
         )
         return count, self._prepare(record, listing.unique_files()), generation
 
-    async def handle_search(self, ctx: RequestContext, req: KeywordRequest) -> PackedReply:
-        """Live peers' files under a keyword, matched case-insensitively, from memory."""
+    def handle_search(self, ctx: RequestContext, req: KeywordRequest) -> PackedReply:
+        """Live peers' files under a keyword, matched case-insensitively, from memory (an
+        inline operation: answered as the request is read)."""
         return PackedReply(self.index.search(req.keyword, self.clock()))
 
     async def handle_ping(self, ctx: RequestContext, req: PeerRequest) -> PingReply:
@@ -275,10 +288,7 @@ class IndexService:
         self._check_certificate(ctx, req.domain_name)
         if self._check_owner(ctx.subject, req.domain_name) is None:
             raise NotFound("no peer with this domain_name")
-        try:
-            generation = await self._write(self._commit_withdraw, req.domain_name, ctx.subject)
-        except PeerOwned:
-            raise Forbidden("this domain_name belongs to another user") from None
+        generation = await self._write(self._commit_withdraw, req.domain_name, ctx.subject)
         self.index.remove(req.domain_name, generation)
         log.info("%s withdrew %s", ctx.subject, req.domain_name)
         return ByeReply(req.domain_name)

@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from netproto.errors import P2PError
 from netproto.operations import ListedFile, SharedFile
 
 log = logging.getLogger(__name__)
 
 
-class StoreError(Exception):
-    """Base of the store's own refusals."""
+class StoreError(P2PError):
+    """Base of the store's own refusals; the handlers turn them into wire errors."""
 
 
 class PeerOwned(StoreError):

@@ -11,14 +11,22 @@ from typing import Any
 import pytest
 
 from certs import load_cert, load_key
-from indexd.handlers import IndexService, IndexSettings
+from indexd.handlers import IndexService, IndexSettings, wire_error
 from indexd.passwords import PasswordHasher
 from indexd.ratelimit import BackoffPolicy
-from indexd.store import SqliteIndexStore
+from indexd.store import (
+    Listing,
+    PeerOwned,
+    SchemaTooNew,
+    SqliteIndexStore,
+    StoreError,
+    UnknownUser,
+)
 from netproto.codec import unpack_map
 from netproto.errors import (
     AuthFailed,
     Forbidden,
+    Internal,
     NotFound,
     PasswordTooLong,
     PasswordTooShort,
@@ -53,8 +61,14 @@ class Clock:
 
 
 @contextlib.asynccontextmanager
-async def opened(pki: Any, db: Path, clock: Clock, **settings: Any) -> AsyncIterator[IndexService]:
-    store = SqliteIndexStore(db)
+async def opened(
+    pki: Any,
+    db: Path,
+    clock: Clock,
+    store_class: type[SqliteIndexStore] = SqliteIndexStore,
+    **settings: Any,
+) -> AsyncIterator[IndexService]:
+    store = store_class(db)
     issuer = TokenIssuer(load_key(pki.key("indexd")), "indexd", 900)
     settings.setdefault("peer_ttl", TTL)
     service = IndexService(
@@ -82,7 +96,7 @@ def _sync(domain: str, files: list[SharedFile], **kw: Any) -> SyncRequest:
 
 
 async def _search(service: IndexService, keyword: str) -> list[SearchHit]:
-    reply = await service.handle_search(ctx("alice"), KeywordRequest(keyword))
+    reply = service.handle_search(ctx("alice"), KeywordRequest(keyword))
     return search_reply_from_wire(unpack_map(b"\x81\xa1b" + reply.body)["b"])
 
 
@@ -316,3 +330,55 @@ async def test_a_restarted_service_serves_what_was_committed(
         await service.handle_auth(ctx(), Credentials("bob", PASSWORD))
         with pytest.raises(Forbidden):
             await service.handle_sync(ctx("bob"), _sync("peer2", []))
+
+
+# --- store refusals become wire errors in one place --------------------------------------
+
+
+class _ContestedStore(SqliteIndexStore):
+    """A store where another index process has just taken every domain name (a race)."""
+
+    def replace_listing(self, listing: Listing) -> int:
+        raise PeerOwned(listing.domain_name)
+
+    def withdraw(self, domain_name: str, owner: str) -> bool:
+        raise PeerOwned(domain_name)
+
+
+@pytest.mark.parametrize(
+    ("refusal", "error", "message"),
+    [
+        (PeerOwned("peer1"), Forbidden, "this domain_name belongs to another user"),
+        (UnknownUser("ghost"), Forbidden, "the token's user is not registered"),
+        (SchemaTooNew("schema 99"), Internal, "internal error"),
+        (StoreError("anything else"), Internal, "internal error"),
+    ],
+    ids=["peer owned", "unknown user", "schema too new", "other"],
+)
+def test_each_store_refusal_has_its_wire_error(
+    refusal: StoreError, error: type[Exception], message: str
+) -> None:
+    translated = wire_error(refusal)
+    assert type(translated) is error and translated.message == message
+
+
+async def test_a_sync_by_a_user_the_store_does_not_know_is_forbidden(
+    pki: Any, db: Path, clock: Clock
+) -> None:
+    async with opened(pki, db, clock) as service:
+        with pytest.raises(Forbidden, match="not registered") as caught:
+            await service.handle_sync(ctx("ghost"), _sync("peer1", [_file("k", "a")]))
+    assert isinstance(caught.value.__cause__, UnknownUser)
+
+
+async def test_a_name_the_store_finds_owned_is_forbidden_for_sync_and_bye(
+    pki: Any, db: Path, clock: Clock
+) -> None:
+    async with opened(pki, db, clock, store_class=_ContestedStore) as service:
+        await _users(service, "alice")
+        with pytest.raises(Forbidden, match="belongs to another user") as caught:
+            await service.handle_sync(ctx("alice"), _sync("peer1", []))
+        assert isinstance(caught.value.__cause__, PeerOwned)
+        service.owners["peer1"] = "alice"  # as if its sync had gone through
+        with pytest.raises(Forbidden, match="belongs to another user"):
+            await service.handle_bye(ctx("alice"), PeerRequest("peer1"))

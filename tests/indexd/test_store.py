@@ -18,8 +18,10 @@ from indexd.store import (
     PeerOwned,
     SchemaTooNew,
     SqliteIndexStore,
+    StoreError,
     UnknownUser,
 )
+from netproto.errors import P2PError
 from netproto.operations import SharedFile
 
 
@@ -182,3 +184,10 @@ def test_database_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("cls", [PeerOwned, UnknownUser, SchemaTooNew])
+def test_store_refusals_are_store_errors_in_the_project_error_tree(
+    cls: type[StoreError],
+) -> None:
+    assert issubclass(cls, StoreError) and issubclass(StoreError, P2PError)
