@@ -16,7 +16,6 @@ import dataclasses
 import functools
 import hashlib
 import logging
-import os
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -25,14 +24,15 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from netproto.errors import BadRequest, Busy
+from netproto.errors import BadRequest, Busy, InvalidPath, NotFound, RequestError
 from netproto.framing import DEFAULT_MAX_FRAME
 from netproto.operations import FetchHeader, FetchRequest, FetchTrailer, KeywordRequest
 from netproto.server import Operation, RequestContext, Server, ServerLimits, StreamReply
 from netproto.signing import fetch_signing_payload, sign_fetch
 from netproto.tls import server_context
 from netproto.tokens import Principal
-from peerd.share import OpenFile, Share
+from peerd.errors import InvalidName, ShareError
+from peerd.share import ShareFile, ShareStore
 from peerd.threadjob import ThreadJob
 
 log = logging.getLogger(__name__)
@@ -51,11 +51,18 @@ class FileChanged(Busy):
     default_message = "the file changed during the transfer; fetch it again"
 
 
+def wire_error(exc: ShareError) -> RequestError:
+    """The wire error (PROTOCOL.md §5) that answers a refusal of the share store."""
+    if isinstance(exc, InvalidName):
+        return InvalidPath(str(exc))
+    return NotFound(str(exc))
+
+
 @dataclass
 class PeerService:
     """What the handlers need: the share, this peer's name and signing key, and the caps."""
 
-    share: Share
+    share: ShareStore
     domain_name: str
     signing_key: Ed25519PrivateKey
     max_fetches: int = DEFAULT_MAX_FETCHES
@@ -63,7 +70,10 @@ class PeerService:
 
     async def handle_list(self, ctx: RequestContext, req: KeywordRequest) -> list[str]:
         """``list``: the file names under a keyword (matched case-insensitively)."""
-        names = await asyncio.to_thread(self.share.list_files, req.keyword)
+        try:
+            names = await asyncio.to_thread(self.share.list_files, req.keyword)
+        except ShareError as exc:
+            raise wire_error(exc) from exc
         return fit_list_reply(names)
 
     async def handle_fetch(self, ctx: RequestContext, req: FetchRequest) -> StreamReply:
@@ -85,7 +95,7 @@ class PeerService:
         header = FetchHeader(req.keyword, req.file_name, size, req.offset)
         return StreamReply(header, transfer.chunks(), transfer.trailer)
 
-    async def _open(self, keyword: str, file_name: str) -> OpenFile:
+    async def _open(self, keyword: str, file_name: str) -> ShareFile:
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(None, self.share.open_file, keyword, file_name)
         try:
@@ -93,6 +103,8 @@ class PeerService:
         except asyncio.CancelledError:
             future.add_done_callback(_close_unwanted)  # the open still completes in its thread
             raise
+        except ShareError as exc:
+            raise wire_error(exc) from exc
 
 
 #: Room left in a frame for the reply envelope around a list of names.
@@ -114,7 +126,7 @@ def fit_list_reply(names: list[str], budget: int = _LIST_BUDGET) -> list[str]:
     return names
 
 
-def _close_unwanted(future: asyncio.Future[OpenFile]) -> None:
+def _close_unwanted(future: asyncio.Future[ShareFile]) -> None:
     if not future.cancelled() and future.exception() is None:
         future.result().close()
 
@@ -122,7 +134,7 @@ def _close_unwanted(future: asyncio.Future[OpenFile]) -> None:
 class _Transfer:
     """One fetch in progress: reads, hashes and yields the file, then signs the trailer."""
 
-    def __init__(self, service: PeerService, opened: OpenFile, req: FetchRequest, sub: str):
+    def __init__(self, service: PeerService, opened: ShareFile, req: FetchRequest, sub: str):
         self.service = service
         self.opened = opened
         self.req = req
@@ -131,7 +143,7 @@ class _Transfer:
         self.digest: bytes | None = None
 
     def _read_hashed(self, pos: int, length: int) -> bytes:
-        data = os.pread(self.opened.fd, length, pos)
+        data = self.opened.read(pos, length)
         self.sha256.update(data)
         return data
 
@@ -257,4 +269,5 @@ __all__ = [
     "make_server",
     "operations",
     "peer_ssl_context",
+    "wire_error",
 ]

@@ -1,4 +1,9 @@
-"""The shared folder ``file_directory/<keyword>/<file_name>`` (PROTOCOL.md §4, design §3).
+"""The shared folder ``file_directory/<keyword>/<file_name>`` (PROTOCOL.md §4.6, §4.7).
+
+:class:`ShareStore` is what the peer server and the daemon are written against; :class:`Share`
+is the folder on disk. The store raises its own errors (:class:`~peerd.errors.ShareError`:
+:class:`~peerd.errors.InvalidName`, :class:`~peerd.errors.NotShared`,
+:class:`~peerd.errors.ShareUnavailable`), never wire errors; the server's handlers translate.
 
 Only regular files inside the share are listed or served. Every path below the share root is
 opened relative to a directory file descriptor with ``O_NOFOLLOW``, so a symlink (to a file or
@@ -20,14 +25,15 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
-from netproto.errors import InvalidPath, NotFound
+from netproto.errors import InvalidPath
 from netproto.names import check_file_name, check_keyword
 from netproto.operations import MAX_FILE_SIZE, SharedFile
+from peerd.errors import InvalidName, NotShared, ShareError, ShareUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -211,9 +217,71 @@ class OpenFile:
             fd, self.fd = self.fd, -1
             os.close(fd)
 
+    def read(self, pos: int, length: int) -> bytes:
+        """Up to ``length`` bytes from ``pos`` (blocking; fewer at the end of the file)."""
+        return os.pread(self.fd, length, pos)
+
     def current_identity(self) -> FileIdentity:
         """The identity of the file as it is now (the same inode, re-stat'ed)."""
         return FileIdentity.of(os.fstat(self.fd))
+
+
+class ShareFile(Protocol):
+    """A shared file opened for serving, as the peer server reads it."""
+
+    @property
+    def identity(self) -> FileIdentity:
+        """The file's identity when it was opened (its size is what is served)."""
+        ...
+
+    def read(self, pos: int, length: int) -> bytes:
+        """Up to ``length`` bytes from ``pos`` (blocking)."""
+        ...
+
+    def current_identity(self) -> FileIdentity:
+        """The file's identity now, to tell whether it changed while it was served."""
+        ...
+
+    def close(self) -> None:
+        """Release the file (idempotent)."""
+        ...
+
+
+class ShareStore(Protocol):
+    """What the peer server and daemon need from a share. Every method may block.
+
+    Errors are :class:`~peerd.errors.ShareError` subclasses: :class:`InvalidName` for a
+    keyword or file name that is not one safe segment, :class:`NotShared` for one that is not
+    there, :class:`ShareUnavailable` when the share itself cannot be opened.
+    """
+
+    def scan(self) -> list[SharedFile]:
+        """Every shared file with its size and digest (a missing share is empty)."""
+        ...
+
+    def list_files(self, keyword: str) -> list[str]:
+        """The names of the files under ``keyword``, matched case-insensitively, sorted."""
+        ...
+
+    def open_file(self, keyword: str, file_name: str) -> ShareFile:
+        """Open one shared file for serving."""
+        ...
+
+    def remember(self, opened: ShareFile, identity: FileIdentity, sha256: bytes) -> None:
+        """Record the digest of a file computed while it was served."""
+        ...
+
+    def save_cache(self) -> None:
+        """Persist what the store remembers (digests), if anything changed."""
+        ...
+
+
+def _valid_name(check: Callable[[object], str], name: str) -> str:
+    """``check(name)`` with the wire's :class:`InvalidPath` turned into the store's error."""
+    try:
+        return check(name)
+    except InvalidPath as exc:
+        raise InvalidName(exc.message) from exc
 
 
 def listable_name(name: str) -> bool:
@@ -301,7 +369,7 @@ class Share:
         try:
             fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
-            raise NotFound("the share folder is not available") from exc
+            raise ShareUnavailable(f"the share folder is not available: {exc.strerror}") from exc
         try:
             yield fd
         finally:
@@ -317,7 +385,7 @@ class Share:
         """Write the digest cache if it changed since the last save."""
         if self._cache_file is None or not self.cache.dirty:
             return
-        with contextlib.suppress(NotFound), self._root_fd() as root_fd:
+        with contextlib.suppress(ShareUnavailable), self._root_fd() as root_fd:
             self.cache.save(root_fd, self._cache_file)
 
     def scan(self) -> list[SharedFile]:
@@ -329,7 +397,7 @@ class Share:
         try:
             with self._root_fd() as root_fd:
                 return self._scan(root_fd)
-        except NotFound:
+        except ShareUnavailable:
             log.warning("share folder %s is missing", self.root)
             return []
 
@@ -391,8 +459,8 @@ class Share:
         return names
 
     def list_files(self, keyword: str) -> list[str]:
-        """Names of the regular files under ``keyword`` (blocking; NOT_FOUND if no folder)."""
-        check_keyword(keyword)
+        """Names of the regular files under ``keyword`` (blocking; NotShared if no folder)."""
+        _valid_name(check_keyword, keyword)
         names: set[str] = set()
         found = False
         with self._root_fd() as root_fd:
@@ -412,15 +480,15 @@ class Share:
                 finally:
                     os.close(dir_fd)
         if not found:
-            raise NotFound(f"no keyword {keyword!r} here")
+            raise NotShared(f"no keyword {keyword!r} here")
         return sorted(names)
 
     def open_file(self, keyword: str, file_name: str) -> OpenFile:
-        """Open a shared file for serving, or raise INVALID_PATH / NOT_FOUND (blocking)."""
-        check_keyword(keyword)
-        check_file_name(file_name)
+        """Open a shared file for serving, or raise InvalidName / NotShared (blocking)."""
+        _valid_name(check_keyword, keyword)
+        _valid_name(check_file_name, file_name)
         if not listable_name(file_name):
-            raise NotFound("no such file")
+            raise NotShared("no such file")
         with self._root_fd() as root_fd:
             for folder in self.keyword_dirs(root_fd, keyword):
                 dir_fd = open_subdir(root_fd, folder)
@@ -433,8 +501,29 @@ class Share:
                 if opened is not None:
                     fd, st = opened
                     return OpenFile(fd, folder, file_name, FileIdentity.of(st))
-        raise NotFound("no such file")
+        raise NotShared("no such file")
 
-    def remember(self, opened: OpenFile, identity: FileIdentity, sha256: bytes) -> None:
+    def remember(self, opened: ShareFile, identity: FileIdentity, sha256: bytes) -> None:
         """Record a digest computed while serving (the cache is saved with the next scan)."""
-        self.cache.put((opened.keyword_dir, opened.file_name), identity, sha256)
+        if isinstance(opened, OpenFile):
+            self.cache.put((opened.keyword_dir, opened.file_name), identity, sha256)
+
+
+__all__ = [
+    "CACHE_FILE_NAME",
+    "RACY_WINDOW_NS",
+    "DigestCache",
+    "FileIdentity",
+    "InvalidName",
+    "NotShared",
+    "OpenFile",
+    "Share",
+    "ShareError",
+    "ShareFile",
+    "ShareStore",
+    "ShareUnavailable",
+    "hash_fd",
+    "listable_name",
+    "open_regular",
+    "open_subdir",
+]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from netproto.errors import InvalidPath, NotFound
+from peerd.errors import InvalidName, NotShared
 from peerd.share import CACHE_FILE_NAME, RACY_WINDOW_NS, Share
 
 
@@ -199,8 +199,8 @@ def test_list_files_merges_folders_that_differ_only_in_case(root: Path) -> None:
     assert Share(root).list_files("koala") == ["eucalyptus.txt", "sleep.txt", "upper.txt"]
 
 
-def test_list_files_of_an_absent_keyword_is_not_found(root: Path) -> None:
-    with pytest.raises(NotFound):
+def test_list_files_of_an_absent_keyword_is_not_shared(root: Path) -> None:
+    with pytest.raises(NotShared):
         Share(root).list_files("platypus")
 
 
@@ -215,22 +215,22 @@ def test_open_file_prefers_the_exactly_spelled_folder(root: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["..", ".", "a/b", "a\\b", "nul", "x\x00", ".hidden", ""])
-def test_open_file_with_an_unsafe_name_is_invalid_path(root: Path, name: str) -> None:
-    with pytest.raises(InvalidPath):
+def test_open_file_with_an_unsafe_name_is_an_invalid_name(root: Path, name: str) -> None:
+    with pytest.raises(InvalidName):
         Share(root).open_file("koala", name)
 
 
-def test_open_file_of_a_symlink_to_dev_null_is_not_found(root: Path) -> None:
+def test_open_file_of_a_symlink_to_dev_null_is_not_shared(root: Path) -> None:
     os.symlink("/dev/null", root / "koala" / "null.txt")
-    with pytest.raises(NotFound):
+    with pytest.raises(NotShared):
         Share(root).open_file("koala", "null.txt")
 
 
-def test_open_file_of_a_device_node_is_not_found(root: Path) -> None:
+def test_open_file_of_a_device_node_is_not_shared(root: Path) -> None:
     try:
         os.mknod(root / "koala" / "dev", 0o600 | 0o020000, os.makedev(1, 3))  # /dev/null
     except PermissionError:
         pytest.skip("creating a device node needs privileges")
-    with pytest.raises(NotFound):
+    with pytest.raises(NotShared):
         Share(root).open_file("koala", "dev")
     assert "dev" not in Share(root).list_files("koala")
