@@ -1,8 +1,11 @@
 """The client library: talk to the index (:class:`IndexClient`) and to peers (:class:`PeerClient`).
 
 Everything here is typed and async and never prints; the shell and scripts build on it. Errors
-are the wire's typed errors (:mod:`netproto.errors`), rebuilt on this side of the connection.
-Downloads, with every check of PROTOCOL.md §7, live in :mod:`peerd.download`.
+are the wire's typed errors (:mod:`netproto.errors`), rebuilt on this side of the connection;
+a reply, stream header or trailer that is not what PROTOCOL.md says is the other side's fault
+and raises :class:`~netproto.errors.RemoteProtocolError` (never the ``BAD_REQUEST`` a server
+answers to *our* malformed request). Downloads, with every check of PROTOCOL.md §7, live in
+:mod:`peerd.download`.
 """
 
 from __future__ import annotations
@@ -14,12 +17,18 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self, TypeVar
 
 from cryptography import x509
 
 from netproto.client import Connection, ResponseStream
-from netproto.errors import AuthRequired, BadFrame, BadRequest, RequestError
+from netproto.errors import (
+    AuthRequired,
+    BadRequest,
+    LocalProtocolError,
+    RemoteProtocolError,
+    RequestError,
+)
 from netproto.names import canonical_domain_name
 from netproto.operations import (
     AuthReply,
@@ -82,8 +91,8 @@ def index_tls_name(host: str, explicit: str | None = None) -> str:
         candidate = explicit or DEFAULT_INDEX_NAME
     try:
         return canonical_domain_name(candidate)
-    except BadRequest:
-        raise ValueError(f"{candidate!r} is not a DNS name for the index") from None
+    except BadRequest as exc:
+        raise ValueError(f"{candidate!r} is not a DNS name for the index") from exc
 
 
 def parse_host_port(value: str, default_port: int = DEFAULT_INDEX_PORT) -> tuple[str, int]:
@@ -113,6 +122,21 @@ def parse_host_port(value: str, default_port: int = DEFAULT_INDEX_PORT) -> tuple
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"bad port in {value!r}")
     return host, int(port_text)
+
+
+T = TypeVar("T")
+
+
+def parse_reply(parse: Callable[[Any], T], body: Any, what: str) -> T:
+    """``parse(body)``, where a malformed ``body`` is the other side's fault.
+
+    The typed messages raise the wire's errors (``BAD_REQUEST``, ``INVALID_PATH``) because a
+    server parses requests with them; here they parse what the other side *sent us*.
+    """
+    try:
+        return parse(body)
+    except RequestError as exc:
+        raise RemoteProtocolError(f"{what} is malformed: {exc.message}") from exc
 
 
 def _token(source: TokenSource | None) -> str:
@@ -168,12 +192,14 @@ class IndexClient:
     async def register(self, username: str, password: str) -> str:
         """Create a user; returns the canonical (lower-case) username."""
         body = Credentials(username, password).to_wire()
-        return RegisterReply.from_wire(await self.conn.request("register", body)).username
+        reply = await self.conn.request("register", body)
+        return parse_reply(RegisterReply.from_wire, reply, "the index's register reply").username
 
     async def auth(self, username: str, password: str) -> AuthReply:
         """Log in; the token is kept for the calls that need one."""
         creds = Credentials(username.lower(), password)
-        reply = AuthReply.from_wire(await self.conn.request("auth", creds.to_wire()))
+        body = await self.conn.request("auth", creds.to_wire())
+        reply = parse_reply(AuthReply.from_wire, body, "the index's auth reply")
         self.username, self.token, self.expires_at = creds.username, reply.token, reply.expires_at
         return reply
 
@@ -189,23 +215,26 @@ class IndexClient:
         count = 0
         for part in split_sync(domain_name, port_number, files, address):
             reply = await self.conn.request("sync", part.to_wire(), token)
-            count = SyncReply.from_wire(reply).files
+            count = parse_reply(SyncReply.from_wire, reply, "the index's sync reply").files
         return count
 
     async def search(self, keyword: str) -> list[SearchHit]:
         """Peers holding files under ``keyword`` (case-insensitive), live ones only."""
         body = KeywordRequest(keyword).to_wire()
-        return search_reply_from_wire(await self.conn.request("search", body, _token(self.token)))
+        reply = await self.conn.request("search", body, _token(self.token))
+        return parse_reply(search_reply_from_wire, reply, "the index's search reply")
 
     async def ping(self, domain_name: str) -> PingReply:
         """Refresh this peer's liveness; the reply says how long it now lasts (``ttl``)."""
         body = PeerRequest(domain_name).to_wire()
-        return PingReply.from_wire(await self.conn.request("ping", body, _token(self.token)))
+        reply = await self.conn.request("ping", body, _token(self.token))
+        return parse_reply(PingReply.from_wire, reply, "the index's ping reply")
 
     async def bye(self, domain_name: str) -> ByeReply:
         """Withdraw this peer's listing (at shutdown)."""
         body = PeerRequest(domain_name).to_wire()
-        return ByeReply.from_wire(await self.conn.request("bye", body, _token(self.token)))
+        reply = await self.conn.request("bye", body, _token(self.token))
+        return parse_reply(ByeReply.from_wire, reply, "the index's bye reply")
 
     async def close(self) -> None:
         """Close the connection."""
@@ -232,10 +261,10 @@ class FetchStream:
         return self._stream.chunks(timeout)
 
     def trailer(self) -> FetchTrailer:
-        """The trailer (after the chunks); BAD_REQUEST if malformed."""
+        """The trailer (after the chunks); :class:`RemoteProtocolError` if malformed."""
         if self._stream.trailer is None:
-            raise BadFrame("the stream has not ended")
-        return FetchTrailer.from_wire(self._stream.trailer)
+            raise LocalProtocolError("the trailer was asked for before the stream ended")
+        return parse_reply(FetchTrailer.from_wire, self._stream.trailer, "the peer's trailer")
 
     def close(self) -> None:
         """Stop listening to this stream."""
@@ -317,25 +346,26 @@ class PeerClient:
     async def list(self, keyword: str) -> list[str]:
         """The names of the peer's files under ``keyword``."""
         body = KeywordRequest(keyword).to_wire()
-        return list_reply_from_wire(await self.conn.request("list", body, _token(self._token)))
+        reply = await self.conn.request("list", body, _token(self._token))
+        return parse_reply(list_reply_from_wire, reply, "the peer's list reply")
 
     async def fetch(
         self, keyword: str, file_name: str, nonce: bytes, offset: int = 0
     ) -> FetchStream:
         """Start a fetch; returns once the header has arrived (errors are raised typed).
 
-        This is the raw operation: :func:`peerd.download.download` checks what arrives.
+        A malformed header is :class:`RemoteProtocolError`: the peer is at fault, not our
+        request. This is the raw operation: :func:`peerd.download.download` checks what arrives.
         """
         body = FetchRequest(keyword, file_name, nonce, offset).to_wire()
         stream = await self.conn.stream("fetch", body, _token(self._token))
         try:
-            header = FetchHeader.from_wire(stream.header)
-        except RequestError as exc:
-            # The peer's header is at fault, not our request (an INVALID_PATH here is a name
-            # the peer made up). Unregister the stream too: its chunks would otherwise fill
-            # its queue and stall every other request on this connection.
+            header = parse_reply(FetchHeader.from_wire, stream.header, "the peer's stream header")
+        except RemoteProtocolError:
+            # Unregister the stream: its chunks would otherwise fill its queue and stall every
+            # other request on this connection.
             stream.close()
-            raise BadRequest(f"the peer's stream header is malformed: {exc.message}") from exc
+            raise
         return FetchStream(stream, header)
 
     async def close(self) -> None:
@@ -358,5 +388,7 @@ __all__ = [
     "PeerClient",
     "TLSFiles",
     "TokenSource",
+    "index_tls_name",
     "parse_host_port",
+    "parse_reply",
 ]
