@@ -4,12 +4,16 @@ Cancelling the task that awaits ``loop.run_in_executor(...)`` marks the asyncio 
 once while the thread keeps running. Code that closes a file descriptor "once the read is done"
 must therefore watch the thread's :class:`concurrent.futures.Future`, which :class:`ThreadJob`
 keeps; otherwise the thread may read or write a descriptor number already closed and reused.
+:class:`DiskWork` keeps the jobs of one task together, so its descriptors are closed only once
+none of them is in use.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
+import threading
 from collections.abc import Callable, Generator
 from typing import Any, Generic, TypeVar
 
@@ -28,6 +32,10 @@ class ThreadJob(Generic[T]):
     def __await__(self) -> Generator[Any, None, T]:
         return self.future.__await__()
 
+    def done(self) -> bool:
+        """True once the thread is done with the work (whatever the awaiting task did)."""
+        return self._thread_future.done()
+
     def when_finished(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once the thread is done with the work (at once if it is)."""
         if self._thread_future.done():
@@ -35,6 +43,75 @@ class ThreadJob(Generic[T]):
         else:
             self._thread_future.add_done_callback(lambda _: callback())
 
+    def on_result(self, callback: Callable[[T], None]) -> None:
+        """Call ``callback(result)`` once the work succeeds (to release what nobody awaits)."""
+
+        def settled(future: concurrent.futures.Future[T]) -> None:
+            if not future.cancelled() and future.exception() is None:
+                callback(future.result())
+
+        self._thread_future.add_done_callback(settled)
+
     def wait(self) -> None:
         """Block until the thread is done (for a cleanup that must not race with it)."""
         concurrent.futures.wait([self._thread_future])
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # nobody awaits it any more: do not log it as never retrieved
+
+
+class DiskWork:
+    """The blocking file work of one task, each step in a worker thread, off the event loop.
+
+    A step whose awaiting task is cancelled still runs to its end in its thread;
+    :meth:`close_when_idle` closes a descriptor only once every step is done with it.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: list[ThreadJob[Any]] = []
+        self._lock = threading.Lock()
+
+    def start(self, fn: Callable[..., T], *args: Any) -> ThreadJob[T]:
+        """Start ``fn(*args)`` in a thread and track it; await the job for its result."""
+        job = ThreadJob(fn, *args)
+        self._jobs = [j for j in self._jobs if not j.done()]
+        self._jobs.append(job)
+        return job
+
+    async def run(
+        self, fn: Callable[..., T], *args: Any, unwanted: Callable[[T], None] | None = None
+    ) -> T:
+        """``fn(*args)`` in a thread; ``unwanted(result)`` releases it if we are cancelled."""
+        job = self.start(fn, *args)
+        try:
+            return await asyncio.shield(job.future)
+        except asyncio.CancelledError:
+            job.future.add_done_callback(_retrieve)
+            if unwanted is not None:
+                job.on_result(unwanted)
+            raise
+
+    def close_when_idle(self, fd: int) -> None:
+        """Close ``fd`` now if no step is running, else once the running ones are done."""
+        busy = [j for j in self._jobs if not j.done()]
+        self._jobs = busy
+        if not busy:
+            os.close(fd)
+            return
+        left = len(busy)
+
+        def one_done() -> None:
+            nonlocal left
+            with self._lock:
+                left -= 1
+                last = left == 0
+            if last:
+                os.close(fd)
+
+        for job in busy:
+            job.when_finished(one_done)
+
+
+__all__ = ["DiskWork", "ThreadJob"]

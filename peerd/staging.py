@@ -1,0 +1,307 @@
+"""Partial-file staging: where a download is written before it is verified, and how it resumes.
+
+A download is written to a hidden temp file in its keyword folder (:func:`part_names`), locked
+with ``flock`` so two downloads of the same file cannot mix. Beside it a small sidecar
+(:class:`Sidecar`) says what the bytes belong to; a later download of the same file, from the
+same peer or of the same index digest, resumes from where the last one stopped.
+
+Every function here blocks (``open``, ``flock``, reads, writes, ``unlink``): the caller runs
+them in a worker thread (:class:`peerd.threadjob.DiskWork`), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, Self
+
+from netproto.operations import ListedFile
+from peerd.errors import DownloadError
+from peerd.share import open_regular, open_subdir
+
+PART_SUFFIX = ".p2pshare-part"
+META_SUFFIX = ".meta"
+_NAME_MAX = 255
+_META_MAX = 64 << 10
+_HASH_BLOCK = 1 << 20
+#: Dirty pages of the partial file are pushed to the disk in windows of this size, so the
+#: final ``fsync`` has little left to do.
+_WRITEBACK = 16 << 20
+_FADVISE = getattr(os, "posix_fadvise", None)
+
+
+class Hasher(Protocol):
+    """A running digest (what :func:`hashlib.sha256` returns)."""
+
+    def update(self, data: bytes | memoryview, /) -> None:
+        """Feed more bytes."""
+        ...
+
+    def digest(self) -> bytes:
+        """The digest of every byte fed so far."""
+        ...
+
+
+def part_names(file_name: str) -> tuple[str, str]:
+    """The hidden temp file and sidecar names for ``file_name`` in its folder."""
+    part = f".{file_name}{PART_SUFFIX}"
+    if len((part + META_SUFFIX).encode("utf-8")) > _NAME_MAX:
+        digest = hashlib.sha256(file_name.encode("utf-8")).hexdigest()[:40]
+        part = f".p2pshare-{digest}{PART_SUFFIX}"
+    return part, part + META_SUFFIX
+
+
+def unlink_quietly(dir_fd: int, name: str) -> None:
+    """Remove ``name`` below ``dir_fd`` if it is there."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=dir_fd)
+
+
+def open_share_root(root: Path) -> int:
+    """Open (creating if needed) the folder downloads go into; DownloadError if impossible."""
+    try:
+        os.makedirs(root, exist_ok=True)
+        return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise DownloadError(f"cannot use {root} for downloads: {exc.strerror or exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class KeywordFolder:
+    """The keyword folder a download goes into: its name, an open descriptor, and whether it
+    was created for this download (and is removed again if the download leaves nothing)."""
+
+    name: str
+    fd: int
+    created: bool
+
+
+def open_keyword_folder(root_fd: int, root: Path, keyword: str) -> KeywordFolder:
+    """Open (creating if needed) the keyword folder; an existing case variant is reused."""
+    try:
+        return _open_keyword_folder(root_fd, keyword)
+    except OSError as exc:
+        raise DownloadError(f"cannot make the folder {root / keyword}: {exc.strerror}") from exc
+
+
+def _open_keyword_folder(root_fd: int, keyword: str) -> KeywordFolder:
+    wanted = keyword.casefold()
+    names = [n for n in os.listdir(root_fd) if not n.startswith(".") and n.casefold() == wanted]
+    names.sort(key=lambda n: (n != keyword, n))
+    for name in names:
+        fd = open_subdir(root_fd, name)
+        if fd is not None:
+            return KeywordFolder(name, fd, False)
+    if keyword in names:
+        raise DownloadError(f"{keyword!r} in the share is not a real folder")
+    created = True
+    try:
+        os.mkdir(keyword, 0o755, dir_fd=root_fd)
+    except FileExistsError:
+        created = False
+    fd = open_subdir(root_fd, keyword)
+    if fd is None:
+        raise DownloadError(f"cannot open the folder {keyword!r} in the share")
+    return KeywordFolder(keyword, fd, created)
+
+
+def remove_empty_folder(root_fd: int, name: str) -> None:
+    """Remove the folder ``name`` if it is empty (a kept partial file keeps it)."""
+    with contextlib.suppress(OSError):
+        os.rmdir(name, dir_fd=root_fd)
+
+
+@dataclass(frozen=True, slots=True)
+class Sidecar:
+    """What a partial file belongs to, kept beside it so that a later download can resume it."""
+
+    peer: str
+    keyword: str
+    file_name: str
+    size: int
+    sha256: bytes | None = None  # the index's digest of the file, when it listed one
+
+    def to_json(self) -> bytes:
+        """The sidecar's file content."""
+        return json.dumps(
+            {
+                "peer": self.peer,
+                "keyword": self.keyword,
+                "file_name": self.file_name,
+                "size": self.size,
+                "sha256": self.sha256.hex() if self.sha256 is not None else None,
+            }
+        ).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Self | None:
+        """The sidecar read back, or None if it is damaged or of another shape."""
+        try:
+            doc: Any = json.loads(data)
+        except ValueError:
+            return None
+        if not isinstance(doc, dict):
+            return None
+        peer, keyword, file_name = doc.get("peer"), doc.get("keyword"), doc.get("file_name")
+        size, digest = doc.get("size"), doc.get("sha256")
+        if not (isinstance(peer, str) and isinstance(keyword, str) and isinstance(file_name, str)):
+            return None
+        if type(size) is not int or not (digest is None or isinstance(digest, str)):
+            return None
+        try:
+            sha256 = bytes.fromhex(digest) if digest is not None else None
+        except ValueError:
+            return None
+        return cls(peer, keyword, file_name, size, sha256)
+
+    def resumable_as(self, wanted: Sidecar) -> bool:
+        """True when the partial file may be resumed by the download ``wanted`` describes
+        (``wanted.size`` is ignored: the size is only known once the peer answers)."""
+        if (self.keyword, self.file_name) != (wanted.keyword, wanted.file_name):
+            return False
+        if wanted.sha256 is not None and self.sha256 is not None:
+            # The index says what the file is; the bytes may have come from any peer.
+            return self.sha256 == wanted.sha256
+        return self.peer == wanted.peer
+
+
+@dataclass(slots=True)
+class StagedPart:
+    """The partial file opened and locked for one attempt: where to resume, and how big the
+    file was when the bytes already there were received (None for a fresh start)."""
+
+    fd: int
+    offset: int
+    recorded_size: int | None
+
+    def close(self) -> None:
+        """Close the descriptor (which also releases the lock)."""
+        os.close(self.fd)
+
+
+class Staging:
+    """The partial file and sidecar of one file name in one keyword folder (blocking)."""
+
+    def __init__(self, dir_fd: int, file_name: str, path: Path) -> None:
+        self.dir_fd = dir_fd
+        self.path = path  # the final file, for messages
+        self.part, self.meta = part_names(file_name)
+
+    def open(self, wanted: Sidecar, listed: ListedFile | None) -> StagedPart:
+        """Open (or create) the partial file, locked, and decide whether it can be resumed."""
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(self.part, flags, 0o644, dir_fd=self.dir_fd)
+        except OSError:  # not a regular file we can open (a symlink, say): start afresh
+            self.discard()
+            fd = os.open(self.part, flags | os.O_EXCL, 0o644, dir_fd=self.dir_fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise DownloadError(f"{self.part} in {self.path.parent} is not a regular file")
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise DownloadError(f"{self.path} is already being downloaded") from exc
+            raise
+        except BaseException:
+            os.close(fd)
+            raise
+        sidecar = self.read_sidecar()
+        if (
+            sidecar is not None
+            and sidecar.resumable_as(wanted)
+            and (listed is None or sidecar.size == listed.size)
+            and st.st_size <= sidecar.size
+        ):
+            return StagedPart(fd, st.st_size, sidecar.size)
+        try:
+            os.ftruncate(fd, 0)
+            unlink_quietly(self.dir_fd, self.meta)
+        except BaseException:
+            os.close(fd)
+            raise
+        return StagedPart(fd, 0, None)
+
+    def read_sidecar(self) -> Sidecar | None:
+        """The sidecar, if there is a readable one."""
+        opened = open_regular(self.dir_fd, self.meta)
+        if opened is None:
+            return None
+        fd, st = opened
+        try:
+            if st.st_size > _META_MAX:
+                return None
+            return Sidecar.from_json(os.pread(fd, _META_MAX, 0))
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def write_sidecar(self, sidecar: Sidecar) -> None:
+        """Record what the partial file belongs to (once its size is known)."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self.meta, flags, 0o644, dir_fd=self.dir_fd)
+        try:
+            os.write(fd, sidecar.to_json())
+        finally:
+            os.close(fd)
+
+    def discard(self) -> None:
+        """Remove the partial file and its sidecar."""
+        unlink_quietly(self.dir_fd, self.part)
+        unlink_quietly(self.dir_fd, self.meta)
+
+
+def hash_prefix(sha256: Hasher, fd: int, length: int) -> None:
+    """Feed the first ``length`` bytes of the partial file to ``sha256`` and cut it there."""
+    pos = 0
+    while pos < length:
+        block = os.pread(fd, min(_HASH_BLOCK, length - pos), pos)
+        if not block:
+            raise OSError(errno.EIO, "partial file shorter than expected")
+        sha256.update(block)
+        pos += len(block)
+    os.ftruncate(fd, length)
+
+
+def write_hashed(fd: int, data: bytes | memoryview, pos: int, sha256: Hasher) -> None:
+    """Write ``data`` at ``pos`` in the partial file and feed it to ``sha256``."""
+    sha256.update(data)
+    view = memoryview(data)
+    start = pos
+    while view:
+        written = os.pwrite(fd, view, pos)
+        view = view[written:]
+        pos += written
+    if _FADVISE is not None and start // _WRITEBACK != pos // _WRITEBACK:
+        # Start the write-back of the last full window now (DONTNEED on dirty pages starts
+        # it without waiting), so the final fsync has little left to do.
+        window = (pos // _WRITEBACK - 1) * _WRITEBACK
+        _FADVISE(fd, window, _WRITEBACK, os.POSIX_FADV_DONTNEED)
+
+
+__all__ = [
+    "META_SUFFIX",
+    "PART_SUFFIX",
+    "Hasher",
+    "KeywordFolder",
+    "Sidecar",
+    "StagedPart",
+    "Staging",
+    "hash_prefix",
+    "open_keyword_folder",
+    "open_share_root",
+    "part_names",
+    "remove_empty_folder",
+    "unlink_quietly",
+    "write_hashed",
+]
