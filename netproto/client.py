@@ -1,13 +1,9 @@
-"""The asyncio client connection around :class:`ClientProtocol`.
+"""The client side: requests matched to their answers by id, streams, request deadlines.
 
-Many requests may be in flight on one connection; answers are matched by id and may arrive
-in any order. Errors are raised as the same typed classes the server raised.
-
-Received bytes are handled as the transport delivers them (the connection becomes the TLS
-transport's protocol), not by a reader task: an answer reaches the request waiting for it in
-one event-loop turn instead of two. Request deadlines share one timer per connection instead
-of a timer and a cancel scope each. A pipelined client pays these costs tens of thousands of
-times a second (BENCHMARKS.md).
+Many requests may be in flight on one connection; answers may arrive in any order. Errors the
+server sent are raised as the same typed classes it raised; a server that breaks the protocol
+is a :class:`RemoteProtocolError`, and a request we cannot send a :class:`LocalProtocolError`.
+Request deadlines share the connection's one timer (PROTOCOL.md §6).
 """
 
 from __future__ import annotations
@@ -16,15 +12,16 @@ import asyncio
 import logging
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from typing import Any, cast
+from collections.abc import AsyncIterator
+from typing import Any
 
 from cryptography import x509
 
+from netproto.connection import FramedConnection, transport_errors
 from netproto.errors import (
-    BadFrame,
     ConnectionClosed,
     P2PError,
+    RemoteProtocolError,
     RequestError,
     Timeout,
 )
@@ -38,7 +35,6 @@ from netproto.messages import (
     StreamStart,
 )
 from netproto.protocol import ClientProtocol
-from netproto.streams import FrameWriter, map_exceptions
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +52,10 @@ class ResponseStream:
         self.header: Any = None
         self.trailer: Any = None
         self.finished = False
-        #: Set when the connection fails (also queued after the frames that came before it).
-        self.failure: P2PError | None = None
 
     async def _next(self, timeout: float) -> ServerMessage:
         queue = self.queue
         if queue.empty():
-            if self.failure is not None:
-                raise self.failure
             try:
                 async with asyncio.timeout(timeout):
                     item = await queue.get()
@@ -71,9 +63,10 @@ class ResponseStream:
                 raise Timeout("no data from the server in time") from None
         else:
             item = queue.get_nowait()  # no timer for a frame that is already here
-        if self._conn._paused_by is self and queue.qsize() <= _STREAM_RESUME:
-            self._conn._resume_reading()
+        if self._conn.paused_by is self and queue.qsize() <= _STREAM_RESUME:
+            self._conn.resume_stream()
         if isinstance(item, BaseException):
+            self.queue.put_nowait(item)  # every later call fails the same way
             raise item
         if isinstance(item, ErrorReply):
             self.finished = True
@@ -83,10 +76,8 @@ class ResponseStream:
     async def start(self, timeout: float) -> Any:
         """Wait for the header frame (or the error that replaces it)."""
         msg = await self._next(timeout)
-        if isinstance(msg, Reply):
-            raise BadFrame("expected a stream, got a single reply")
         if not isinstance(msg, StreamStart):
-            raise BadFrame("stream did not start with a header")
+            raise RemoteProtocolError(f"expected a stream header, got {type(msg).__name__}")
         self.header = msg.body
         return self.header
 
@@ -102,90 +93,30 @@ class ResponseStream:
                 self.finished = True
                 return
             else:
-                raise BadFrame("unexpected frame inside a stream")
+                raise RemoteProtocolError("unexpected frame inside a stream")
 
     def close(self) -> None:
         """Stop listening for this stream (frames still arriving are dropped)."""
-        self._conn._streams.pop(self.id, None)
+        self._conn.streams.pop(self.id, None)
         while not self.queue.empty():
             self.queue.get_nowait()
-        if self._conn._paused_by is self:
-            self._conn._resume_reading()
+        if self._conn.paused_by is self:
+            self._conn.resume_stream()
 
 
-class _Receiver(asyncio.BufferedProtocol):
-    """The TLS transport's protocol once a :class:`Connection` owns it.
-
-    TLS decrypts straight into the buffers the connection's decoder hands out (a stream
-    chunk into a buffer of its own, never copied again), and the connection handles what
-    arrived at once. Write flow control and the end of the connection still reach the stream
-    protocol the :class:`asyncio.StreamWriter` relies on, so writing, draining and closing
-    work as before.
-    """
-
-    def __init__(self, inner: asyncio.BaseProtocol, conn: Connection) -> None:
-        self._inner = inner
-        self._conn = conn
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self._conn._protocol.get_buffer(sizehint)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self._conn._received_into(nbytes)
-
-    def eof_received(self) -> bool | None:
-        self._conn._fail(ConnectionClosed("the server closed the connection"))
-        eof_received = getattr(self._inner, "eof_received", None)
-        return eof_received() if eof_received is not None else None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._inner.connection_lost(exc)
-        reason = "connection closed" if exc is None else (str(exc) or type(exc).__name__)
-        self._conn._fail(ConnectionClosed(reason))
-
-    def pause_writing(self) -> None:
-        self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._inner.resume_writing()
-
-
-class Connection:
+class Connection(FramedConnection):
     """One TLS connection to a server; use :meth:`open`."""
 
-    def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        *,
-        max_frame: int = DEFAULT_MAX_FRAME,
-        request_timeout: float = 30.0,
-    ) -> None:
-        self._raw_writer = writer
-        self._writer = FrameWriter(writer, 4 << 20)
-        self._protocol = ClientProtocol(max_frame)
-        self._loop = asyncio.get_running_loop()
+    def __init__(self, *, max_frame: int, request_timeout: float) -> None:
+        self.protocol = ClientProtocol(max_frame)
+        super().__init__(self.protocol, 4 << 20)
+        self.request_timeout = request_timeout
         self._pending: dict[int, asyncio.Future[Any]] = {}
         # Deadlines of plain requests in the order they were sent; with one timeout for all
-        # they are also in time order, so one timer (for the earliest) serves them all.
+        # they are also in time order, so the connection's one timer serves them all.
         self._deadlines: deque[tuple[float, asyncio.Future[Any], str]] = deque()
-        self._timer: asyncio.TimerHandle | None = None
-        self._streams: dict[int, ResponseStream] = {}
-        self._paused_by: ResponseStream | None = None
-        self._failure: P2PError | None = None
-        self.request_timeout = request_timeout
-        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
-        self.peer_certificate: x509.Certificate = x509.load_der_x509_certificate(der)
-        transport = cast(asyncio.Transport, writer.transport)
-        self._transport = transport
-        # Take the transport's input over. Bytes that reached the StreamReader first (e.g. a
-        # BUSY sent right after the handshake) are handled first, in the next loop turn.
-        early = bytes(getattr(reader, "_buffer", b""))
-        transport.set_protocol(_Receiver(transport.get_protocol(), self))
-        if early:
-            self._loop.call_soon(self._received, early)
-        if reader.at_eof() or transport.is_closing():
-            self._loop.call_soon(self._fail, ConnectionClosed("the server closed the connection"))
+        self.streams: dict[int, ResponseStream] = {}
+        self.paused_by: ResponseStream | None = None
 
     @classmethod
     async def open(
@@ -198,41 +129,45 @@ class Connection:
         connect_timeout: float = 10.0,
         request_timeout: float = 30.0,
         max_frame: int = DEFAULT_MAX_FRAME,
+        local_addr: tuple[str, int] | None = None,
     ) -> Connection:
-        """Connect and complete the TLS handshake, verifying ``server_hostname``."""
-        try:
-            async with asyncio.timeout(connect_timeout), map_exceptions():
-                reader, writer = await asyncio.open_connection(
+        """Connect (from ``local_addr`` if given) and complete the TLS handshake, verifying
+        ``server_hostname``."""
+        loop = asyncio.get_running_loop()
+        with transport_errors(f"connecting to {host}:{port}"):
+            async with asyncio.timeout(connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: cls(max_frame=max_frame, request_timeout=request_timeout),
                     host,
                     port,
                     ssl=ssl_context,
                     server_hostname=server_hostname,
                     ssl_handshake_timeout=connect_timeout,
-                    limit=256 << 10,
+                    local_addr=local_addr,
                 )
-        except TimeoutError:
-            raise Timeout(f"could not connect to {host}:{port} in time") from None
-        return cls(reader, writer, max_frame=max_frame, request_timeout=request_timeout)
+        return conn
+
+    @property
+    def peer_certificate(self) -> x509.Certificate:
+        """The certificate the server presented in the handshake."""
+        assert self.peer_cert is not None
+        return self.peer_cert
 
     @property
     def closed(self) -> bool:
         """True once the connection has failed or been closed."""
-        return self._failure is not None
-
-    def _new_id(self) -> int:
-        while True:
-            rid = self._protocol.next_id()
-            if rid not in self._pending and rid not in self._streams:
-                return rid
+        return self.failure is not None
 
     def _send(self, op: str, body: dict[str, Any], token: str | None) -> int:
-        failure = self._failure
+        failure = self.failure
         if failure is not None:
             if isinstance(failure, RequestError):  # e.g. BUSY sent before closing
                 raise type(failure)(failure.message, **failure.extra)
             raise ConnectionClosed(str(failure))
-        rid = self._new_id()
-        self._writer.write(self._protocol.encode_request(rid, op, body, token))
+        rid = self.protocol.next_id()
+        while rid in self._pending or rid in self.streams:
+            rid = self.protocol.next_id()
+        self.write(self.protocol.encode_request(rid, op, body, token))
         return rid
 
     async def request(
@@ -244,18 +179,16 @@ class Connection:
         timeout: float | None = None,
     ) -> Any:
         """Send one request and return its reply body, or raise its typed error."""
-        loop = self._loop
-        future: asyncio.Future[Any] = loop.create_future()
+        future: asyncio.Future[Any] = self.loop.create_future()
         rid = self._send(op, body, token)
         self._pending[rid] = future
-        deadline = loop.time() + (timeout if timeout is not None else self.request_timeout)
+        deadline = self.loop.time() + (timeout if timeout is not None else self.request_timeout)
         deadlines = self._deadlines
         if not deadlines or deadline >= deadlines[-1][0]:
             deadlines.append((deadline, future, op))
-            if self._timer is None:
-                self._timer = loop.call_at(deadline, self._expire)
+            self.schedule(deadlines[0][0])
         else:  # a shorter timeout than those queued: a timer of its own
-            loop.call_at(deadline, _time_out, future, op)
+            self.loop.call_at(deadline, _time_out, future, op)
         try:
             return await future
         finally:
@@ -263,19 +196,17 @@ class Connection:
             while deadlines and deadlines[0][1].done():
                 deadlines.popleft()
 
-    def _expire(self) -> None:
-        """Fail the requests whose deadline has passed; re-arm for the next one."""
-        self._timer = None
+    def deadline(self, now: float) -> float | None:
+        """Fail the requests whose deadline has passed; return the next deadline."""
         deadlines = self._deadlines
-        now = self._loop.time()
         while deadlines:
-            deadline, future, op = deadlines[0]
+            when, future, op = deadlines[0]
             if not future.done():
-                if deadline > now:
-                    self._timer = self._loop.call_at(deadline, self._expire)
-                    return
+                if when > now:
+                    return when
                 _time_out(future, op)
             deadlines.popleft()
+        return None
 
     async def stream(
         self,
@@ -287,8 +218,7 @@ class Connection:
     ) -> ResponseStream:
         """Send a request answered by a stream; return it once its header has arrived."""
         rid = self._send(op, body, token)
-        stream = ResponseStream(self, rid)
-        self._streams[rid] = stream
+        stream = self.streams[rid] = ResponseStream(self, rid)
         try:
             await stream.start(timeout if timeout is not None else self.request_timeout)
         except BaseException:
@@ -296,83 +226,88 @@ class Connection:
             raise
         return stream
 
-    # --- receiving (called by the transport) ------------------------------------------
+    # --- receiving ---------------------------------------------------------------------
 
-    def _received(self, data: bytes) -> None:
-        self._handle(self._protocol.receive_data, data)
-
-    def _received_into(self, nbytes: int) -> None:
-        self._handle(self._protocol.buffer_updated, nbytes)
-
-    def _handle(self, decode: Callable[[Any], list[ServerMessage]], arg: Any) -> None:
-        if self._failure is not None and self._transport.is_closing():
+    def buffer_updated(self, nbytes: int) -> None:
+        """Feed the core; a server that breaks the protocol loses the connection."""
+        if self.failure is not None:
             return
         try:
-            messages = decode(arg)
-            streams = self._streams
-            for msg in messages:
-                if streams and msg.id in streams:
-                    self._to_stream(msg)
+            super().buffer_updated(nbytes)
+        except RequestError as exc:
+            # What the server sent cannot be read: its fault, not ours (the codec's classes
+            # name the server's faults too, so they are re-raised as the remote's).
+            error = RemoteProtocolError(f"malformed frame from the server: {exc.message}")
+            error.__cause__ = exc
+            self._lose(error)
+        except P2PError as exc:
+            self._lose(exc)
+
+    def received(self, events: list[ServerMessage]) -> None:
+        """Hand each answer to the request or stream waiting for it."""
+        streams = self.streams
+        for msg in events:
+            if streams and msg.id in streams:
+                self._to_stream(msg)
+            elif msg.id == 0 and isinstance(msg, ErrorReply):
+                # A connection-level error: the server closes after sending it.
+                self._lose(msg.error)
+                return
+            else:
+                future = self._pending.get(msg.id)
+                if future is None or future.done():
+                    continue  # an answer to a request that timed out or was abandoned
+                if isinstance(msg, Reply):
+                    future.set_result(msg.body)
+                elif isinstance(msg, ErrorReply):
+                    future.set_exception(msg.error)
                 else:
-                    self._dispatch(msg)
-        except (ConnectionClosed, RequestError) as exc:
-            self._fail(exc)
-        except Exception as exc:  # a bug must not leave requests hanging forever
-            log.exception("client receive failed")
-            self._fail(ConnectionClosed(f"client failure: {type(exc).__name__}"))
+                    future.set_exception(RemoteProtocolError("stream frame for a plain request"))
 
     def _to_stream(self, msg: ServerMessage) -> None:
-        stream = self._streams[msg.id]
+        stream = self.streams[msg.id]
         if isinstance(msg, ErrorReply | StreamEnd):
-            del self._streams[msg.id]
+            del self.streams[msg.id]
         stream.queue.put_nowait(msg)
-        if stream.queue.qsize() >= _STREAM_QUEUE and self._paused_by is None:
+        if stream.queue.qsize() >= _STREAM_QUEUE and self.paused_by is None:
             # The stream's reader is behind: stop reading (TCP then holds the server back).
-            self._paused_by = stream
-            self._transport.pause_reading()
+            self.paused_by = stream
+            assert self.transport is not None
+            self.transport.pause_reading()
 
-    def _resume_reading(self) -> None:
-        self._paused_by = None
-        if not self._transport.is_closing():
-            self._transport.resume_reading()
+    def resume_stream(self) -> None:
+        """The paused stream's reader caught up: read again."""
+        self.paused_by = None
+        if not self.is_closing:
+            assert self.transport is not None
+            self.transport.resume_reading()
 
-    def _dispatch(self, msg: ServerMessage) -> None:
-        if msg.id == 0 and isinstance(msg, ErrorReply):
-            # A connection-level error: the server closes after sending it.
-            raise msg.error
-        future = self._pending.get(msg.id)
-        if future is None or future.done():
-            return  # an answer to a request that timed out or was abandoned
-        if isinstance(msg, Reply):
-            future.set_result(msg.body)
-        elif isinstance(msg, ErrorReply):
-            future.set_exception(msg.error)
-        else:
-            future.set_exception(BadFrame("unexpected stream frame for a plain request"))
+    def eof_received(self) -> bool:
+        """The server closed its side: nothing more will be answered."""
+        self._lose(ConnectionClosed("the server closed the connection"))
+        return False
 
-    def _fail(self, failure: P2PError) -> None:
-        if self._failure is None:
-            self._failure = failure
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _lose(self, failure: P2PError) -> None:
+        self._fail(failure)
+        self.abort()
+
+    def closing(self, failure: P2PError) -> None:
+        """Fail every request and stream still waiting."""
         self._deadlines.clear()
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(failure)
-        for stream in self._streams.values():
-            stream.failure = failure
+        for stream in self.streams.values():
             stream.queue.put_nowait(failure)
-        self._streams.clear()
-        self._paused_by = None
-        self._writer.abort()
+        self.streams.clear()
+        self.paused_by = None
 
-    async def close(self) -> None:
-        """Close the connection gracefully."""
-        if self._failure is None:
-            self._failure = ConnectionClosed("connection closed")
-        await self._writer.close(1.0)
-        self._fail(self._failure)
+    async def close(self, timeout: float = 1.0) -> None:
+        """Close the connection gracefully (what was written still leaves first)."""
+        self.flush()
+        if self.failure is None:
+            self._fail(ConnectionClosed("connection closed"))
+        await super().close(timeout)
 
     async def __aenter__(self) -> Connection:
         return self

@@ -1,17 +1,15 @@
 """Length-prefixed framing (PROTOCOL.md §2): a 4-byte big-endian length, then that many bytes.
 
-Sans-I/O: :class:`FrameDecoder` takes bytes as they arrive and hands out whole frame bodies;
-:class:`FrameBuffer` does the same with buffers it hands out for the bytes to be received into
-(no copy between TLS and a large frame's reader). Either checks the length against
+Sans-I/O: :class:`FrameBuffer` hands out the buffers received bytes go into (no copy between
+TLS and a large frame's reader) and returns whole frame bodies. It checks the length against
 ``max_frame`` before a single body byte is buffered.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 
-from netproto.errors import FrameTooLarge
+from netproto.errors import BadFrame, FrameTooLarge, RequestError
 
 HEADER = struct.Struct(">I")
 HEADER_SIZE = HEADER.size
@@ -26,58 +24,6 @@ def frame_header(length: int) -> bytes:
 def encode_frame(body: bytes) -> bytes:
     """One whole frame: prefix and body."""
     return HEADER.pack(len(body)) + body
-
-
-class FrameDecoder:
-    """Incremental frame decoder: ``receive_data`` bytes in, ``frames()`` bodies out."""
-
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
-        self.max_frame = max_frame
-        self._buf = bytearray()
-        self._pos = 0
-        self._need: int | None = None
-
-    @property
-    def buffered(self) -> int:
-        """Bytes received but not yet handed out as a frame."""
-        return len(self._buf) - self._pos
-
-    @property
-    def in_frame(self) -> bool:
-        """True while part of a frame (prefix or body) has arrived but not all of it."""
-        # A consumed prefix leaves nothing buffered until the body starts: still mid-frame.
-        return self._need is not None or self.buffered > 0
-
-    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Append received bytes; call :meth:`frames` to collect what completed."""
-        self._buf += data
-
-    def frames(self) -> Iterator[bytes]:
-        """Yield each complete frame body; raise :class:`FrameTooLarge` on a bad length."""
-        buf = self._buf
-        while True:
-            avail = len(buf) - self._pos
-            if self._need is None:
-                if avail < HEADER_SIZE:
-                    break
-                (length,) = HEADER.unpack_from(buf, self._pos)
-                if length == 0:
-                    raise FrameTooLarge("empty frame (length 0)")
-                if length > self.max_frame:
-                    raise FrameTooLarge(f"frame of {length} bytes exceeds {self.max_frame}")
-                self._pos += HEADER_SIZE
-                self._need = length
-                avail -= HEADER_SIZE
-            if avail < self._need:
-                break
-            start = self._pos
-            self._pos += self._need
-            self._need = None
-            yield bytes(buf[start : self._pos])
-        # Compact once per batch, not per frame: keeps receive O(n) for many small frames.
-        if self._pos:
-            del buf[: self._pos]
-            self._pos = 0
 
 
 #: Frames at least this long arrive in a buffer of their own (see :class:`FrameBuffer`).
@@ -107,6 +53,8 @@ class FrameBuffer:
         self._end = 0  # end of the bytes received into the scratch buffer
         self._own: bytearray | None = None  # the body of a large frame being received
         self._own_filled = 0
+        #: Set once a prefix is refused: nothing after it can be read (PROTOCOL.md §2).
+        self.error: RequestError | None = None
 
     @property
     def in_frame(self) -> bool:
@@ -131,8 +79,12 @@ class FrameBuffer:
     def buffer_updated(self, nbytes: int) -> list[memoryview | bytearray]:
         """``nbytes`` arrived in the last buffer; return the frame bodies now complete.
 
-        Raises :class:`FrameTooLarge` for a length of 0 or over ``max_frame``.
+        A length over ``max_frame`` is :class:`FrameTooLarge`, a length of 0 :class:`BadFrame`.
+        The frames before a refused prefix are still returned, and the error is kept in
+        :attr:`error`; it is raised when no frame precedes it, and by every later call.
         """
+        if self.error is not None:
+            raise self.error
         frames: list[memoryview | bytearray] = []
         own = self._own
         if own is not None:
@@ -146,10 +98,15 @@ class FrameBuffer:
         pos, end, view = self._start, self._end, self._view
         while end - pos >= HEADER_SIZE:
             (length,) = HEADER.unpack_from(view, pos)
-            if length == 0:
-                raise FrameTooLarge("empty frame (length 0)")
-            if length > self.max_frame:
-                raise FrameTooLarge(f"frame of {length} bytes exceeds {self.max_frame}")
+            if length == 0 or length > self.max_frame:
+                self.error = (
+                    BadFrame("empty frame (length 0)")
+                    if length == 0
+                    else FrameTooLarge(f"frame of {length} bytes exceeds {self.max_frame}")
+                )
+                if not frames:
+                    raise self.error
+                break
             body = pos + HEADER_SIZE
             if end - body >= length:
                 frames.append(view[body : body + length])
@@ -167,14 +124,20 @@ class FrameBuffer:
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[bytes | bytearray]:
         """Feed bytes received elsewhere; return the frames they completed, as independent
-        objects (frames in the scratch buffer are copied out; large ones keep their own)."""
+        objects (frames in the scratch buffer are copied out; large ones keep their own).
+        A refused prefix is raised, or kept in :attr:`error` if frames came before it."""
         frames: list[bytes | bytearray] = []
         source = memoryview(data)
-        while source:
+        while source and self.error is None:
             buf = self.get_buffer(len(source))
             n = min(len(buf), len(source))
             buf[:n] = source[:n]
             source = source[n:]
-            for frame in self.buffer_updated(n):
-                frames.append(frame if isinstance(frame, bytearray) else bytes(frame))
+            try:
+                done = self.buffer_updated(n)
+            except RequestError:
+                if frames:
+                    return frames
+                raise
+            frames.extend(f if isinstance(f, bytearray) else bytes(f) for f in done)
         return frames

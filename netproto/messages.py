@@ -132,11 +132,6 @@ def stream_start_map(rid: int, header: Any) -> dict[str, Any]:
     return {"id": rid, "ok": True, "stream": True, "body": header}
 
 
-def stream_chunk_map(rid: int, data: bytes) -> dict[str, Any]:
-    """One chunk frame."""
-    return {"id": rid, "chunk": data}
-
-
 def stream_end_map(rid: int, trailer: Any) -> dict[str, Any]:
     """The last frame of a stream."""
     return {"id": rid, "end": trailer}

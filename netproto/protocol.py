@@ -1,8 +1,8 @@
 """Sans-I/O protocol endpoints: bytes in, typed messages out, frames to send out.
 
 :class:`ServerProtocol` and :class:`ClientProtocol` hold no sockets and read no clocks; the
-asyncio layer (:mod:`netproto.server`, :mod:`netproto.client`) feeds them bytes and writes
-what they encode.
+asyncio layer (:mod:`netproto.connection`) hands out their buffers to the transport, and
+writes what they encode.
 """
 
 from __future__ import annotations
@@ -14,15 +14,8 @@ from typing import Any
 import msgpack
 
 from netproto.codec import pack, unpack_map
-from netproto.errors import BadFrame, RequestError
-from netproto.framing import (
-    DEFAULT_MAX_FRAME,
-    HEADER,
-    HEADER_SIZE,
-    FrameBuffer,
-    FrameDecoder,
-    frame_header,
-)
+from netproto.errors import LocalProtocolError, RequestError
+from netproto.framing import DEFAULT_MAX_FRAME, FrameBuffer, frame_header
 from netproto.messages import (
     MAX_ID,
     PROTOCOL_VERSION,
@@ -43,11 +36,6 @@ def encode_message(msg: dict[str, Any]) -> bytes:
     """One frame holding ``msg``."""
     body = pack(msg)
     return frame_header(len(body)) + body
-
-
-def encode_chunk(rid: int, data: bytes | memoryview) -> bytes:
-    """One stream chunk frame, built with a single copy of ``data``."""
-    return encode_chunk_head(rid, len(data)) + data
 
 
 def encode_chunk_head(rid: int, size: int) -> bytes:
@@ -79,26 +67,44 @@ class ServerProtocol:
     """The server side of one connection: decodes requests, encodes answers."""
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
-        self._decoder = FrameDecoder(max_frame)
+        self._frames = FrameBuffer(max_frame)
         self.max_frame = max_frame
 
     @property
     def in_frame(self) -> bool:
         """True while a frame has started arriving but is not complete."""
-        return self._decoder.in_frame
+        return self._frames.in_frame
 
-    def receive_data(self, data: bytes) -> list[Request | Rejected | Unreadable]:
-        """Feed received bytes; return the requests (or rejections) they completed.
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """Where to receive the next bytes into (see :class:`FrameBuffer`)."""
+        return self._frames.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> list[Request | Rejected | Unreadable]:
+        """``nbytes`` arrived in the last :meth:`get_buffer`; return the events completed.
 
         When the stream cannot be read any further (:class:`BadFrame`,
         :class:`FrameTooLarge`) the last event is :class:`Unreadable`: the requests before it
         are still answered, then the caller answers with id 0 and closes the connection.
         """
-        self._decoder.receive_data(data)
+        try:
+            return self._events(self._frames.buffer_updated(nbytes))
+        except RequestError as exc:
+            return [Unreadable(exc)]
+
+    def receive_data(self, data: bytes) -> list[Request | Rejected | Unreadable]:
+        """Feed bytes received elsewhere; return the events they completed (as above)."""
+        try:
+            return self._events(self._frames.receive_data(data))
+        except RequestError as exc:
+            return [Unreadable(exc)]
+
+    def _events(
+        self, frames: list[memoryview | bytearray] | list[bytes | bytearray]
+    ) -> list[Request | Rejected | Unreadable]:
         events: list[Request | Rejected | Unreadable] = []
         try:
-            for frame in self._decoder.frames():
-                msg = unpack_map(frame, self.max_frame)
+            for frame in frames:
+                msg = unpack_map(frame, self.max_frame)  # type: ignore[arg-type]
                 try:
                     events.append(parse_request(msg))
                 except RequestError as exc:
@@ -107,41 +113,9 @@ class ServerProtocol:
                     events.append(Rejected(request_id(msg), exc))
         except RequestError as exc:
             events.append(Unreadable(exc))
-        return events
-
-    def receive_whole(self, data: bytes, max_events: int) -> list[Request | Rejected] | None:
-        """Decode ``data`` at once if it is exactly whole frames (at most ``max_events``), all
-        readable, and no partial frame is buffered; else return None having consumed nothing
-        (then feed it to :meth:`receive_data`, which reports what is wrong with it).
-
-        The asyncio layer answers such input as it arrives, in the transport's callback.
-        """
-        if self._decoder.in_frame:
-            return None
-        end = len(data)
-        spans: list[tuple[int, int]] = []
-        pos = 0
-        while pos < end:
-            if end - pos < HEADER_SIZE or len(spans) == max_events:
-                return None
-            (length,) = HEADER.unpack_from(data, pos)
-            pos += HEADER_SIZE
-            if not 0 < length <= self.max_frame or pos + length > end:
-                return None
-            spans.append((pos, pos + length))
-            pos += length
-        events: list[Request | Rejected] = []
-        try:
-            for start, stop in spans:
-                msg = unpack_map(data[start:stop], self.max_frame)
-                try:
-                    events.append(parse_request(msg))
-                except RequestError as exc:
-                    if exc.closes_connection:
-                        return None
-                    events.append(Rejected(request_id(msg), exc))
-        except RequestError:
-            return None
+            return events
+        if self._frames.error is not None:
+            events.append(Unreadable(self._frames.error))
         return events
 
     @staticmethod
@@ -180,26 +154,32 @@ class ClientProtocol:
         self._ids = itertools.cycle(range(1, MAX_ID + 1))
         self.max_frame = max_frame
 
+    @property
+    def in_frame(self) -> bool:
+        """True while a frame has started arriving but is not complete."""
+        return self._frames.in_frame
+
     def next_id(self) -> int:
         """A fresh request id (wraps after 2^32-1; ids in flight are the caller's to skip)."""
         return next(self._ids)
 
     def request(self, request: Request) -> bytes:
-        """Encode a request; raise :class:`BadFrame` if it would exceed ``max_frame``."""
+        """Encode a request; raise :class:`LocalProtocolError` if it cannot be sent."""
         return self.encode_request(request.id, request.op, request.body, request.token)
 
     def encode_request(self, rid: int, op: str, body: dict[str, Any], token: str | None) -> bytes:
         """Encode the request envelope of PROTOCOL.md §3 (what :meth:`request` does, without
-        building a :class:`Request` first); raise :class:`BadFrame` past ``max_frame``."""
+        building a :class:`Request` first); raise :class:`LocalProtocolError` if it cannot be
+        encoded or exceeds ``max_frame`` (our fault: nothing is sent)."""
         msg: dict[str, Any] = {"v": PROTOCOL_VERSION, "id": rid, "op": op, "body": body}
         if token is not None:
             msg["token"] = token
         try:
             data = encode_message(msg)
         except (TypeError, ValueError, OverflowError, msgpack.PackException) as exc:
-            raise BadFrame(f"request cannot be encoded: {exc}") from exc
+            raise LocalProtocolError(f"request cannot be encoded: {exc}") from exc
         if len(data) - 4 > self.max_frame:
-            raise BadFrame(f"request of {len(data) - 4} bytes exceeds the frame limit")
+            raise LocalProtocolError(f"request of {len(data) - 4} bytes exceeds the frame limit")
         return data
 
     def receive_data(self, data: bytes) -> list[ServerMessage]:

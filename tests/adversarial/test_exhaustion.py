@@ -218,7 +218,7 @@ async def test_a_reader_stalled_on_a_large_fetch_is_cut_off_with_bounded_server_
         peak = 0
         async with asyncio.timeout(STEP):
             while stalled[0] in server._connections:
-                peak = max(peak, stalled[0].writer.buffered())
+                peak = max(peak, stalled[0].buffered())
                 await asyncio.sleep(0.01)
         elapsed = time.monotonic() - started
         assert peak <= high_water + 2 * (256 << 10) + (64 << 10), peak

@@ -80,7 +80,7 @@ def assert_good_answer(kind: str, msg: dict[str, Any], rid: int) -> None:
 _ENV = {"v": 1, "id": 5, "op": "search"}
 
 UNREADABLE: dict[str, tuple[bytes, str]] = {
-    "length 0": (b"\x00\x00\x00\x00", "FRAME_TOO_LARGE"),
+    "length 0": (b"\x00\x00\x00\x00", "BAD_FRAME"),
     "length max_frame+1": (struct.pack(">I", MAX_FRAME + 1), "FRAME_TOO_LARGE"),
     "length 2^32-1": (b"\xff\xff\xff\xff", "FRAME_TOO_LARGE"),
     "never-used byte 0xc1": (encode_frame(b"\xc1"), "BAD_FRAME"),

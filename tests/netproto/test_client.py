@@ -18,11 +18,12 @@ import pytest_asyncio
 from netproto.client import Connection, ResponseStream
 from netproto.codec import pack, unpack_map
 from netproto.errors import (
-    BadFrame,
     Busy,
     ConnectionClosed,
     Internal,
+    LocalProtocolError,
     NotFound,
+    RemoteProtocolError,
     Timeout,
 )
 from netproto.framing import encode_frame
@@ -197,7 +198,7 @@ async def test_request_without_answer_in_time_is_timeout_and_the_connection_stay
 
 async def test_request_over_the_frame_limit_is_refused_locally(conn: Connection) -> None:
     async with asyncio.timeout(TIMEOUT):
-        with pytest.raises(BadFrame, match="exceeds"):
+        with pytest.raises(LocalProtocolError, match="exceeds"):
             await conn.request("echo", {"blob": b"x" * (1 << 20)})
         assert await conn.request("echo", {"small": True}) == {"small": True}
 
@@ -310,7 +311,7 @@ async def test_server_closing_fails_pending_requests_with_connection_closed(
             await client.request("echo", {})
 
 
-async def test_unreadable_frame_from_the_server_fails_the_connection(
+async def test_unreadable_frame_from_the_server_is_its_fault_and_fails_the_connection(
     scripted: Callable[[Script], Awaitable[Connection]],
 ) -> None:
     async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -321,6 +322,6 @@ async def test_unreadable_frame_from_the_server_fails_the_connection(
 
     async with asyncio.timeout(TIMEOUT):
         client = await scripted(garbage)
-        with pytest.raises(BadFrame):
+        with pytest.raises(RemoteProtocolError):
             await client.request("echo", {})
         assert client.closed

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from netproto.codec import pack, unpack_map
 from netproto.errors import BadFrame, FrameTooLarge
-from netproto.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame, frame_header
+from netproto.framing import DEFAULT_MAX_FRAME, FrameBuffer, encode_frame, frame_header
 
 Feed = Callable[[bytes], Iterator[bytes]]
 
@@ -27,11 +27,10 @@ def byte_by_byte(data: bytes) -> Iterator[bytes]:
 FEEDS = pytest.mark.parametrize("feed", [whole, byte_by_byte], ids=["whole", "byte by byte"])
 
 
-def decode_all(decoder: FrameDecoder, data: bytes, feed: Feed) -> list[bytes]:
+def decode_all(decoder: FrameBuffer, data: bytes, feed: Feed) -> list[bytes]:
     frames: list[bytes] = []
     for piece in feed(data):
-        decoder.receive_data(piece)
-        frames.extend(decoder.frames())
+        frames.extend(decoder.receive_data(piece))
     return frames
 
 
@@ -42,87 +41,77 @@ def test_frame_header_is_four_bytes_big_endian() -> None:
 
 def test_default_max_frame_is_one_mebibyte() -> None:
     assert DEFAULT_MAX_FRAME == 1 << 20
-    assert FrameDecoder().max_frame == 1 << 20
+    assert FrameBuffer().max_frame == 1 << 20
 
 
 @FEEDS
 def test_frame_round_trips(feed: Feed) -> None:
     body = pack({"id": 1, "ok": True, "body": [1, 2, 3]})
-    assert decode_all(FrameDecoder(), encode_frame(body), feed) == [body]
+    assert decode_all(FrameBuffer(), encode_frame(body), feed) == [body]
 
 
 @FEEDS
 def test_two_frames_in_one_read_are_both_returned_in_order(feed: Feed) -> None:
     data = encode_frame(b"first") + encode_frame(b"second")
-    assert decode_all(FrameDecoder(), data, feed) == [b"first", b"second"]
+    assert decode_all(FrameBuffer(), data, feed) == [b"first", b"second"]
 
 
 def test_frame_split_across_reads_is_returned_once_complete() -> None:
-    decoder = FrameDecoder()
+    decoder = FrameBuffer()
     data = encode_frame(b"hello world")
-    decoder.receive_data(data[:2])
-    assert list(decoder.frames()) == []
-    decoder.receive_data(data[2:7])
-    assert list(decoder.frames()) == []
-    decoder.receive_data(data[7:])
-    assert list(decoder.frames()) == [b"hello world"]
+    assert decoder.receive_data(data[:2]) == []
+    assert decoder.receive_data(data[2:7]) == []
+    assert decoder.receive_data(data[7:]) == [b"hello world"]
 
 
 def test_tail_of_one_frame_and_head_of_the_next_in_one_read() -> None:
-    decoder = FrameDecoder()
+    decoder = FrameBuffer()
     data = encode_frame(b"one") + encode_frame(b"two")
-    decoder.receive_data(data[:5])
-    assert list(decoder.frames()) == []
-    decoder.receive_data(data[5:9])
-    assert list(decoder.frames()) == [b"one"]
-    decoder.receive_data(data[9:])
-    assert list(decoder.frames()) == [b"two"]
+    assert decoder.receive_data(data[:5]) == []
+    assert decoder.receive_data(data[5:9]) == [b"one"]
+    assert decoder.receive_data(data[9:]) == [b"two"]
 
 
 def test_in_frame_is_true_only_while_a_frame_is_incomplete() -> None:
-    decoder = FrameDecoder()
+    decoder = FrameBuffer()
     assert not decoder.in_frame
     decoder.receive_data(b"\x00\x00")
     assert decoder.in_frame
-    decoder.receive_data(b"\x00\x01")
-    assert list(decoder.frames()) == []
+    assert decoder.receive_data(b"\x00\x01") == []
     assert decoder.in_frame
-    decoder.receive_data(b"x")
-    assert list(decoder.frames()) == [b"x"]
+    assert decoder.receive_data(b"x") == [b"x"]
     assert not decoder.in_frame
-    assert decoder.buffered == 0
 
 
 @FEEDS
 def test_length_over_max_frame_is_refused_from_the_prefix_alone(feed: Feed) -> None:
-    decoder = FrameDecoder(max_frame=100)
+    decoder = FrameBuffer(max_frame=100)
     with pytest.raises(FrameTooLarge):
         decode_all(decoder, frame_header(101), feed)
 
 
 def test_length_over_max_frame_is_refused_before_the_body_is_buffered() -> None:
-    decoder = FrameDecoder(max_frame=100)
-    decoder.receive_data(frame_header(2**32 - 1) + b"x" * 10)
+    decoder = FrameBuffer(max_frame=100)
     with pytest.raises(FrameTooLarge):
-        next(decoder.frames())
+        decoder.receive_data(frame_header(2**32 - 1) + b"x" * 10)
 
 
 @FEEDS
 def test_frame_of_exactly_max_frame_bytes_is_accepted(feed: Feed) -> None:
     body = b"x" * 100
-    assert decode_all(FrameDecoder(max_frame=100), encode_frame(body), feed) == [body]
+    assert decode_all(FrameBuffer(max_frame=100), encode_frame(body), feed) == [body]
 
 
 @FEEDS
 def test_zero_length_frame_is_refused(feed: Feed) -> None:
-    with pytest.raises(FrameTooLarge, match="empty"):
-        decode_all(FrameDecoder(), frame_header(0), feed)
+    with pytest.raises(BadFrame, match="empty"):
+        decode_all(FrameBuffer(), frame_header(0), feed)
 
 
 def test_many_small_frames_in_one_read() -> None:
     bodies = [str(i).encode() for i in range(10_000)]
     data = b"".join(encode_frame(b) for b in bodies)
-    assert decode_all(FrameDecoder(), data, whole) == bodies
+    assert decode_all(FrameBuffer(), data, whole) == bodies
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
@@ -130,11 +119,10 @@ def test_many_small_frames_in_one_read() -> None:
 def test_frames_survive_any_split_into_reads(bodies: list[bytes], data: st.DataObject) -> None:
     stream = b"".join(encode_frame(b) for b in bodies)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
-    decoder = FrameDecoder(max_frame=300)
+    decoder = FrameBuffer(max_frame=300)
     frames: list[bytes] = []
     for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
-        decoder.receive_data(stream[start:end])
-        frames.extend(decoder.frames())
+        frames.extend(decoder.receive_data(stream[start:end]))
     assert frames == bodies
     assert not decoder.in_frame
 
@@ -147,10 +135,9 @@ def test_frames_survive_any_split_into_reads(bodies: list[bytes], data: st.DataO
     )
 )
 def test_arbitrary_bytes_give_frames_or_only_the_documented_errors(data: bytes) -> None:
-    decoder = FrameDecoder(max_frame=1024)
-    decoder.receive_data(data)
+    decoder = FrameBuffer(max_frame=1024)
     try:
-        for frame in decoder.frames():
+        for frame in decoder.receive_data(data):
             assert isinstance(unpack_map(frame, decoder.max_frame), dict)
     except (BadFrame, FrameTooLarge):
         pass
@@ -158,7 +145,7 @@ def test_arbitrary_bytes_give_frames_or_only_the_documented_errors(data: bytes) 
 
 # --- FrameBuffer: receiving into handed-out buffers (asyncio.BufferedProtocol) -------------
 
-from netproto.framing import OWN_BUFFER_AT, FrameBuffer  # noqa: E402
+from netproto.framing import OWN_BUFFER_AT  # noqa: E402
 
 
 def receive_into(fb: FrameBuffer, data: bytes, sizes: list[int]) -> list[bytes]:
@@ -208,9 +195,22 @@ def test_frame_buffer_refuses_a_length_over_max_frame_from_the_prefix_alone() ->
         fb.buffer_updated(4)
 
 
-def test_frame_buffer_refuses_a_zero_length_frame() -> None:
-    with pytest.raises(FrameTooLarge):
+def test_frame_buffer_refuses_a_zero_length_frame_as_bad_frame() -> None:
+    with pytest.raises(BadFrame, match="empty"):
         FrameBuffer().receive_data(frame_header(0))
+
+
+@FEEDS
+def test_frames_before_a_refused_prefix_are_returned_and_the_error_kept(feed: Feed) -> None:
+    decoder = FrameBuffer(max_frame=100)
+    data = encode_frame(b"one") + encode_frame(b"two") + frame_header(101)
+    frames: list[bytes] = []
+    with pytest.raises(FrameTooLarge):
+        for piece in feed(data):
+            frames.extend(decoder.receive_data(piece))
+        raise decoder.error or AssertionError("the refused prefix was not noticed")
+    assert frames == [b"one", b"two"]
+    assert isinstance(decoder.error, FrameTooLarge)
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)

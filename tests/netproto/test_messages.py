@@ -31,7 +31,6 @@ from netproto.messages import (
     parse_server_message,
     reply_map,
     request_id,
-    stream_chunk_map,
     stream_end_map,
     stream_start_map,
 )
@@ -147,7 +146,7 @@ def test_any_map_is_a_request_or_a_documented_error(msg: dict[str, Any]) -> None
         (reply_map(3, {"x": 1}), Reply(3, {"x": 1})),
         (reply_map(3, None), Reply(3, None)),
         (stream_start_map(4, {"size": 9}), StreamStart(4, {"size": 9})),
-        (stream_chunk_map(4, b"data"), StreamChunk(4, b"data")),
+        ({"id": 4, "chunk": b"data"}, StreamChunk(4, b"data")),
         (stream_end_map(4, {"sha256": b"d"}), StreamEnd(4, {"sha256": b"d"})),
     ],
     ids=["reply", "nil reply", "stream start", "chunk", "stream end"],

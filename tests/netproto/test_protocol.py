@@ -16,7 +16,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from netproto.codec import pack, unpack_map
-from netproto.errors import BadFrame, FrameTooLarge, NotFound, RateLimited, UnsupportedVersion
+from netproto.errors import (
+    BadFrame,
+    FrameTooLarge,
+    LocalProtocolError,
+    NotFound,
+    RateLimited,
+    UnsupportedVersion,
+)
 from netproto.framing import encode_frame, frame_header
 from netproto.messages import (
     ErrorReply,
@@ -25,7 +32,6 @@ from netproto.messages import (
     StreamChunk,
     StreamEnd,
     StreamStart,
-    stream_chunk_map,
 )
 from netproto.operations import FetchHeader, FetchTrailer, ListedFile, SearchHit
 from netproto.protocol import (
@@ -33,7 +39,7 @@ from netproto.protocol import (
     Rejected,
     ServerProtocol,
     Unreadable,
-    encode_chunk,
+    encode_chunk_head,
     encode_message,
 )
 from netproto.signing import (
@@ -59,6 +65,11 @@ def byte_by_byte(data: bytes) -> Iterator[bytes]:
 
 
 FEEDS = pytest.mark.parametrize("feed", [whole, byte_by_byte], ids=["whole", "byte by byte"])
+
+
+def chunk_frame(rid: int, data: bytes | memoryview) -> bytes:
+    """A whole stream chunk frame, as the server sends it in two parts."""
+    return encode_chunk_head(rid, len(data)) + bytes(data)
 
 
 def server_events(data: bytes, feed: Feed) -> list[Request | Rejected | Unreadable]:
@@ -150,13 +161,13 @@ def test_client_encodes_a_request_as_one_frame() -> None:
     assert unpack_map(data[4:]) == request.to_wire()
 
 
-def test_client_refuses_to_encode_a_request_over_max_frame() -> None:
-    with pytest.raises(BadFrame, match="exceeds"):
+def test_client_refuses_to_encode_a_request_over_max_frame_as_its_own_fault() -> None:
+    with pytest.raises(LocalProtocolError, match="exceeds"):
         ClientProtocol(max_frame=100).request(Request(1, "echo", {"pad": "x" * 100}))
 
 
-def test_client_refuses_to_encode_an_unencodable_body() -> None:
-    with pytest.raises(BadFrame, match="cannot be encoded"):
+def test_client_refuses_to_encode_an_unencodable_body_as_its_own_fault() -> None:
+    with pytest.raises(LocalProtocolError, match="cannot be encoded"):
         ClientProtocol().request(Request(1, "echo", {"set": {1, 2}}))
 
 
@@ -167,7 +178,7 @@ def test_client_decodes_every_kind_of_server_message(feed: Feed) -> None:
             ServerProtocol.reply(1, {"files": 3}),
             ServerProtocol.error(2, NotFound("nothing here")),
             ServerProtocol.stream_start(3, {"size": 4}),
-            encode_chunk(3, b"data"),
+            chunk_frame(3, b"data"),
             ServerProtocol.stream_end(3, {"sha256": b"x"}),
         ]
     )
@@ -183,14 +194,14 @@ def test_client_decodes_every_kind_of_server_message(feed: Feed) -> None:
 @pytest.mark.parametrize("size", [0, 1, 255, 256, 65535, 65536, 256 << 10])
 def test_hand_built_chunk_frame_decodes_like_an_encoded_one(size: int) -> None:
     data = bytes(range(256)) * (size // 256) + bytes(size % 256)
-    frame = encode_chunk(7, memoryview(data))
+    frame = chunk_frame(7, memoryview(data))
     assert frame[:4] == frame_header(len(frame) - 4)
-    assert unpack_map(frame[4:]) == stream_chunk_map(7, data)
+    assert unpack_map(frame[4:]) == {"id": 7, "chunk": data}
 
 
 @pytest.mark.parametrize("rid", [1, 127, 128, 65536, 2**32 - 1])
 def test_chunk_frame_carries_any_request_id(rid: int) -> None:
-    assert client_messages(encode_chunk(rid, b"x"), whole) == [StreamChunk(rid, b"x")]
+    assert client_messages(chunk_frame(rid, b"x"), whole) == [StreamChunk(rid, b"x")]
 
 
 @pytest.mark.parametrize("body", [None, [1, 2], {"hits": [{"a": b"b"}]}, "text"])
@@ -235,7 +246,7 @@ SERVER_GOLDEN: dict[str, tuple[bytes, Any]] = {
         ServerProtocol.stream_start(3, FETCH_HEADER.to_wire()),
         StreamStart(3, FETCH_HEADER.to_wire()),
     ),
-    "fetch_chunk.bin": (encode_chunk(3, CONTENT), StreamChunk(3, CONTENT)),
+    "fetch_chunk.bin": (chunk_frame(3, CONTENT), StreamChunk(3, CONTENT)),
     "fetch_trailer.bin": (
         ServerProtocol.stream_end(3, FETCH_TRAILER.to_wire()),
         StreamEnd(3, FETCH_TRAILER.to_wire()),
@@ -353,42 +364,22 @@ def _request_frame(rid: int, keyword: str = "koala") -> bytes:
     return ClientProtocol().request(Request(rid, "search", {"keyword": keyword}, "t"))
 
 
-def test_receive_whole_decodes_whole_requests_like_receive_data() -> None:
-    data = _request_frame(1) + _request_frame(2, "horse")
-    events = ServerProtocol().receive_whole(data, 8)
-    assert events == ServerProtocol().receive_data(data)
-    assert [e.id for e in events or []] == [1, 2]
-
-
-@pytest.mark.parametrize(
-    "data",
-    [
-        _request_frame(1)[:-1],  # a partial frame
-        _request_frame(1) + _request_frame(2)[:3],  # a whole frame and a partial prefix
-        frame_header(0),  # empty
-        frame_header(2 << 20) + b"x",  # over max_frame
-        encode_frame(b"\xc1"),  # not msgpack
-        encode_frame(pack({"op": "search"})),  # no id: BAD_FRAME, closes the connection
-    ],
-    ids=["partial", "whole then partial", "empty", "too large", "not msgpack", "no id"],
-)
-def test_receive_whole_leaves_anything_else_to_receive_data(data: bytes) -> None:
+def test_requests_before_an_unreadable_frame_come_out_before_it() -> None:
+    data = _request_frame(1) + _request_frame(2, "horse") + frame_header(2 << 20)
     protocol = ServerProtocol()
-    assert protocol.receive_whole(data, 8) is None
-    assert not protocol.in_frame  # nothing was consumed
+    buf = protocol.get_buffer(-1)
+    buf[: len(data)] = data
+    *requests, last = protocol.buffer_updated(len(data))
+    assert [r.id for r in requests] == [1, 2]
+    assert isinstance(last, Unreadable) and isinstance(last.error, FrameTooLarge)
 
 
-def test_receive_whole_takes_at_most_max_events() -> None:
-    data = b"".join(_request_frame(i) for i in range(1, 4))
-    assert ServerProtocol().receive_whole(data, 2) is None
-    assert len(ServerProtocol().receive_whole(data, 3) or []) == 3
-
-
-def test_receive_whole_answers_a_bad_envelope_with_its_rejection() -> None:
-    data = encode_frame(pack({"v": 9, "id": 5, "op": "search", "body": {}}))
-    (event,) = ServerProtocol().receive_whole(data, 8) or []
-    assert isinstance(event, Rejected) and event.id == 5
-    assert isinstance(event.error, UnsupportedVersion)
+def test_a_bad_envelope_is_rejected_with_its_id_and_reading_goes_on() -> None:
+    data = encode_frame(pack({"v": 9, "id": 5, "op": "search", "body": {}})) + _request_frame(6)
+    rejected, request = ServerProtocol().receive_data(data)
+    assert isinstance(rejected, Rejected) and rejected.id == 5
+    assert isinstance(rejected.error, UnsupportedVersion)
+    assert isinstance(request, Request) and request.id == 6
 
 
 def _receive_into(protocol: ClientProtocol, data: bytes, step: int) -> list[Any]:
@@ -406,7 +397,7 @@ def _receive_into(protocol: ClientProtocol, data: bytes, step: int) -> list[Any]
 @pytest.mark.parametrize("rid", [7, 200, 40_000, 2**32 - 1])
 def test_a_large_chunk_received_in_place_is_a_view_of_its_own_buffer(rid: int) -> None:
     payload = bytes(range(256)) * 1024
-    data = ServerProtocol.reply(1, "x") + encode_chunk(rid, payload) + encode_chunk(rid, b"tail")
+    data = ServerProtocol.reply(1, "x") + chunk_frame(rid, payload) + chunk_frame(rid, b"tail")
     reply, chunk, tail = _receive_into(ClientProtocol(), data, 16384)
     assert reply == Reply(1, "x")
     assert isinstance(chunk.data, memoryview) and chunk == StreamChunk(rid, payload)
@@ -418,6 +409,6 @@ def test_a_chunk_frame_laid_out_otherwise_goes_through_the_strict_codec() -> Non
     reordered = encode_frame(pack({"chunk": payload, "id": 3}))
     (chunk,) = _receive_into(ClientProtocol(), reordered, 1 << 20)
     assert chunk == StreamChunk(3, payload)
-    trailing = encode_frame(encode_chunk(3, payload)[4:] + b"\x00")
+    trailing = encode_frame(chunk_frame(3, payload)[4:] + b"\x00")
     with pytest.raises(BadFrame):
         _receive_into(ClientProtocol(), trailing, 1 << 20)

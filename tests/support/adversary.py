@@ -190,8 +190,15 @@ async def open_conn(
     local_addr: tuple[str, int] | None = None,
 ) -> Connection:
     """A well-behaved client connection (optionally from another loopback address)."""
-    reader, writer = await open_raw(port, server_hostname, ctx, local_addr=local_addr)
-    return Connection(reader, writer, request_timeout=STEP)
+    return await Connection.open(
+        HOST,
+        port,
+        ctx,
+        server_hostname=server_hostname,
+        connect_timeout=STEP,
+        request_timeout=STEP,
+        local_addr=local_addr,
+    )
 
 
 def nested_map(depth: int) -> dict[str, Any]:
