@@ -2,6 +2,9 @@
 
 A keyword or file name must be exactly one harmless path segment on every platform a peer
 might run on, so the same rules are applied by the index, the serving peer and the downloader.
+A value that is not a string at all (or is missing) is a malformed body, not a bad path:
+BAD_REQUEST naming the field (PROTOCOL.md §4, §4.7); a string that breaks a rule is
+INVALID_PATH.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ _DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 
 def _check_segment(kind: str, name: object) -> str:
     if type(name) is not str:
-        raise InvalidPath(f"{kind} must be a string")
+        raise BadRequest(f"{kind}: expected a string")
     if name in ("", ".", ".."):
         raise InvalidPath(f"{kind} {name!r} is not a file name")
     if name.startswith("."):
@@ -59,19 +62,26 @@ def _check_segment(kind: str, name: object) -> str:
     return name
 
 
-def check_keyword(keyword: object) -> str:
-    """Return ``keyword`` if it is one safe segment of 1–64 characters, else INVALID_PATH."""
-    name = _check_segment("keyword", keyword)
+def check_keyword(keyword: object, field: str = "keyword") -> str:
+    """Return ``keyword`` if it is one safe segment of 1–64 characters, else INVALID_PATH.
+
+    Not a string (``None`` for a missing field): BAD_REQUEST naming ``field``.
+    """
+    name = _check_segment(field, keyword)
     if len(name) > MAX_KEYWORD_CHARS:
-        raise InvalidPath(f"keyword longer than {MAX_KEYWORD_CHARS} characters")
+        raise InvalidPath(f"{field} longer than {MAX_KEYWORD_CHARS} characters")
     return name
 
 
-def check_file_name(file_name: object) -> str:
-    """Return ``file_name`` if it is one safe segment of 1–255 UTF-8 bytes, else INVALID_PATH."""
-    name = _check_segment("file_name", file_name)
+def check_file_name(file_name: object, field: str = "file_name") -> str:
+    """Return ``file_name`` if it is one safe segment of 1–255 UTF-8 bytes, else INVALID_PATH.
+
+    Not a string (``None`` for a missing field): BAD_REQUEST naming ``field`` (a sync entry
+    and a search hit call it ``filename``, a fetch ``file_name``).
+    """
+    name = _check_segment(field, file_name)
     if len(name.encode("utf-8", "surrogatepass")) > MAX_FILE_NAME_BYTES:
-        raise InvalidPath(f"file_name longer than {MAX_FILE_NAME_BYTES} UTF-8 bytes")
+        raise InvalidPath(f"{field} longer than {MAX_FILE_NAME_BYTES} UTF-8 bytes")
     return name
 
 

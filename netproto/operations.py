@@ -1,8 +1,10 @@
 """Typed request and reply bodies of every operation (PROTOCOL.md §4).
 
 Each body is a frozen dataclass. ``from_wire`` validates a decoded map and raises
-:class:`BadRequest` naming the field (or :class:`InvalidPath` for a bad keyword or file name);
-``to_wire`` gives the map to encode. Raw maps do not travel past this module.
+:class:`BadRequest` naming the field when a field is missing or of the wrong type (a
+``keyword``, ``file_name`` or ``filename`` too), or :class:`InvalidPath` for a keyword or file
+name string that is not one safe path segment (PROTOCOL.md §4.7); ``to_wire`` gives the map
+to encode. Raw maps do not travel past this module.
 """
 
 from __future__ import annotations
@@ -146,7 +148,7 @@ class SharedFile:
         """Validate one entry of a sync list."""
         entry = _map(entry, "files[]")
         return cls(
-            check_file_name(entry.get("filename")),
+            check_file_name(entry.get("filename"), "filename"),
             check_keyword(entry.get("keyword")),
             _int(entry, "size", 0, MAX_FILE_SIZE),
             _bin(entry, "sha256", SHA256_SIZE),
@@ -326,7 +328,7 @@ class ListedFile:
         """Validate one file of a search hit."""
         entry = _map(entry, "files[]")
         return cls(
-            check_file_name(entry.get("filename")),
+            check_file_name(entry.get("filename"), "filename"),
             _int(entry, "size", 0, MAX_FILE_SIZE),
             _bin(entry, "sha256", SHA256_SIZE),
         )

@@ -16,6 +16,7 @@ import bcrypt
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from certs import load_cert, load_key
 from indexd.store import SqliteIndexStore
@@ -80,6 +81,7 @@ async def test_register_and_auth_issue_an_eddsa_token_for_the_lowercased_name(
         reply = await client.login("ALICE", PASSWORD)
     assert jwt.get_unverified_header(reply["token"]) == {"alg": "EdDSA", "typ": "JWT"}
     public = load_cert(pki.cert("indexd")).public_key()
+    assert isinstance(public, Ed25519PublicKey)
     claims = jwt.decode(reply["token"], public, algorithms=["EdDSA"], audience="p2pshare")
     assert (claims["sub"], claims["iss"], claims["exp"]) == ("alice", "indexd", reply["expires_at"])
     assert claims["exp"] - claims["iat"] == 900
@@ -276,6 +278,48 @@ async def test_sync_bodies_are_validated(
             )
         with pytest.raises(InvalidPath):
             await client.search("../etc")
+
+
+# A keyword or filename that is missing or not a string is a malformed body: BAD_REQUEST naming
+# the field, on a connection that stays open (PROTOCOL.md §4.7); None stands for "left out".
+NOT_STRINGS = {"missing": None, "int": 7, "bin": b"koala", "array": ["koala"]}
+
+
+def _present(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if v is not None}
+
+
+@pytest.mark.parametrize("value", NOT_STRINGS.values(), ids=NOT_STRINGS.keys())
+async def test_a_search_keyword_that_is_not_a_string_is_bad_request_naming_it(
+    index_config: Callable[..., Any], running_index: Any, index_client: Any, value: Any
+) -> None:
+    async with running_index(index_config()) as daemon, index_client(daemon.port) as client:
+        await _user(client)
+        await client.sync("peer1", [_file("koala", "joey.txt")])
+        with pytest.raises(BadRequest, match=r"^keyword: expected a string$"):
+            await client.call("search", _present({"keyword": value}), client.token)
+        assert [h.domain_name for h in await client.search("koala")] == ["peer1"]
+
+
+@pytest.mark.parametrize("field", ["filename", "keyword"])
+@pytest.mark.parametrize("value", NOT_STRINGS.values(), ids=NOT_STRINGS.keys())
+async def test_a_sync_entry_name_that_is_not_a_string_is_bad_request_naming_it(
+    index_config: Callable[..., Any],
+    running_index: Any,
+    index_client: Any,
+    field: str,
+    value: Any,
+) -> None:
+    good = _file("koala", "joey.txt").to_wire()
+    bad = _present({**good, field: value})
+    body = {"domain_name": "peer1", "port_number": 7001, "files": [good, bad]}
+    async with running_index(index_config()) as daemon, index_client(daemon.port) as client:
+        await _user(client)
+        with pytest.raises(BadRequest, match=rf"^{field}: expected a string$"):
+            await client.call("sync", body, client.token)
+        assert await client.search("koala") == []  # the whole sync was refused
+        with pytest.raises(InvalidPath):  # a string that is no safe segment stays INVALID_PATH
+            await client.call("sync", {**body, "files": [{**good, field: "../x"}]}, client.token)
 
 
 async def test_a_one_shot_sync_replaces_the_previous_listing_atomically(

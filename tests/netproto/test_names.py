@@ -53,8 +53,9 @@ BAD_SEGMENTS = {
     "bidi right-to-left override": "cod\u202eexe.txt",
     "bidi isolate": "a\u2067b",
     "left-to-right mark": "a\u200eb",
-    "not a string": b"bytes",
 }
+# Not a string at all (None is how a missing field arrives): a malformed body, not a bad path.
+NOT_STRINGS = {"missing": None, "bytes": b"bytes", "int": 7, "list": ["a"], "map": {"a": 1}}
 
 
 @pytest.mark.parametrize("name", BAD_SEGMENTS.values(), ids=BAD_SEGMENTS.keys())
@@ -67,6 +68,25 @@ def test_bad_keyword_is_invalid_path(name: object) -> None:
 def test_bad_file_name_is_invalid_path(name: object) -> None:
     with pytest.raises(InvalidPath):
         check_file_name(name)
+
+
+@pytest.mark.parametrize("value", NOT_STRINGS.values(), ids=NOT_STRINGS.keys())
+def test_a_keyword_that_is_not_a_string_is_bad_request_naming_the_field(value: object) -> None:
+    with pytest.raises(BadRequest, match=r"^keyword: expected a string$"):
+        check_keyword(value)
+
+
+@pytest.mark.parametrize("value", NOT_STRINGS.values(), ids=NOT_STRINGS.keys())
+def test_a_file_name_that_is_not_a_string_is_bad_request_naming_the_field(value: object) -> None:
+    with pytest.raises(BadRequest, match=r"^file_name: expected a string$"):
+        check_file_name(value)
+
+
+def test_the_field_name_is_the_callers() -> None:
+    with pytest.raises(BadRequest, match=r"^filename: expected a string$"):
+        check_file_name(None, "filename")
+    with pytest.raises(InvalidPath, match=r"^filename must not start with '\.'"):
+        check_file_name(".hidden", "filename")
 
 
 @pytest.mark.parametrize(

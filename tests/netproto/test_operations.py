@@ -161,12 +161,53 @@ def test_bad_shared_file_is_bad_request_naming_the_field(
         SharedFile.from_wire({**SHARED.to_wire(), **entry_changes})
 
 
-@pytest.mark.parametrize(
-    "entry_changes", [{"filename": "../secret"}, {"keyword": "a/b"}, {"filename": None}]
-)
+@pytest.mark.parametrize("entry_changes", [{"filename": "../secret"}, {"keyword": "a/b"}])
 def test_shared_file_with_a_bad_name_is_invalid_path(entry_changes: dict[str, Any]) -> None:
     with pytest.raises(InvalidPath):
         SharedFile.from_wire({**SHARED.to_wire(), **entry_changes})
+
+
+# Not a string: how a client written from PROTOCOL.md alone got INVALID_PATH where the
+# contract says BAD_REQUEST naming the field. None stands for the field being left out.
+NOT_STRINGS = {"missing": None, "int": 7, "bin": b"koala", "array": ["koala"]}
+
+
+def _without_none(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if v is not None}
+
+
+@pytest.mark.parametrize("field", ["filename", "keyword"])
+@pytest.mark.parametrize("value", NOT_STRINGS.values(), ids=NOT_STRINGS.keys())
+def test_sync_entry_name_that_is_not_a_string_is_bad_request_naming_it(
+    field: str, value: Any
+) -> None:
+    entry = _without_none({**SHARED.to_wire(), field: value})
+    with pytest.raises(BadRequest, match=rf"^{field}: expected a string$"):
+        SyncRequest.from_wire(_sync_body(files=[entry]))
+
+
+@pytest.mark.parametrize("value", NOT_STRINGS.values(), ids=NOT_STRINGS.keys())
+def test_search_or_list_keyword_that_is_not_a_string_is_bad_request_naming_it(
+    value: Any,
+) -> None:
+    with pytest.raises(BadRequest, match=r"^keyword: expected a string$"):
+        KeywordRequest.from_wire(_without_none({"keyword": value}))
+
+
+@pytest.mark.parametrize("field", ["keyword", "file_name"])
+@pytest.mark.parametrize("value", NOT_STRINGS.values(), ids=NOT_STRINGS.keys())
+def test_fetch_name_that_is_not_a_string_is_bad_request_naming_it(field: str, value: Any) -> None:
+    body = _without_none({**EXAMPLES["fetch"].to_wire(), field: value})
+    with pytest.raises(BadRequest, match=rf"^{field}: expected a string$"):
+        FetchRequest.from_wire(body)
+
+
+@pytest.mark.parametrize("field", ["keyword", "file_name"])
+def test_fetch_name_that_is_a_string_but_not_a_safe_segment_stays_invalid_path(
+    field: str,
+) -> None:
+    with pytest.raises(InvalidPath, match=field):
+        FetchRequest.from_wire({**EXAMPLES["fetch"].to_wire(), field: "../up"})
 
 
 def test_sync_domain_name_is_lower_cased() -> None:
@@ -212,7 +253,7 @@ def test_split_sync_default_fits_the_default_frame() -> None:
 # --- search / list / ping / bye ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("body", [{}, {"keyword": ""}, {"keyword": ".."}, {"keyword": "a\\b"}])
+@pytest.mark.parametrize("body", [{"keyword": ""}, {"keyword": ".."}, {"keyword": "a\\b"}])
 def test_bad_keyword_request_is_invalid_path(body: dict[str, Any]) -> None:
     with pytest.raises(InvalidPath):
         KeywordRequest.from_wire(body)
