@@ -178,5 +178,5 @@ def test_python_m_certs_error_exits_1_without_traceback(tmp_path: Path) -> None:
         text=True,
         timeout=30,
     )
-    assert proc.returncode == ExitCode.FAILURE == 1
+    assert proc.returncode == ExitCode.FAILURE
     assert proc.stderr.startswith("certs: refusing to overwrite") and "Traceback" not in proc.stderr

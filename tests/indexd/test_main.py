@@ -158,7 +158,7 @@ def test_startup_error_of_the_real_command_exits_1_without_traceback(
         timeout=TIMEOUT,
         cwd=REPO,
     )
-    assert result.returncode == ExitCode.FAILURE == 1
+    assert result.returncode == ExitCode.FAILURE
     assert result.stderr.startswith("indexd: cannot read certificate")
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
