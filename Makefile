@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test test-long check lint types demo bench bench-quick audit clean
+.PHONY: venv test test-hosts test-long check lint types demo bench bench-quick audit clean
 
 $(STAMP): setup.cfg setup.py pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,13 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Only the host tests (tests/hosts/): the index and peers each in a network namespace of its
+# own, with its own 198.18.0.0/15 address and optionally a rate-limited link, on one bridge
+# (tests/support/hosts.py). They need root, or unprivileged user namespaces; without either
+# they are skipped, except under CI=true, where they fail. `make test` runs them too.
+test-hosts: $(STAMP)
+	$(BIN)/python -m pytest tests/hosts
 
 # The slow variants (e.g. the 10,000-frame fuzz run of tests/adversarial/test_framing.py).
 test-long: $(STAMP)
