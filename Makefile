@@ -60,7 +60,7 @@ check: lint types test
 demo: $(STAMP)
 	@$(BIN)/python -m peerd.demo $(DEMO_ARGS)
 
-# Every figure of design §6 against its limit measured in the same run (BENCHMARKS.md);
+# Every figure of docs/design.md §6 against its limit measured in the same run (BENCHMARKS.md);
 # the table is printed and the JSON written to bench/results/latest.json. BENCH_ARGS=--quick
 # for a smoke run (what `make test` runs once).
 bench: $(STAMP)

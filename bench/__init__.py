@@ -1,1 +1,1 @@
-"""Benchmarks of design §6: each project figure against a limit measured in the same run."""
+"""Benchmarks of docs/design.md §6: each project figure against a limit measured in the same run."""

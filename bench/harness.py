@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-# Design §6: asyncio's TLS receive path page-faults under glibc's default malloc thresholds.
+# docs/design.md §6: asyncio's TLS receive path page-faults under glibc's default malloc thresholds.
 # The project and every limit run under the same settings, set here for all child processes
 # (the bench process itself gets them from bench.__main__, which re-executes itself if needed).
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(16 << 20), "MALLOC_TRIM_THRESHOLD_": str(64 << 20)}

@@ -28,7 +28,7 @@ DEFAULT_COST = 12
 #: How much lower the hashing threads' priority is than the event loop's (Linux nice steps).
 #: bcrypt keeps every core busy during a burst of logins; at a lower priority the event loop
 #: still gets a core the moment a request arrives, so searches answer in about the same time
-#: (design §6: within 10 ms during a burst; BENCHMARKS.md). Without contention it costs
+#: (docs/design.md §6: within 10 ms during a burst; BENCHMARKS.md). Without contention it costs
 #: bcrypt nothing.
 HASH_THREAD_NICENESS = 10
 

@@ -1,4 +1,4 @@
-"""Resource exhaustion against live daemons (design §2 timeouts and caps).
+"""Resource exhaustion against live daemons (PROTOCOL.md §6 deadlines and caps).
 
 Connection caps (BUSY), handshake floods, slowloris, slow readers, pipelined amplification,
 huge sync lists, and running out of file descriptors. Each case asserts the documented outcome

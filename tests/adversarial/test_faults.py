@@ -1,10 +1,11 @@
-"""Faults (design §5): the index killed during writes, a disk that fills up under a download,
-SIGTERM with transfers in flight, and a handler that raises. Each ends with the documented
-outcome and the daemons (or their restarted selves) serving a healthy client.
+"""Faults (docs/design.md §5): the index killed during writes, a disk that fills up under a
+download, SIGTERM with transfers in flight, and a handler that raises. Each ends with the
+documented outcome and the daemons (or their restarted selves) serving a healthy client.
 
 Covered elsewhere, and not repeated here: ``kill -9`` of indexd during a stream of registers
-and syncs (tests/test_indexd_process.py), of a serving peer mid-transfer and the resume
-(tests/test_e2e.py), SIGTERM of indexd with a request in flight (tests/test_indexd_process.py).
+and syncs (tests/indexd/test_main.py), of a serving peer mid-transfer and the resume
+(tests/e2e/test_seed_flow.py), SIGTERM of indexd with a request in flight
+(tests/indexd/test_main.py).
 """
 
 from __future__ import annotations

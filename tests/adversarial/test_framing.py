@@ -1,4 +1,4 @@
-"""Adversarial framing and msgpack against a live indexd and a live peerd (design §2).
+"""Adversarial framing and msgpack against a live indexd and a live peerd (PROTOCOL.md §2, §3).
 
 Every malformed frame of §2, split and pipelined writes, container and nesting bombs (with the
 server's memory and time measured), and a seeded fuzz run of mutated valid frames. Each case

@@ -1,5 +1,6 @@
-"""Passwords against a live indexd (design §4): length limits, enumeration by timing, brute
-force against the per-user and per-address limits, and a login storm against the event loop."""
+"""Passwords against a live indexd (PROTOCOL.md §4.1, docs/design.md §4): length limits,
+enumeration by timing, brute force against the per-user and per-address limits, and a login
+storm against the event loop."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""Paths (design §3 name rules, §5 downloads): traversal in every spelling at a live peer
-(list, fetch) and index (sync, search); symlinks and FIFOs in a live share, swapped in after
-the scan too; and hostile names sent back by a malicious peer, which must never make the
-downloader write anything outside ``file_directory/<keyword>/``."""
+"""Paths (PROTOCOL.md §4.7 name rules, docs/design.md §5 downloads): traversal in every
+spelling at a live peer (list, fetch) and index (sync, search); symlinks and FIFOs in a live
+share, swapped in after the scan too; and hostile names sent back by a malicious peer, which
+must never make the downloader write anything outside ``file_directory/<keyword>/``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Signatures and nonces (design §3 fetch): replayed trailers, a file or signer swapped, signatures
+"""Signatures and nonces (PROTOCOL.md §7): replayed trailers, a file or signer swapped, signatures
 malformed, and a file rewritten while it is being sent. The downloader refuses each one naming
 the failed check and leaves no file under the real name; the live peer never signs a digest of
 bytes it did not send."""

@@ -1,4 +1,4 @@
-"""TLS attacks on a live indexd and a live peerd (design §1, §4): old protocol versions, other
+"""TLS attacks on a live indexd and a live peerd (PROTOCOL.md §1): old protocol versions, other
 key-exchange groups, plaintext on the TLS port, silent clients, and wrong, missing or foreign
 client certificates. Each is refused and the daemon serves a healthy client right after."""
 

@@ -1,4 +1,4 @@
-"""Forged, stretched and misused tokens against a live indexd and a live peerd (design §4).
+"""Forged, stretched and misused tokens against a live indexd and a live peerd (PROTOCOL.md §8).
 
 Every forgery is sent to both daemons on an operation that needs a token: the index's ``sync``
 and the peer's ``list``. The answer is TOKEN_INVALID (or TOKEN_EXPIRED), the connection stays

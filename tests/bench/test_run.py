@@ -1,4 +1,4 @@
-"""``python -m bench --quick``: every figure of design §6 is produced, with a limit and a ratio.
+"""``python -m bench --quick``: every figure of docs/design.md §6 comes with a limit and a ratio.
 
 A smoke run so the benchmark cannot rot. It asserts the shape of the report, never a timing:
 whether a target is met depends on the machine and on what else runs on it.

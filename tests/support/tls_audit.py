@@ -2,7 +2,7 @@
 ``python tests/support/tls_audit.py``).
 
 Starts ``python -m indexd`` and ``python -m peerd`` on loopback with a throwaway PKI and checks,
-against the running daemons, what design §1/§4 promise:
+against the running daemons, what PROTOCOL.md §1 and README.md's security model promise:
 
 - only TLS 1.3 is spoken: SSL 2/3 and TLS 1.0/1.1/1.2 are refused;
 - every cipher suite accepted is an AEAD suite;
