@@ -1,4 +1,4 @@
-"""``python -m bench``: every figure of design §6 against its limit, measured in the same run.
+"""``python -m bench``: every figure of docs/design.md §6 against its limit, in the same run.
 
 Servers run as their own processes (``python -m indexd``, ``python -m peerd``, ``python -m
 bench.baseline``); the clients of both the project and the limits run in this process, one
@@ -382,7 +382,7 @@ class Bench:
                 1.0,
                 direction="le",
                 summary="max",
-                limit_name="10 ms cap (design §6)",
+                limit_name="10 ms cap (docs/design.md §6)",
                 notes=f"median {statistics.median(probe_ms):.2f} ms over {len(probe_ms)} searches",
                 extra={
                     "probe_median_ms": statistics.median(probe_ms),
@@ -534,7 +534,7 @@ class Bench:
                     1.0,
                     direction="le",
                     summary="max",
-                    limit_name="32 MiB cap (design §6)",
+                    limit_name="32 MiB cap (docs/design.md §6)",
                     notes="kernel high-water mark (VmHWM) during each fetch, over the idle"
                     f" peer's RSS ({idle / MiB:.0f} MiB)",
                 )
