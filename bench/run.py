@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import bcrypt
 import msgpack
 
-from bench import baseline, clients, fixtures
+from bench import baseline, clients, fixtures, hosts
 from bench.fixtures import MiB
 from bench.harness import (
     Figure,
@@ -153,7 +153,7 @@ class Bench:
             )
             self.info["index_shapes"][label] = asdict(shape)
         folder = self.share / FETCH_KEYWORD
-        if "fetch" in groups:
+        if groups & {"fetch", "hosts"}:
             await asyncio.to_thread(fixtures.make_file, folder / "large.bin", s.fetch_large)
             await asyncio.to_thread(fixtures.make_file, folder / "small.bin", s.fetch_small)
         self.log(f"set-up in {now() - t:.1f} s ({self.info['index_shapes']})")
@@ -541,7 +541,9 @@ class Bench:
             )
 
 
-GROUPS = ("search", "scale", "logins", "fetch")
+GROUPS = ("search", "scale", "logins", "fetch", "hosts")
+#: ``--quick`` leaves out the fetch across two hosts (bench/hosts.py) unless ``--only`` names it.
+QUICK_GROUPS = ("search", "scale", "logins", "fetch")
 
 
 async def run(
@@ -573,10 +575,17 @@ async def run(
             if "fetch" in groups:
                 log("fetch: project vs bare stream")
                 await bench.fetches(small.port)
+            if "hosts" in groups:
+                log("fetch: across two hosts vs loopback")
+                bench.figures += await hosts.fetch_across_hosts(
+                    bench.tmp, bench.pki, bench.share, FETCH_KEYWORD, ("small.bin", "large.bin"),
+                    size=sizes.fetch_large, repeat=sizes.fetch_repeat, log=log,
+                )  # fmt: skip
         order = [
             "search_pipelined",
             "search_one_in_flight",
             "fetch",
+            "fetch_hosts",
             "fetch_rss_large",
             "fetch_rss_small",
             "logins",
@@ -655,13 +664,14 @@ def main(argv: list[str] | None = None) -> int:
         f"p2pshare bench ({'quick' if args.quick else 'full'}); load average"
         f" {start_load[0]:.2f} {start_load[1]:.2f} {start_load[2]:.2f}"
     )
+    groups = args.only or set(QUICK_GROUPS if args.quick else GROUPS)
     figures, info = asyncio.run(
-        run(sizes, lambda m: console.print(m, highlight=False), args.only, pin=not args.no_pin)
+        run(sizes, lambda m: console.print(m, highlight=False), groups, pin=not args.no_pin)
     )
     end_load = load_average()
     report = {
         "mode": "quick" if args.quick else "full",
-        "groups": sorted(args.only or GROUPS),
+        "groups": sorted(groups),
         "pinned": not args.no_pin,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "seconds": round(time.time() - started, 1),
