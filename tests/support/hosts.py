@@ -159,9 +159,14 @@ def _root_works() -> str:
     if missing := _missing_tools("root"):
         return f"missing {', '.join(missing)} (iproute2)"
     probe = f"{PREFIX}{os.getpid()}-probe"
-    made = _run(["ip", "netns", "add", probe], check=False)
-    _run(["ip", "netns", "del", probe], check=False)
-    return "" if made.returncode == 0 else f"ip netns add failed: {made.stderr.strip()}"
+    try:
+        _run(["ip", "netns", "add", probe])
+        _run(["ip", "netns", "exec", probe, "true"])
+    except TestBedError as exc:
+        return str(exc)
+    finally:
+        _run(["ip", "netns", "del", probe], check=False)
+    return ""
 
 
 def _userns_works() -> str:
