@@ -273,8 +273,8 @@ BODY_ERRORS: dict[str, tuple[str, str, dict[str, Any], str, str]] = {
         "BAD_REQUEST", "domain_name",
     ),
     "ping: domain as int": ("index", "ping", {"domain_name": 7}, "BAD_REQUEST", "domain_name"),
-    "search: keyword as int": ("index", "search", {"keyword": 7}, "INVALID_PATH", "keyword"),
-    "list: keyword missing": ("peer", "list", {}, "INVALID_PATH", "keyword"),
+    "search: keyword as int": ("index", "search", {"keyword": 7}, "BAD_REQUEST", "keyword"),
+    "list: keyword missing": ("peer", "list", {}, "BAD_REQUEST", "keyword"),
     "fetch: nonce of 31 bytes": (
         "peer", "fetch", {"keyword": "koala", "file_name": HEALTH_FILE, "nonce": b"n" * 31},
         "BAD_REQUEST", "nonce",
