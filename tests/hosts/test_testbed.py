@@ -111,15 +111,14 @@ def test_leftovers_of_a_killed_run_are_removed_when_the_next_bed_opens(
         time.sleep(60)
         """
     )
-    run = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True
-    )
-    assert run.stdout is not None
-    keeper, sleeper, *names = run.stdout.readline().split()
-    # Killed with its watchdog, the run can clean nothing up: its namespaces stay behind.
-    os.kill(int(keeper), signal.SIGKILL)
-    run.kill()
-    run.wait()
+    ) as run:
+        assert run.stdout is not None
+        keeper, sleeper, *names = run.stdout.readline().split()
+        # Killed with its watchdog, the run can clean nothing up: its namespaces stay behind.
+        os.kill(int(keeper), signal.SIGKILL)
+        run.kill()
     assert set(names) <= set(_netns_names())
     assert all(name.startswith(f"{PREFIX}{run.pid}-") for name in names)
 

@@ -37,7 +37,7 @@ import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 #: Every name the test bed makes starts with this, then the pid of the run that made it.
 PREFIX = "p2pt"
@@ -218,12 +218,12 @@ class HostProcess:
         for reader in self._readers:
             reader.start()
 
-    def _read(self, name: str, stream: object) -> None:
-        assert hasattr(stream, "readline")
-        for raw in iter(stream.readline, b""):
-            with self._changed:
-                self._lines[name].append(raw.decode(errors="replace"))
-                self._changed.notify_all()
+    def _read(self, name: str, stream: IO[bytes]) -> None:
+        with stream:
+            for raw in iter(stream.readline, b""):
+                with self._changed:
+                    self._lines[name].append(raw.decode(errors="replace"))
+                    self._changed.notify_all()
         with self._changed:
             self._changed.notify_all()
 
@@ -368,6 +368,8 @@ def _teardown(state: _State) -> None:
         except subprocess.TimeoutExpired:
             keeper.kill()
             keeper.wait()
+    if keeper is not None and keeper.stdout is not None:
+        keeper.stdout.close()
     state.netns.clear()
 
 
