@@ -1,0 +1,100 @@
+"""What a server's handler table is made of: operations, the request context, replies.
+
+Pure data, no I/O: handlers are written and tested against these alone (a handler test needs
+no server); :mod:`netproto.server` runs them on a connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from cryptography import x509
+
+from netproto.framing import DEFAULT_MAX_FRAME
+from netproto.tokens import Principal
+
+Req = TypeVar("Req")
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """Deadlines and caps of PROTOCOL.md §6; every one is configurable."""
+
+    max_frame: int = DEFAULT_MAX_FRAME
+    handshake_timeout: float = 10.0
+    frame_timeout: float = 30.0
+    idle_timeout: float = 300.0
+    slow_reader_timeout: float = 30.0
+    write_high_water: int = 4 << 20
+    max_connections: int = 1024
+    max_connections_per_address: int = 64
+    max_in_flight: int = 512
+
+
+@dataclass
+class ConnectionState:
+    """Per-connection memory: the last verified token, so a token is verified once."""
+
+    token: str | None = None
+    principal: Principal | None = None
+
+
+@dataclass
+class RequestContext:
+    """What a handler may know about the connection a request came on."""
+
+    address: str
+    port: int
+    peer_cert: x509.Certificate | None
+    principal: Principal | None = None
+    conn: ConnectionState = field(default_factory=ConnectionState)
+
+    @property
+    def subject(self) -> str:
+        """The authenticated user (only for operations that require a token)."""
+        assert self.principal is not None
+        return self.principal.subject
+
+
+@dataclass(frozen=True)
+class StreamReply:
+    """A handler's streamed answer: a header, chunks, then a trailer made after the chunks."""
+
+    header: Any
+    chunks: AsyncIterator[bytes | memoryview]
+    trailer: Callable[[], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PackedReply:
+    """A handler's reply whose body is already msgpack-encoded, e.g. a cached answer."""
+
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Operation(Generic[Req]):
+    """One entry of a server's handler table.
+
+    ``handler`` is an ``async`` function, or with ``inline`` a plain one that answers at once
+    (from memory): it runs as the request is read, with no task and no extra loop turn.
+    """
+
+    parse: Callable[[dict[str, Any]], Req]
+    handler: Callable[[RequestContext, Req], Any]
+    needs_token: bool = True
+    inline: bool = False
+
+
+Authenticator = Callable[[str], Principal]
+
+
+def to_wire(value: Any) -> Any:
+    """A handler's result as a msgpack-ready value (dataclasses expose ``to_wire``)."""
+    if hasattr(value, "to_wire"):
+        return value.to_wire()
+    if isinstance(value, list | tuple):
+        return [to_wire(v) for v in value]
+    return value
