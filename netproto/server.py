@@ -15,113 +15,26 @@ import collections
 import logging
 import ssl
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from collections.abc import Coroutine, Mapping
+from typing import Any
 
-from cryptography import x509
-
+from netproto import errors
 from netproto.connection import FramedConnection, transport_errors
-from netproto.errors import (
-    AuthRequired,
-    Busy,
-    ConnectionClosed,
-    Internal,
-    P2PError,
-    RequestError,
-    Timeout,
-    UnknownOp,
-)
-from netproto.framing import DEFAULT_MAX_FRAME
 from netproto.messages import Request
 from netproto.protocol import Rejected, ServerProtocol, Unreadable, encode_chunk_head
+from netproto.service import (
+    Authenticator,
+    ConnectionState,
+    Operation,
+    PackedReply,
+    RequestContext,
+    ServerLimits,
+    StreamReply,
+    to_wire,
+)
 from netproto.tokens import Principal
 
 log = logging.getLogger(__name__)
-
-Req = TypeVar("Req")
-
-
-@dataclass(frozen=True)
-class ServerLimits:
-    """Deadlines and caps of PROTOCOL.md §6; every one is configurable."""
-
-    max_frame: int = DEFAULT_MAX_FRAME
-    handshake_timeout: float = 10.0
-    frame_timeout: float = 30.0
-    idle_timeout: float = 300.0
-    slow_reader_timeout: float = 30.0
-    write_high_water: int = 4 << 20
-    max_connections: int = 1024
-    max_connections_per_address: int = 64
-    max_in_flight: int = 512
-
-
-@dataclass
-class ConnectionState:
-    """Per-connection memory: the last verified token, so a token is verified once."""
-
-    token: str | None = None
-    principal: Principal | None = None
-
-
-@dataclass
-class RequestContext:
-    """What a handler may know about the connection a request came on."""
-
-    address: str
-    port: int
-    peer_cert: x509.Certificate | None
-    principal: Principal | None = None
-    conn: ConnectionState = field(default_factory=ConnectionState)
-
-    @property
-    def subject(self) -> str:
-        """The authenticated user (only for operations that require a token)."""
-        assert self.principal is not None
-        return self.principal.subject
-
-
-@dataclass(frozen=True)
-class StreamReply:
-    """A handler's streamed answer: a header, chunks, then a trailer made after the chunks."""
-
-    header: Any
-    chunks: AsyncIterator[bytes | memoryview]
-    trailer: Callable[[], Any]
-
-
-@dataclass(frozen=True, slots=True)
-class PackedReply:
-    """A handler's reply whose body is already msgpack-encoded, e.g. a cached answer."""
-
-    body: bytes
-
-
-@dataclass(frozen=True)
-class Operation(Generic[Req]):
-    """One entry of a server's handler table.
-
-    ``handler`` is an ``async`` function, or with ``inline`` a plain one that answers at once
-    (from memory): it runs as the request is read, with no task and no extra loop turn.
-    """
-
-    parse: Callable[[dict[str, Any]], Req]
-    handler: Callable[[RequestContext, Req], Any]
-    needs_token: bool = True
-    inline: bool = False
-
-
-Authenticator = Callable[[str], Principal]
-
-
-def to_wire(value: Any) -> Any:
-    """A handler's result as a msgpack-ready value (dataclasses expose ``to_wire``)."""
-    if hasattr(value, "to_wire"):
-        return value.to_wire()
-    if isinstance(value, list | tuple):
-        return [to_wire(v) for v in value]
-    return value
 
 
 class Server:
@@ -226,9 +139,7 @@ class ServerConnection(FramedConnection):
             transport.abort()
             return
         transport.pause_reading()  # the TLS layer reads from here on
-        task = self.loop.create_task(self._upgrade(transport, busy=not admitted))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self._spawn(self._upgrade(transport, busy=not admitted))
 
     async def _upgrade(self, tcp: asyncio.Transport, *, busy: bool) -> None:
         try:
@@ -240,7 +151,7 @@ class ServerConnection(FramedConnection):
                     server_side=True,
                     ssl_handshake_timeout=self.limits.handshake_timeout,
                 )
-        except P2PError as exc:
+        except errors.P2PError as exc:
             log.debug("handshake with %s failed: %s", self.address, exc)
             self.server.forget(self)
             tcp.abort()
@@ -249,7 +160,7 @@ class ServerConnection(FramedConnection):
             return
         super().connection_made(tls)
         if busy:
-            self.write(ServerProtocol.error(0, Busy("too many connections")))
+            self.write(ServerProtocol.error(0, errors.Busy("too many connections")))
             await self.close()
             return
         self._ready = True
@@ -288,24 +199,22 @@ class ServerConnection(FramedConnection):
             if isinstance(event, Rejected):
                 self.write(ServerProtocol.error(event.id, event.error))
             elif isinstance(event, Unreadable):
-                queue.clear()
                 self._stop_reading()
-                task = self.loop.create_task(self._close_with(event.error))
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
+                self._spawn(self._close_with(event.error))
+            elif (operation := operations.get(event.op)) is not None and operation.inline:
+                self._answer_inline(event, operation)
             else:
-                operation = operations.get(event.op)
-                if operation is not None and operation.inline:
-                    self._answer_inline(event, operation)
-                else:
-                    task = self.loop.create_task(self._handle(event, operation))
-                    self.tasks.add(task)
-                    task.add_done_callback(self._task_done)
+                self._spawn(self._handle(event, operation))
         if self.transport is not None and self._reading and not self.is_closing:
             if queue:
                 self.transport.pause_reading()
             elif not self.transport.is_reading():
                 self.transport.resume_reading()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self.loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
@@ -328,7 +237,7 @@ class ServerConnection(FramedConnection):
 
     def _prepare(self, req: Request, operation: Operation[Any] | None) -> tuple[Any, Any]:
         if operation is None:
-            raise UnknownOp(f"unknown operation {req.op!r}")
+            raise errors.UnknownOp(f"unknown operation {req.op!r}")
         ctx = RequestContext(self.address, self.port, self.peer_cert, conn=self.state)
         if operation.needs_token:
             ctx.principal = self._authenticate(req.token)
@@ -341,13 +250,13 @@ class ServerConnection(FramedConnection):
             frame = ServerProtocol.reply(req.id, to_wire(result))
         if len(frame) - 4 > self.limits.max_frame:
             log.error("reply to %s is %d bytes, over the frame limit", req.op, len(frame))
-            raise Internal()
+            raise errors.Internal()
         return frame
 
     def _error_frame(self, req: Request, exc: Exception) -> bytes:
-        if not isinstance(exc, RequestError):
+        if not isinstance(exc, errors.RequestError):
             log.error("handler for %r failed", req.op, exc_info=exc)
-            exc = Internal()
+            exc = errors.Internal()
         return ServerProtocol.error(req.id, exc)
 
     def _answer_inline(self, req: Request, operation: Operation[Any]) -> None:
@@ -367,7 +276,7 @@ class ServerConnection(FramedConnection):
                 await self._stream(req.id, result)
                 return
             frame = self._reply_frame(req, result)
-        except ConnectionClosed:
+        except errors.ConnectionClosed:
             return
         except Exception as exc:
             frame = self._error_frame(req, exc)
@@ -375,9 +284,9 @@ class ServerConnection(FramedConnection):
 
     def _authenticate(self, token: str | None) -> Principal:
         if token is None:
-            raise AuthRequired()
+            raise errors.AuthRequired()
         if self.server.authenticate is None:
-            raise Internal()
+            raise errors.Internal()
         state = self.state
         # One verification per token per connection: the signature check costs more than a
         # whole pipelined request (BENCHMARKS.md); expiry is still checked on every use.
@@ -401,7 +310,7 @@ class ServerConnection(FramedConnection):
                 await aclose()
         self.write(ServerProtocol.stream_end(rid, to_wire(trailer)))
 
-    async def _close_with(self, error: RequestError) -> None:
+    async def _close_with(self, error: errors.RequestError) -> None:
         """Answer the requests read before an unreadable frame, then the error; close."""
         others = [t for t in self.tasks if t is not asyncio.current_task()]
         if others:
@@ -425,7 +334,7 @@ class ServerConnection(FramedConnection):
         if self._frame_started is not None:
             if now >= self._frame_started + limits.frame_timeout:
                 self._stop_reading()
-                self.write(ServerProtocol.error(0, Timeout("frame not completed in time")))
+                self.write(ServerProtocol.error(0, errors.Timeout("frame not completed in time")))
                 self.loop.create_task(self.close())
                 return None
             return self._frame_started + limits.frame_timeout
@@ -453,11 +362,4 @@ class ServerConnection(FramedConnection):
         await self.close(max(0.0, deadline - self.loop.time()))
 
 
-__all__ = [
-    "Operation",
-    "PackedReply",
-    "RequestContext",
-    "Server",
-    "ServerLimits",
-    "StreamReply",
-]
+__all__ = ["Operation", "PackedReply", "RequestContext", "Server", "ServerLimits", "StreamReply"]
