@@ -13,9 +13,13 @@ from typing import Any
 import pytest
 
 from indexd.app import IndexDaemon
-from peerd.__main__ import UsageError, build_parser, config_from_args, main, read_password
+from netproto.errors import AuthFailed, ConnectionClosed
+from netproto.server import Server
+from peerd.__main__ import build_parser, config_from_args, main, read_password
 from peerd.client import IndexClient
 from peerd.daemon import PeerDaemon, StartupError
+from peerd.errors import IndexUnavailable, IndexUntrusted, LoginRefused
+from runner import UsageError
 
 TIMEOUT = 15.0
 
@@ -117,11 +121,12 @@ async def test_the_token_is_renewed_before_it_expires(
         asyncio.timeout(TIMEOUT),
         running_peer(peer_config("peer1", index.port)) as peer1,
     ):
-        first, first_expiry = peer1.token, peer1.status().token_expires_at
+        first: str = peer1.token
+        first_expiry = peer1.status().token_expires_at
         assert first_expiry is not None
 
         async def renewed() -> bool:
-            return peer1.token != first
+            return bool(peer1.token != first)
 
         await eventually(renewed, timeout=4)
         assert time.time() < first_expiry + 1  # renewed around 80 % of its life
@@ -192,16 +197,64 @@ async def test_a_wrong_password_is_a_readable_startup_error(
         async with running_peer(peer_config("peer1", index.port)):
             pass  # registers peer1
         daemon = PeerDaemon(peer_config("peer1", index.port, password="wrong password!"))
-        with pytest.raises(StartupError, match="authentication failed for peer1"):
+        with pytest.raises(StartupError, match="authentication failed for peer1") as info:
             await asyncio.wait_for(daemon.start(), TIMEOUT)
+    assert isinstance(info.value.__cause__, LoginRefused)
+    assert isinstance(info.value.__cause__.__cause__, AuthFailed)
 
 
 async def test_an_unreachable_index_is_a_readable_startup_error(
     peer_config: Any, unused_tcp_port: int
 ) -> None:
     daemon = PeerDaemon(peer_config("peer1", unused_tcp_port))
-    with pytest.raises(StartupError, match="cannot reach the index"):
+    with pytest.raises(StartupError, match="cannot reach the index") as info:
         await asyncio.wait_for(daemon.start(), TIMEOUT)
+    assert isinstance(info.value.__cause__, IndexUnavailable)
+    assert isinstance(info.value.__cause__.__cause__, ConnectionClosed)
+
+
+async def test_an_index_whose_certificate_we_do_not_trust_is_a_readable_startup_error(
+    pki: Any, peer_config: Any
+) -> None:
+    # peer2's certificate is from our CA, but it does not name the index ("indexd").
+    impostor = Server({}, pki.server_ctx("peer2"), name="impostor")
+    await impostor.start("127.0.0.1", 0)
+    try:
+        daemon = PeerDaemon(peer_config("peer1", impostor.port))
+        with pytest.raises(StartupError, match="a certificate we do not trust") as info:
+            await asyncio.wait_for(daemon.start(), TIMEOUT)
+    finally:
+        await impostor.close(grace=0)
+    assert isinstance(info.value.__cause__, IndexUntrusted)
+
+
+async def test_after_the_start_an_untrusted_index_is_index_untrusted_not_a_startup_error(
+    pki: Any, index_config: Any, running_index: Any, peer_config: Any, running_peer: Any
+) -> None:
+    async with running_index(index_config()) as index, asyncio.timeout(TIMEOUT):
+        port = index.port
+        async with running_peer(peer_config("peer1", port, ping_interval=3600)) as peer1:
+            await index.stop(grace=0)
+            impostor = Server({}, pki.server_ctx("peer2"), name="impostor")
+            await impostor.start("127.0.0.1", port)
+            try:
+                assert peer1.index is not None
+                await peer1.index.close()
+                with pytest.raises(IndexUntrusted) as info:
+                    await peer1.search("koala")
+            finally:
+                await impostor.close(grace=0)
+    assert not isinstance(info.value, StartupError)
+    assert isinstance(info.value.__cause__, ConnectionClosed)
+
+
+async def test_an_invalid_domain_name_is_a_startup_error_from_start_not_the_constructor(
+    peer_config: Any,
+) -> None:
+    daemon = PeerDaemon(peer_config("peer1", 1, domain_name="not a name!"))
+    with pytest.raises(StartupError, match="domain_name") as info:
+        await asyncio.wait_for(daemon.start(), TIMEOUT)
+    assert info.value.__cause__ is not None
 
 
 async def test_a_missing_certificate_file_is_a_readable_startup_error(

@@ -1,0 +1,110 @@
+"""What the shell needs from a running peer: the :class:`PeerSession` protocol.
+
+The shell (:mod:`peerd.shell`) is a client like any script: it is written against this small
+protocol, not against :class:`peerd.daemon.PeerDaemon`, which implements it. A test of the
+shell passes a fake session and needs no index, no peers and no TLS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol, Self
+
+from netproto.operations import ListedFile, SearchHit, SharedFile
+from peerd.download import DownloadResult, ProgressCallback
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    """A snapshot of the peer's state, for the shell's ``status`` command."""
+
+    domain_name: str
+    username: str
+    port: int
+    index: str
+    index_connected: bool
+    token_expires_at: float | None
+    shared_files: int
+    last_sync: float | None
+    last_ping: float | None
+    active_fetches: int
+
+
+class RemotePeer(Protocol):
+    """A connection to another peer: list its files, download them into our share."""
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection has failed or been closed."""
+        ...
+
+    async def list(self, keyword: str) -> list[str]:
+        """The names of the peer's files under ``keyword``."""
+        ...
+
+    async def download(
+        self,
+        keyword: str,
+        file_name: str,
+        *,
+        expected: ListedFile | None = None,
+        overwrite: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> DownloadResult:
+        """Download one file into this peer's share, verified (see :func:`peerd.download`)."""
+        ...
+
+    async def close(self) -> None:
+        """Close the connection."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+
+class PeerSession(Protocol):
+    """A running peer as the shell uses it: its index session, its share, other peers."""
+
+    @property
+    def domain_name(self) -> str:
+        """This peer's name."""
+        ...
+
+    @property
+    def file_directory(self) -> Path:
+        """The shared folder (downloads land there too)."""
+        ...
+
+    @property
+    def shared(self) -> Sequence[SharedFile]:
+        """The files the index lists for this peer (as of the last sync)."""
+        ...
+
+    def status(self) -> PeerStatus:
+        """Where the peer stands now."""
+        ...
+
+    async def resync(self) -> int:
+        """Scan the share again and replace this peer's listing at the index; files listed."""
+        ...
+
+    async def search(self, keyword: str) -> list[SearchHit]:
+        """Peers holding files under ``keyword``."""
+        ...
+
+    async def scan_share(self) -> list[SharedFile]:
+        """The share as it is on disk now (which may differ from what the index lists)."""
+        ...
+
+    async def open_peer(self, hit: SearchHit) -> RemotePeer:
+        """A connection to the peer of a search hit (use it with ``async with``)."""
+        ...
+
+
+__all__ = ["PeerSession", "PeerStatus", "RemotePeer"]
