@@ -1,10 +1,12 @@
-"""The interactive shell of a peer: the original menu plus named commands (design §5).
+"""The interactive shell of a peer: the original menu plus named commands (README.md, "Shell
+commands").
 
 ``1`` re-syncs, ``2`` asks for a keyword, searches, lists each peer's files, downloads and
 verifies each one and shows it, ``3`` exits; and ``search``, ``get``, ``ls``, ``peers``,
-``sync``, ``status``, ``help``, ``quit``. The shell is a client like any script: it uses the
-:class:`~peerd.daemon.PeerDaemon`'s public methods and the client library, and leaves every
-bit of rendering to :class:`~peerd.ui.ShellView`.
+``sync``, ``status``, ``help``, ``quit``. The shell is a client like any script: it is written
+against the small :class:`~peerd.session.PeerSession` protocol (which
+:class:`~peerd.daemon.PeerDaemon` implements, and a test fakes), and leaves every bit of
+rendering to :class:`~peerd.ui.ShellView`.
 
 Lines are read in a separate thread, so the peer keeps serving while the shell waits for
 input. On a terminal there is line editing and history (``readline``); without one, commands
@@ -20,10 +22,8 @@ import logging
 import os
 import shlex
 import signal
-import ssl
 import sys
 import threading
-import time
 import types
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import replace
@@ -47,15 +47,11 @@ from netproto.errors import (
 )
 from netproto.names import check_file_name, check_keyword
 from netproto.operations import SearchHit
-from peerd.client import PeerClient
-from peerd.daemon import PeerDaemon
-from peerd.download import (
-    DownloadError,
-    DownloadRefused,
-    DownloadResult,
-    FileConflict,
-    download,
-)
+from peerd.clock import SYSTEM_CLOCK, Clock
+from peerd.download import DownloadResult
+from peerd.errors import DownloadError, DownloadRefused, FileConflict, IndexUntrusted
+from peerd.index_session import certificate_untrusted
+from peerd.session import PeerSession, RemotePeer
 from peerd.ui import (
     PREVIEW_BYTES,
     KnownPeer,
@@ -216,6 +212,11 @@ def _peer_where(hit: SearchHit) -> str:
 
 def explain(exc: BaseException, where: str = "the index") -> str:
     """One readable line for a failure of a command (``where``: whom we were talking to)."""
+    if isinstance(exc, IndexUntrusted):
+        return (
+            "the index presented a certificate we do not trust (not from our CA, or not for"
+            " its name); check --ca and --index-tls-name"
+        )
     if isinstance(exc, FileConflict):
         return f"{exc.path} already exists with different content (add --overwrite to replace it)"
     if isinstance(exc, InvalidPath):
@@ -237,7 +238,7 @@ def explain(exc: BaseException, where: str = "the index") -> str:
     if isinstance(exc, Timeout):
         return f"{where} did not answer in time ({exc.message})"
     if isinstance(exc, ConnectionClosed):
-        if isinstance(exc.__cause__, ssl.SSLCertVerificationError):
+        if certificate_untrusted(exc):
             return (
                 f"{where} presented a certificate we do not trust (not from our CA, or not"
                 " for that name)"
@@ -260,14 +261,14 @@ class Shell:
 
     def __init__(
         self,
-        daemon: PeerDaemon,
+        session: PeerSession,
         view: ShellView,
         lines: LineSource,
         *,
         echo: bool = False,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        self.daemon = daemon
+        self.session = session
         self.view = view
         self.lines: LineSource = lines
         #: Show each line read (without a terminal nobody sees what the script typed).
@@ -298,7 +299,7 @@ class Shell:
 
     async def run(self) -> None:
         """Greet, then read and run commands until quit, end of input, or a signal."""
-        self.view.banner(self.daemon.status())
+        self.view.banner(self.session.status())
         line: str | None = ""
         while not self._quit:
             line = await self._read(PROMPT)
@@ -391,7 +392,7 @@ class Shell:
 
     async def cmd_sync(self, args: list[str]) -> None:
         """``sync`` / ``1``: scan the share and replace this peer's listing at the index."""
-        self.view.synced(await self.daemon.resync())
+        self.view.synced(await self.session.resync())
 
     async def cmd_search(self, args: list[str]) -> None:
         """``search <keyword>``: who shares what under a keyword."""
@@ -400,13 +401,13 @@ class Shell:
         await self._search(check_keyword(args[0]))
 
     async def _search(self, keyword: str) -> list[SearchHit]:
-        hits = await self.daemon.search(keyword)
-        now = self.clock()
+        hits = await self.session.search(keyword)
+        now = self.clock.time()
         for hit in hits:
             self.known[hit.domain_name] = KnownPeer(
                 hit.domain_name, hit.address, hit.port_number, keyword, len(hit.files), now
             )
-        self.view.search_results(keyword, hits, self.daemon.domain_name)
+        self.view.search_results(keyword, hits, self.session.domain_name)
         return hits
 
     async def cmd_menu_search(self, args: list[str]) -> None:
@@ -421,11 +422,11 @@ class Shell:
         keyword = check_keyword(keyword)
         hits = await self._search(keyword)
         for hit in hits:
-            if hit.domain_name == self.daemon.domain_name:
+            if hit.domain_name == self.session.domain_name:
                 continue  # our own files are here already
             where = _peer_where(hit)
             try:
-                async with await self.daemon.connect_peer(hit) as peer:
+                async with await self.session.open_peer(hit) as peer:
                     names = await peer.list(keyword)
                     self.view.peer_files(hit, keyword, names)
                     for name in names:
@@ -461,8 +462,8 @@ class Shell:
         if len(positional) != 2:
             raise UsageError(usage)
         keyword, file_name = check_keyword(positional[0]), check_file_name(positional[1])
-        me = self.daemon.domain_name
-        hits = [h for h in await self.daemon.search(keyword) if h.domain_name != me]
+        me = self.session.domain_name
+        hits = [h for h in await self.session.search(keyword) if h.domain_name != me]
         if source is not None:
             source = source.lower()
             hits = [h for h in hits if h.domain_name == source]
@@ -481,7 +482,7 @@ class Shell:
             if i:
                 self.view.info(f"trying the next peer that lists it: {hit.domain_name}")
             try:
-                async with await self.daemon.connect_peer(hit) as peer:
+                async with await self.session.open_peer(hit) as peer:
                     if await self._fetch_and_show(peer, hit, keyword, file_name, overwrite):
                         return
             except (P2PError, OSError) as exc:
@@ -491,7 +492,7 @@ class Shell:
                     return  # the same with every peer
 
     async def _fetch_and_show(
-        self, peer: PeerClient, hit: SearchHit, keyword: str, file_name: str, overwrite: bool
+        self, peer: RemotePeer, hit: SearchHit, keyword: str, file_name: str, overwrite: bool
     ) -> bool:
         """Download one file from a connected peer and show the outcome; True if it landed.
 
@@ -500,11 +501,9 @@ class Shell:
         expected = next((f for f in hit.files if f.filename == file_name), None)
         try:
             with self.view.transfer(hit.domain_name, keyword, file_name) as progress:
-                result = await download(
-                    peer,
+                result = await peer.download(
                     keyword,
                     file_name,
-                    self.daemon.config.file_directory,
                     expected=expected,
                     overwrite=overwrite,
                     progress=progress,
@@ -538,21 +537,21 @@ class Shell:
         if len(args) > 1:
             raise UsageError("ls [keyword]")
         keyword = check_keyword(args[0]) if args else None
-        files = await asyncio.to_thread(self.daemon.share.scan)
+        files = await self.session.scan_share()
         if keyword is not None:
             files = [f for f in files if f.keyword.casefold() == keyword.casefold()]
-        synced = set(self.daemon.shared)
+        synced = set(self.session.shared)
         self.view.share([ShareEntry(f, f in synced) for f in files], keyword)
 
     async def cmd_peers(self, args: list[str]) -> None:
         """``peers``: the peers seen in searches this session, most recent first."""
         peers = sorted(self.known.values(), key=lambda p: -p.seen_at)
-        self.view.peers(peers, self.daemon.domain_name, self.clock())
+        self.view.peers(peers, self.session.domain_name, self.clock.time())
 
     async def cmd_status(self, args: list[str]) -> None:
         """``status``: who we are, the index session, the token, the share, transfers."""
-        share_bytes = sum(f.size for f in self.daemon.shared)
-        self.view.status(self.daemon.status(), share_bytes, self.counts, self.clock())
+        share_bytes = sum(f.size for f in self.session.shared)
+        self.view.status(self.session.status(), share_bytes, self.counts, self.clock.time())
 
 
 def _read_head(path: Path, size: int) -> bytes:
@@ -596,7 +595,7 @@ def _terminal_restored(fd: int) -> Iterator[None]:
             termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-async def run_shell_session(daemon: PeerDaemon, *, stdin_fd: int = 0) -> None:
+async def run_shell_session(session: PeerSession, *, stdin_fd: int = 0) -> None:
     """Run the shell on this process's stdin/stdout until the user leaves.
 
     On a terminal: colours, progress bars, line editing and history. Otherwise: plain text,
@@ -606,10 +605,10 @@ async def run_shell_session(daemon: PeerDaemon, *, stdin_fd: int = 0) -> None:
     interactive = os.isatty(stdin_fd) and sys.stdout.isatty()
     view = ShellView(make_console(interactive=interactive), interactive=interactive)
     lines = StreamLines(stdin_fd)
-    shell = Shell(daemon, view, lines, echo=not interactive)
+    shell = Shell(session, view, lines, echo=not interactive)
     terminal: TerminalLines | None = None
     if interactive:
-        terminal = TerminalLines(history_path(daemon.config.file_directory), list(shell.commands))
+        terminal = TerminalLines(history_path(session.file_directory), list(shell.commands))
         shell.lines = terminal
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, shell.interrupt)

@@ -40,8 +40,10 @@ from rich.table import Table
 from rich.text import Text
 
 from netproto.operations import SearchHit, SharedFile
-from peerd.daemon import PeerStatus
-from peerd.download import CheckOutcome, DownloadRefused, DownloadResult, ProgressCallback
+from peerd.download import DownloadResult, ProgressCallback
+from peerd.errors import DownloadRefused
+from peerd.session import PeerStatus
+from peerd.verify import CheckOutcome
 
 #: How much of a downloaded file is read to preview or classify it.
 PREVIEW_BYTES = 64 << 10

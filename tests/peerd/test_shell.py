@@ -1,42 +1,39 @@
-"""The shell (peerd/shell.py): commands against a real index and real peers on 127.0.0.1, first
-in-process with a scripted input, then the real ``python -m peerd`` driven through a
-pseudo-terminal, including a peer that forges its signatures."""
+"""The shell (peerd/shell.py) against a fake session (tests/support/fake_session.py): its
+commands, its one-line failures, its input and its Ctrl-C — no index, no peers, no TLS.
+
+The same shell over real daemons, in-process and as ``python -m peerd`` in a pseudo-terminal,
+is in test_shell_e2e.py."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import io
 import logging
 import os
 import re
-import socket
-import sys
-import threading
-from collections.abc import AsyncIterator, Coroutine, Iterator
-from dataclasses import dataclass
+import ssl
 from pathlib import Path
 from typing import Any
 
-import pexpect
 import pytest
-import pytest_asyncio
 
-from indexd.app import IndexConfig, IndexDaemon
-from netproto.errors import NotFound, RateLimited, Timeout, TokenExpired, UserExists
-from netproto.operations import SharedFile
-from netproto.tls import client_context
-from peerd.client import IndexClient
-from peerd.daemon import PeerConfig, PeerDaemon
+from netproto.errors import (
+    Busy,
+    ConnectionClosed,
+    NotFound,
+    RateLimited,
+    Timeout,
+    TokenExpired,
+)
+from netproto.operations import SearchHit
+from peerd.download import CheckOutcome
+from peerd.errors import DownloadRefused, IndexUnavailable, IndexUntrusted
 from peerd.shell import Shell, StreamLines, explain
 from peerd.ui import ShellView, make_console
-from tests.support.evil_peer import EvilPeer  # the malicious peer of the client-library tests
+from tests.support.fake_clock import FakeClock
+from tests.support.fake_session import FakePeer, FakeSession
 
-TIMEOUT = 20.0
-PASSWORD = "correct horse battery"  # the conftest peer_config password
-REPO = Path(__file__).resolve().parents[2]
-FAKE = b"a file whose signature is made with mallory's key\n"
+TIMEOUT = 10.0
 CHECKED = (r"✓\s+nonce", r"✓\s+digest", r"✓\s+signature")
 
 
@@ -57,244 +54,290 @@ class ScriptLines:
         return self.lines.pop(0) if self.lines else None
 
 
-def plain_shell(daemon: PeerDaemon, lines: Any) -> tuple[Shell, io.StringIO]:
+def plain_shell(session: FakeSession, lines: Any) -> tuple[Shell, io.StringIO]:
     out = io.StringIO()
     view = ShellView(make_console(interactive=False, file=out), interactive=False)
-    return Shell(daemon, view, lines, echo=True), out
+    return Shell(session, view, lines, echo=True, clock=session.clock), out
 
 
-async def run_script(daemon: PeerDaemon, *lines: str) -> str:
+async def run_script(session: FakeSession, *lines: str) -> str:
     """Run the shell over ``lines`` until they end; everything it printed."""
-    shell, out = plain_shell(daemon, ScriptLines(*lines))
+    shell, out = plain_shell(session, ScriptLines(*lines))
     await asyncio.wait_for(shell.run(), TIMEOUT)
     return out.getvalue()
 
 
-async def list_fake_peer(
-    index_port: int, pki: Any, domain_name: str, port: int, files: list[SharedFile]
-) -> None:
-    """Make the index list ``domain_name`` at ``port`` (a peer that is not a PeerDaemon)."""
-    ctx = client_context(pki.ca, pki.cert(domain_name), pki.key(domain_name))
-    async with await IndexClient.connect(
-        "127.0.0.1", index_port, ctx, server_hostname="indexd"
-    ) as index:
-        with contextlib.suppress(UserExists):  # the user may run an honest daemon too
-            await index.register(domain_name, PASSWORD)
-        await index.auth(domain_name, PASSWORD)
-        await index.sync(domain_name, port, files)
+def untrusted_certificate() -> ConnectionClosed:
+    """The error a TLS handshake with a certificate we do not trust ends in."""
+    error = ConnectionClosed("TLS handshake failed")
+    error.__cause__ = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    return error
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+@pytest.fixture
+def share(tmp_path: Path) -> Path:
+    folder = tmp_path / "peer3-files"
+    put(folder, "wombat/burrow.txt", b"30 metres\n")
+    return folder
 
 
-@pytest_asyncio.fixture(loop_scope="function")
-async def koala_peers(
-    index_config: Any, running_index: Any, peer_config: Any, running_peer: Any, tmp_path: Path
-) -> AsyncIterator[Any]:
-    """An index, peer1 and peer2 sharing koala files, and peer3 (the shell's daemon)."""
-    put(tmp_path / "peer1-files", "koala/sleep.txt", b"20 hours a day\n")
-    put(tmp_path / "peer2-files", "koala/joey.txt", b"a baby koala\n")
-    put(tmp_path / "peer3-files", "wombat/burrow.txt", b"30 metres\n")
-    async with (
-        running_index(index_config()) as index,
-        running_peer(peer_config("peer1", index.port)),
-        running_peer(peer_config("peer2", index.port)),
-        running_peer(peer_config("peer3", index.port)) as peer3,
-    ):
-        yield index, peer3
+@pytest.fixture
+def session(share: Path) -> FakeSession:
+    """peer3 (sharing wombat/burrow.txt), and peer1 and peer2 sharing koala files."""
+    return FakeSession(
+        share,
+        [
+            FakePeer("peer1", {"koala": {"sleep.txt": b"20 hours a day\n"}}, port=7101),
+            FakePeer("peer2", {"koala": {"joey.txt": b"a baby koala\n"}}, port=7102),
+        ],
+    )
 
 
-# --- the commands, in-process ----------------------------------------------------------------
+# --- the commands ----------------------------------------------------------------------------
 
 
 async def test_get_downloads_verifies_shows_the_content_and_lands_in_the_share(
-    koala_peers: Any, tmp_path: Path
+    session: FakeSession, share: Path
 ) -> None:
-    _, peer3 = koala_peers
-    out = await run_script(peer3, "get koala joey.txt")
+    out = await run_script(session, "get koala joey.txt")
     assert "✓ downloaded koala/joey.txt from peer2" in out
     for check in CHECKED:
         assert re.search(check, out)
     assert "a baby koala" in out
-    assert (tmp_path / "peer3-files" / "koala" / "joey.txt").read_bytes() == b"a baby koala\n"
+    assert (share / "koala" / "joey.txt").read_bytes() == b"a baby koala\n"
+    assert session.downloads == ["peer2:koala/joey.txt"]
 
 
-async def test_search_shows_every_peer_and_file_in_a_table(koala_peers: Any) -> None:
-    _, peer3 = koala_peers
-    out = await run_script(peer3, "search KOALA")
+async def test_search_shows_every_peer_and_file_in_a_table(session: FakeSession) -> None:
+    out = await run_script(session, "search KOALA")
+    assert session.searches == ["KOALA"]
     assert "2 file(s) on 2 peer(s)" in out
-    assert re.search(r"│ peer1 +│ 127\.0\.0\.1:\d+ +│ sleep\.txt", out)
-    assert re.search(r"│ peer2 +│ 127\.0\.0\.1:\d+ +│ joey\.txt", out)
+    assert re.search(r"│ peer1 +│ 127\.0\.0\.1:7101 +│ sleep\.txt", out)
+    assert re.search(r"│ peer2 +│ 127\.0\.0\.1:7102 +│ joey\.txt", out)
 
 
-async def test_get_from_downloads_from_the_named_peer_only(
-    koala_peers: Any, tmp_path: Path
-) -> None:
-    _, peer3 = koala_peers
+async def test_get_from_downloads_from_the_named_peer_only(session: FakeSession) -> None:
     out = await run_script(
-        peer3, "get koala joey.txt --from peer1", "get koala joey.txt --from PEER2"
+        session, "get koala joey.txt --from peer1", "get koala joey.txt --from PEER2"
     )
-    assert re.search(r"✗ peer1 at 127\.0\.0\.1:\d+: not found", out)
+    assert re.search(r"✗ peer1 at 127\.0\.0\.1:7101: not found", out)
+    assert "✓ downloaded koala/joey.txt from peer2" in out
+    assert session.downloads == ["peer1:koala/joey.txt", "peer2:koala/joey.txt"]
+
+
+async def test_get_from_a_peer_that_shares_nothing_there_says_so(session: FakeSession) -> None:
+    out = await run_script(session, "get koala joey.txt --from nobody")
+    assert "✗ nobody shares nothing under 'koala' (search koala)" in out
+    assert session.downloads == []
+
+
+async def test_get_tries_the_next_peer_that_lists_the_file(session: FakeSession) -> None:
+    session.peers["peer1"].files["koala"]["joey.txt"] = b"a baby koala\n"
+    session.peers["peer1"].download_errors["joey.txt"] = Busy("too many transfers", retry_after=1)
+    out = await run_script(session, "get koala joey.txt")
+    assert re.search(r"✗ peer1 at 127\.0\.0\.1:7101 is busy \(too many transfers\)", out)
+    assert "trying the next peer that lists it: peer2" in out
     assert "✓ downloaded koala/joey.txt from peer2" in out
 
 
 async def test_menu_2_lists_each_peer_then_downloads_and_shows_every_file(
-    koala_peers: Any, tmp_path: Path
+    session: FakeSession, share: Path
 ) -> None:
-    _, peer3 = koala_peers
-    out = await run_script(peer3, "2", "koala")
+    out = await run_script(session, "2", "koala")
     assert "keyword: koala" in out
     assert "peer1 lists 'koala': 1 file(s)" in out and "peer2 lists 'koala': 1 file(s)" in out
     assert "20 hours a day" in out and "a baby koala" in out
     assert len(re.findall(r"✓\s+signature", out)) == 2
-    assert sorted(p.name for p in (tmp_path / "peer3-files" / "koala").iterdir()) == [
-        "joey.txt",
-        "sleep.txt",
-    ]
+    assert sorted(p.name for p in (share / "koala").iterdir()) == ["joey.txt", "sleep.txt"]
 
 
-async def test_menu_1_publishes_files_added_to_the_share(koala_peers: Any, tmp_path: Path) -> None:
-    _, peer3 = koala_peers
-    put(tmp_path / "peer3-files", "wombat/new.txt", b"new")
-    out = await run_script(peer3, "1", "search wombat")
+async def test_menu_2_skips_this_peers_own_hit(session: FakeSession) -> None:
+    out = await run_script(session, "2 wombat")
+    assert "peer3 (you)" in out
+    assert session.connections == []
+
+
+async def test_menu_1_publishes_files_added_to_the_share(session: FakeSession, share: Path) -> None:
+    put(share, "wombat/new.txt", b"new")
+    out = await run_script(session, "1", "search wombat")
     assert "✓ the index now lists 2 of your files" in out
     assert "new.txt" in out
 
 
 async def test_ls_shows_the_own_share_and_what_the_index_does_not_have_yet(
-    koala_peers: Any, tmp_path: Path
+    session: FakeSession, share: Path
 ) -> None:
-    _, peer3 = koala_peers
-    put(tmp_path / "peer3-files", "wombat/new.txt", b"new")
-    out = await run_script(peer3, "ls wombat")
+    put(share, "wombat/new.txt", b"new")
+    out = await run_script(session, "ls wombat")
     assert re.search(r"burrow\.txt .*✓", out)
     assert re.search(r"new\.txt .*not yet \(sync\)", out)
 
 
-async def test_peers_lists_the_peers_seen_in_the_last_searches(koala_peers: Any) -> None:
-    _, peer3 = koala_peers
-    out = await run_script(peer3, "peers", "search koala", "peers")
+async def test_peers_lists_the_peers_seen_in_the_last_searches(session: FakeSession) -> None:
+    out = await run_script(session, "peers", "search koala", "peers")
     assert "no peers known yet" in out
-    assert re.search(r"│ peer1 +│ 127\.0\.0\.1:\d+ +│ koala", out)
+    assert re.search(r"│ peer1 +│ 127\.0\.0\.1:7101 +│ koala", out)
 
 
-async def test_status_shows_who_i_am_the_token_expiry_and_the_transfers(koala_peers: Any) -> None:
-    _, peer3 = koala_peers
-    out = await run_script(peer3, "get koala joey.txt", "status")
+async def test_status_shows_who_i_am_the_token_expiry_and_the_transfers(
+    session: FakeSession,
+) -> None:
+    out = await run_script(session, "get koala joey.txt", "status")
     assert re.search(r"user +peer3", out)
-    assert re.search(r"token +expires in \d+\.\d min", out)
+    assert re.search(r"token +expires in 10\.0 min", out)
     assert re.search(r"downloads +1 file\(s\), 13 bytes", out)
 
 
-async def test_an_unknown_command_is_answered_with_the_help(koala_peers: Any) -> None:
-    _, peer3 = koala_peers
-    out = await run_script(peer3, "frobnicate now")
+async def test_status_counts_time_on_the_injected_clock(share: Path) -> None:
+    clock = FakeClock()
+    session = FakeSession(share, clock=clock)
+    clock.advance(540)
+    out = await run_script(session, "status")
+    assert re.search(r"token +expires in 1\.0 min", out)
+    assert re.search(r"last sync +9 min ago", out)
+
+
+async def test_an_unknown_command_is_answered_with_the_help(session: FakeSession) -> None:
+    out = await run_script(session, "frobnicate now")
     assert "✗ unknown command 'frobnicate'" in out
     assert "get <keyword> <file> [--from <peer>]" in out
 
 
-async def test_end_of_input_leaves_the_shell(koala_peers: Any) -> None:
-    _, peer3 = koala_peers
-    out = await run_script(peer3)
+async def test_a_command_used_wrongly_shows_its_usage(session: FakeSession) -> None:
+    out = await run_script(session, "search", "get koala")
+    assert "✗ usage: search <keyword>" in out
+    assert "✗ usage: get <keyword> <file> [--from <peer>] [--overwrite]" in out
+    assert session.searches == []
+
+
+async def test_end_of_input_leaves_the_shell(session: FakeSession) -> None:
+    out = await run_script(session)
     assert out.rstrip().endswith("bye")
 
 
-async def test_quit_leaves_without_reading_further(koala_peers: Any) -> None:
-    _, peer3 = koala_peers
+async def test_quit_leaves_without_reading_further(session: FakeSession) -> None:
     lines = ScriptLines("quit", "search koala")
-    shell, _ = plain_shell(peer3, lines)
+    shell, _ = plain_shell(session, lines)
     await asyncio.wait_for(shell.run(), TIMEOUT)
     assert lines.lines == ["search koala"]
+    assert session.searches == []
 
 
 # --- failures are one readable line ----------------------------------------------------------
 
 
-async def test_an_invalid_name_is_refused_before_anything_is_sent(koala_peers: Any) -> None:
-    _, peer3 = koala_peers
-    out = await run_script(peer3, "get koala ../../etc/passwd", "search a/b")
+async def test_an_invalid_name_is_refused_before_anything_is_sent(session: FakeSession) -> None:
+    out = await run_script(session, "get koala ../../etc/passwd", "search a/b")
     assert "✗ invalid name: file_name must not start with '.'" in out
     assert "✗ invalid name: keyword contains a forbidden character '/'" in out
+    assert session.searches == [] and session.downloads == []
 
 
 async def test_a_different_existing_file_is_a_conflict_until_overwrite(
-    koala_peers: Any, tmp_path: Path
+    session: FakeSession, share: Path
 ) -> None:
-    _, peer3 = koala_peers
-    mine = put(tmp_path / "peer3-files", "koala/joey.txt", b"my own joey\n")
-    out = await run_script(peer3, "get koala joey.txt")
+    mine = put(share, "koala/joey.txt", b"my own joey\n")
+    out = await run_script(session, "get koala joey.txt")
     assert re.search(r"✗ .*joey\.txt already exists with different content \(add --overwrite", out)
     assert mine.read_bytes() == b"my own joey\n"
-    out = await run_script(peer3, "get koala joey.txt --overwrite")
+    out = await run_script(session, "get koala joey.txt --overwrite")
     assert "✓ downloaded koala/joey.txt" in out
     assert mine.read_bytes() == b"a baby koala\n"
 
 
-async def test_a_peer_listed_but_offline_is_one_readable_line(koala_peers: Any, pki: Any) -> None:
-    index, peer3 = koala_peers
-    files = [SharedFile("gone.txt", "ghost", 3, bytes(32))]
-    await list_fake_peer(index.port, pki, "mallory", closed_port(), files)
-    out = await run_script(peer3, "get ghost gone.txt")
+async def test_a_peer_listed_but_offline_is_one_readable_line(session: FakeSession) -> None:
+    session.peers["mallory"] = FakePeer(
+        "mallory",
+        {"ghost": {"gone.txt": b"boo"}},
+        connect_error=ConnectionClosed("Connect call failed ('127.0.0.1', 7666)"),
+    )
+    out = await run_script(session, "get ghost gone.txt")
     assert re.search(r"✗ mallory at 127\.0\.0\.1:\d+ is offline or unreachable", out)
     assert "Traceback" not in out
 
 
-async def test_a_peer_with_a_certificate_for_another_name_is_not_trusted(
-    koala_peers: Any, pki: Any
+async def test_a_peer_with_a_certificate_we_do_not_trust_is_said_so(
+    session: FakeSession,
 ) -> None:
-    index, peer3 = koala_peers
-    peer1 = next(h for h in await peer3.search("koala") if h.domain_name == "peer1")
-    files = [SharedFile("sleep.txt", "koala", 15, bytes(32))]
-    await list_fake_peer(index.port, pki, "mallory", peer1.port_number, files)  # peer1's port
-    out = await run_script(peer3, "get koala sleep.txt --from mallory")
+    session.peers["mallory"] = FakePeer(
+        "mallory", {"koala": {"sleep.txt": b"x"}}, connect_error=untrusted_certificate()
+    )
+    out = await run_script(session, "get koala sleep.txt --from mallory")
     assert re.search(r"✗ mallory at 127\.0\.0\.1:\d+ presented a certificate we do not trust", out)
 
 
-async def test_a_busy_peer_is_one_readable_line(
-    index_config: Any, running_index: Any, peer_config: Any, running_peer: Any, tmp_path: Path
+async def test_an_index_with_a_certificate_we_do_not_trust_is_said_so(
+    session: FakeSession,
 ) -> None:
-    put(tmp_path / "peer1-files", "koala/sleep.txt", b"20 hours a day\n")
-    async with (
-        running_index(index_config()) as index,
-        running_peer(peer_config("peer1", index.port, max_fetches=0)),
-        running_peer(peer_config("peer3", index.port)) as peer3,
-    ):
-        out = await run_script(peer3, "get koala sleep.txt")
-    assert re.search(r"✗ peer1 at 127\.0\.0\.1:\d+ is busy \(too many transfers in progress\)", out)
+    async def untrusted(keyword: str) -> list[SearchHit]:
+        cause = untrusted_certificate()
+        raise IndexUntrusted("the index at 127.0.0.1:7000 presented ...") from cause
+
+    session.search_hook = untrusted
+    out = await run_script(session, "search koala", "get koala joey.txt")
+    line = "✗ the index presented a certificate we do not trust (not from our CA, or not for its"
+    assert out.count(line) == 2
+    assert session.downloads == []
+
+
+async def test_an_unreachable_index_is_one_readable_line(session: FakeSession) -> None:
+    async def unreachable(keyword: str) -> list[SearchHit]:
+        cause = ConnectionClosed("Connect call failed")
+        raise IndexUnavailable("cannot reach the index at 127.0.0.1:7000: refused") from cause
+
+    session.search_hook = unreachable
+    out = await run_script(session, "search koala")
+    assert "✗ cannot reach the index at 127.0.0.1:7000: refused" in out
+
+
+async def test_a_busy_peer_is_one_readable_line(session: FakeSession) -> None:
+    busy = Busy("too many transfers in progress", retry_after=1)
+    session.peers["peer1"].download_errors["sleep.txt"] = busy
+    out = await run_script(session, "get koala sleep.txt")
+    assert re.search(
+        r"✗ peer1 at 127\.0\.0\.1:\d+ is busy \(too many transfers in progress\); try again in 1",
+        out,
+    )
 
 
 async def test_a_forged_signature_is_shown_as_a_cross_and_the_file_is_discarded(
-    koala_peers: Any, pki: Any, tmp_path: Path
+    session: FakeSession, share: Path
 ) -> None:
-    index, peer3 = koala_peers
-    evil = EvilPeer(pki, FAKE, key_name="mallory")  # presents peer1's certificate
-    port = await evil.start()
-    try:
-        files = [SharedFile("fake.txt", "horse", len(FAKE), hashlib.sha256(FAKE).digest())]
-        await list_fake_peer(index.port, pki, "peer1", port, files)
-        out = await run_script(peer3, "get horse fake.txt")
-    finally:
-        await evil.stop()
+    checks = (
+        CheckOutcome("nonce", True, "the trailer echoes our fresh nonce"),
+        CheckOutcome("sha256", True, "the bytes hash to 3f2a…"),
+        CheckOutcome(
+            "signature", False, "the signature does not verify under peer1's certificate key"
+        ),
+    )
+    refused = DownloadRefused("signature", checks[2].detail, checks)
+    session.peers["peer1"] = FakePeer(
+        "peer1", {"horse": {"fake.txt": b"fake"}}, download_errors={"fake.txt": refused}
+    )
+    out = await run_script(session, "get horse fake.txt", "status")
     assert re.search(r"✓\s+digest", out)
     assert re.search(r"✗\s+signature\s+the signature does not verify under peer1's", out)
     assert "✗ refused horse/fake.txt from peer1: the signature check failed — the file was" in out
-    assert not (tmp_path / "peer3-files" / "horse").exists()
+    assert re.search(r"downloads +0 file\(s\), 0 bytes this session; 1 refused, 0 failed", out)
+    assert not (share / "horse").exists()
+
+
+async def test_a_failed_download_is_counted(session: FakeSession) -> None:
+    session.peers["peer1"].download_errors["sleep.txt"] = Timeout("no data in time")
+    out = await run_script(session, "get koala sleep.txt", "status")
+    assert re.search(r"✗ peer1 at 127\.0\.0\.1:7101 did not answer in time", out)
+    assert re.search(r"0 refused, 1 failed", out)
 
 
 async def test_an_unexpected_failure_is_one_line_and_its_traceback_goes_to_the_debug_log(
-    koala_peers: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    session: FakeSession, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _, peer3 = koala_peers
-
-    async def broken(keyword: str) -> Any:
+    async def broken(keyword: str) -> list[SearchHit]:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(peer3, "search", broken)
+    session.search_hook = broken
     with caplog.at_level(logging.DEBUG, logger="peerd.shell"):
-        out = await run_script(peer3, "search koala", "status")
+        out = await run_script(session, "search koala", "status")
     assert "✗ unexpected error (RuntimeError: boom); run peerd with -vv for details" in out
     assert "Traceback" not in out
     assert "user" in out  # the shell went on
@@ -311,52 +354,55 @@ EXPIRED = "peer1 says our token has expired; it is renewed automatically, try ag
         (TokenExpired(), EXPIRED),
         (Timeout("no answer"), "peer1 did not answer in time (no answer)"),
         (NotFound("no such file"), "peer1: not found (no such file)"),
+        (ConnectionClosed("reset"), "peer1 is offline or unreachable (reset)"),
+        (
+            untrusted_certificate(),
+            "peer1 presented a certificate we do not trust (not from our CA, or not for that name)",
+        ),
     ],
 )
 def test_each_wire_error_reads_as_a_sentence(error: Exception, message: str) -> None:
     assert explain(error, "peer1") == message
 
 
+def test_an_untrusted_index_reads_as_such_wherever_it_is_raised() -> None:
+    error = IndexUntrusted("the index at x:1 presented a certificate we do not trust")
+    assert explain(error, "peer1").startswith("the index presented a certificate we do not trust")
+
+
 # --- input, signals ------------------------------------------------------------------------
 
 
-async def test_the_peer_keeps_serving_while_the_shell_waits_for_input(
-    index_config: Any, running_index: Any, peer_config: Any, running_peer: Any, tmp_path: Path
-) -> None:
-    put(tmp_path / "peer3-files", "wombat/burrow.txt", b"30 metres\n")
+async def test_the_event_loop_runs_while_the_shell_waits_for_input(session: FakeSession) -> None:
     read_fd, write_fd = os.pipe()
     try:
-        async with (
-            running_index(index_config()) as index,
-            running_peer(peer_config("peer3", index.port)) as peer3,
-            running_peer(peer_config("peer1", index.port)) as peer1,
-        ):
-            shell, _ = plain_shell(peer3, StreamLines(read_fd))
-            running = asyncio.ensure_future(shell.run())
-            await asyncio.sleep(0.1)  # the shell now waits for a line that does not come
-            hit = next(h for h in await peer1.search("wombat") if h.domain_name == "peer3")
-            result = await asyncio.wait_for(peer1.download(hit, "wombat", "burrow.txt"), TIMEOUT)
-            assert not running.done()
-            os.write(write_fd, b"quit\n")
-            await asyncio.wait_for(running, TIMEOUT)
+        shell, out = plain_shell(session, StreamLines(read_fd))
+        running = asyncio.ensure_future(shell.run())
+        served = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.1, served.set)  # e.g. a peer being served
+        await asyncio.wait_for(served.wait(), TIMEOUT)
+        assert not running.done()  # still waiting for a line that has not come
+        os.write(write_fd, b"search koala\nquit\n")
+        await asyncio.wait_for(running, TIMEOUT)
     finally:
         os.close(read_fd)
         os.close(write_fd)
-    assert result.path.read_bytes() == b"30 metres\n"
+    assert session.searches == ["koala"]
+    assert "p2pshare> search koala" in out.getvalue()
 
 
 async def test_interrupt_stops_the_running_command_and_the_shell_goes_on(
-    koala_peers: Any, monkeypatch: pytest.MonkeyPatch
+    session: FakeSession,
 ) -> None:
-    _, peer3 = koala_peers
     started = asyncio.Event()
 
-    async def hangs(keyword: str) -> Any:
+    async def hangs(keyword: str) -> list[SearchHit]:
         started.set()
         await asyncio.sleep(3600)
+        return []
 
-    monkeypatch.setattr(peer3, "search", hangs)
-    shell, out = plain_shell(peer3, ScriptLines("search koala", "status"))
+    session.search_hook = hangs
+    shell, out = plain_shell(session, ScriptLines("search koala", "status"))
     running = asyncio.ensure_future(shell.run())
     await asyncio.wait_for(started.wait(), TIMEOUT)
     shell.interrupt()
@@ -366,11 +412,10 @@ async def test_interrupt_stops_the_running_command_and_the_shell_goes_on(
     assert re.search(r"user +peer3", text)
 
 
-async def test_interrupt_at_the_prompt_leaves_the_shell(koala_peers: Any) -> None:
-    _, peer3 = koala_peers
+async def test_interrupt_at_the_prompt_leaves_the_shell(session: FakeSession) -> None:
     read_fd, write_fd = os.pipe()
     try:
-        shell, out = plain_shell(peer3, StreamLines(read_fd))
+        shell, out = plain_shell(session, StreamLines(read_fd))
         running = asyncio.ensure_future(shell.run())
         await asyncio.sleep(0.1)
         shell.interrupt()
@@ -381,158 +426,20 @@ async def test_interrupt_at_the_prompt_leaves_the_shell(koala_peers: Any) -> Non
     assert out.getvalue().rstrip().endswith("bye")
 
 
-# --- the real shell in a pseudo-terminal -----------------------------------------------------
+async def test_terminate_leaves_even_while_a_command_runs(session: FakeSession) -> None:
+    started = asyncio.Event()
 
+    async def hangs(keyword: str) -> list[SearchHit]:
+        started.set()
+        await asyncio.sleep(3600)
+        return []
 
-class LoopThread:
-    """An event loop in a thread, so in-process daemons serve while pexpect blocks this one."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(TIMEOUT)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(TIMEOUT)
-        self.loop.close()
-
-
-@dataclass
-class Rig:
-    pki: Any
-    index_port: int
-
-
-@pytest.fixture(scope="module")
-def rig(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
-    """An index; peer2, honest, sharing koala/joey.txt; and a forger listed as peer1 sharing
-    horse/fake.txt (it presents peer1's certificate and signs with mallory's key)."""
-    root = tmp_path_factory.mktemp("pty-rig")
-    put(root / "peer2-files", "koala/joey.txt", b"a baby koala\n")
-    loop = LoopThread()
-    index = IndexDaemon(
-        IndexConfig(
-            cert=pki.cert("indexd"),
-            key=pki.key("indexd"),
-            ca=pki.ca,
-            db=root / "index.db",
-            port=0,
-            bcrypt_cost=4,
-        )
-    )
-    evil = EvilPeer(pki, FAKE, key_name="mallory")
-    peer2: PeerDaemon | None = None
-    try:
-        loop.run(index.start())
-        peer2 = PeerDaemon(
-            PeerConfig(
-                domain_name="peer2",
-                index_host="127.0.0.1",
-                index_port=index.port,
-                username="peer2",
-                password=PASSWORD,
-                file_directory=root / "peer2-files",
-                cert=pki.cert("peer2"),
-                key=pki.key("peer2"),
-                ca=pki.ca,
-                port=0,
-                bind="127.0.0.1",
-                register=True,
-            )
-        )
-        loop.run(peer2.start())
-        evil_port = loop.run(evil.start())
-        files = [SharedFile("fake.txt", "horse", len(FAKE), hashlib.sha256(FAKE).digest())]
-        loop.run(list_fake_peer(index.port, pki, "peer1", evil_port, files))
-        yield Rig(pki, index.port)
-    finally:
-        loop.run(evil.stop())
-        if peer2 is not None:
-            loop.run(peer2.stop(grace=0.5))
-        loop.run(index.stop())
-        loop.close()
-
-
-@pytest.fixture
-def terminal_shell(rig: Rig, tmp_path: Path) -> Iterator[Any]:
-    """``python -m peerd`` as peer3 in a pseudo-terminal, at its first prompt.
-
-    After the test it must leave on ``quit`` with status 0, and nothing it printed may be a
-    traceback.
-    """
-    pki = rig.pki
-    argv = [
-        "-m", "peerd",
-        "-hostname", "peer3",
-        "-index_server_name", f"127.0.0.1:{rig.index_port}",
-        "-peer_server_port", "0",
-        "-username", "peer3",
-        "-file_directory", str(tmp_path / "peer3-files"),
-        "-certificate", str(pki.cert("peer3")),
-        "-private_key", str(pki.key("peer3")),
-        "--ca", str(pki.ca),
-        "--bind", "127.0.0.1",
-        "--register",
-    ]  # fmt: skip
-    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    env = {
-        **os.environ,
-        "P2P_PASSWORD": PASSWORD,
-        "PYTHONPATH": path,
-        "P2P_HISTORY": str(tmp_path / "history"),
-        "TERM": "xterm-256color",
-    }
-    transcript = io.StringIO()
-    child = pexpect.spawn(
-        sys.executable, argv, env=env, encoding="utf-8", timeout=TIMEOUT, dimensions=(50, 140)
-    )
-    child.logfile_read = transcript
-    try:
-        child.expect_exact("p2pshare> ")
-        yield child
-        child.sendline("quit")
-        child.expect(pexpect.EOF)
-        child.close()
-        assert child.exitstatus == 0
-        assert "Traceback" not in transcript.getvalue()
-    finally:
-        if child.isalive():
-            child.terminate(force=True)
-
-
-def test_in_a_terminal_search_shows_a_table_of_peers_and_files(terminal_shell: Any) -> None:
-    terminal_shell.sendline("search koala")
-    # One table row (colour codes may sit between the borders and the text).
-    terminal_shell.expect(r"│[^\n]*peer2[^\n]*│[^\n]*127\.0\.0\.1:\d+[^\n]*│[^\n]*joey\.txt")
-    terminal_shell.expect_exact("p2pshare> ")
-
-
-def test_in_a_terminal_a_download_ticks_the_nonce_digest_and_signature(
-    terminal_shell: Any,
-) -> None:
-    terminal_shell.sendline("get koala joey.txt")
-    terminal_shell.expect(r"downloaded .*koala/joey\.txt")
-    for check in CHECKED:
-        terminal_shell.expect(check.replace(r"\s+", r"[^\n]*"))  # colour codes in between
-    terminal_shell.expect_exact("a baby koala")
-    terminal_shell.expect_exact("p2pshare> ")
-
-
-def test_in_a_terminal_a_forged_signature_is_a_cross_with_a_readable_reason(
-    terminal_shell: Any,
-) -> None:
-    terminal_shell.sendline("get horse fake.txt")
-    terminal_shell.expect(r"✗.*signature.*the signature does not verify under peer1's")
-    terminal_shell.expect(r"refused .*horse/fake\.txt.* from .*peer1.*: the signature check failed")
-    terminal_shell.expect_exact("p2pshare> ")
-
-
-def test_in_a_terminal_an_unknown_command_is_answered_with_the_help(terminal_shell: Any) -> None:
-    terminal_shell.sendline("frobnicate")
-    terminal_shell.expect(r"unknown command .*'frobnicate'")
-    terminal_shell.expect_exact("search <keyword>")
-    terminal_shell.expect_exact("p2pshare> ")
+    session.search_hook = hangs
+    lines = ScriptLines("search koala", "status")
+    shell, out = plain_shell(session, lines)
+    running = asyncio.ensure_future(shell.run())
+    await asyncio.wait_for(started.wait(), TIMEOUT)
+    shell.terminate()
+    await asyncio.wait_for(running, TIMEOUT)
+    assert lines.lines == ["status"]
+    assert out.getvalue().rstrip().endswith("bye")

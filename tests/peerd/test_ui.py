@@ -11,8 +11,8 @@ import pytest
 from rich.console import Console
 
 from netproto.operations import ListedFile, SearchHit
-from peerd.daemon import PeerStatus
 from peerd.download import CHECKS, CheckOutcome, DownloadRefused, DownloadResult
+from peerd.session import PeerStatus
 from peerd.ui import (
     KnownPeer,
     ShellView,
