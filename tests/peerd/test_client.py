@@ -10,14 +10,25 @@ from typing import Any
 
 import pytest
 
-from netproto.errors import AuthRequired, ConnectionClosed, NotFound, VerificationFailed
+from netproto.errors import (
+    AuthRequired,
+    BadRequest,
+    ConnectionClosed,
+    LocalProtocolError,
+    NotFound,
+    RemoteProtocolError,
+    RequestError,
+    VerificationFailed,
+)
 from netproto.operations import (
+    FetchHeader,
     ListedFile,
     SharedFile,
+    list_reply_from_wire,
     split_sync,
 )
 from netproto.server import Server
-from peerd.client import IndexClient, index_tls_name, parse_host_port
+from peerd.client import FetchStream, IndexClient, index_tls_name, parse_host_port, parse_reply
 from peerd.download import (
     CHECKS,
     DownloadError,
@@ -465,13 +476,6 @@ def test_parse_host_port_refuses_malformed_addresses(text: str) -> None:
         parse_host_port(text)
 
 
-def test_temp_names_are_hidden_and_fit_a_file_name(tmp_path: Path) -> None:
-    part, meta = part_names("file.bin")
-    assert part.startswith(".") and meta.startswith(part)
-    long_part, long_meta = part_names("x" * 255)
-    assert long_part.startswith(".") and len(long_meta) <= 255
-
-
 # --- the index client ------------------------------------------------------------------------
 
 
@@ -547,3 +551,25 @@ async def test_a_peer_certificate_is_not_accepted_as_the_index_by_address(pki: A
                 await IndexClient.connect("127.0.0.1", impostor.port, pki.client_ctx("peer1"))
     finally:
         await impostor.close(grace=0.5)
+
+
+# --- whose fault is it? ----------------------------------------------------------------------
+
+
+def test_a_malformed_answer_is_the_other_sides_fault_chained_to_what_was_wrong() -> None:
+    with pytest.raises(RemoteProtocolError, match="the peer's list reply is malformed") as info:
+        parse_reply(list_reply_from_wire, {"not": "a list"}, "the peer's list reply")
+    assert isinstance(info.value.__cause__, BadRequest)
+    assert not isinstance(info.value, RequestError)  # never a wire error, as if we had sent it
+
+
+def test_asking_for_the_trailer_before_the_stream_ended_is_our_fault() -> None:
+    class Unfinished:
+        trailer = None
+
+        def close(self) -> None:
+            pass
+
+    stream = FetchStream(Unfinished(), FetchHeader("koala", "a.txt", 1, 0))  # type: ignore[arg-type]
+    with pytest.raises(LocalProtocolError):
+        stream.trailer()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from certs import load_cert, load_key
 from netproto.client import Connection
@@ -22,16 +23,24 @@ from netproto.errors import (
     ConnectionClosed,
     InvalidPath,
     NotFound,
+    RequestError,
     TokenInvalid,
 )
 from netproto.framing import DEFAULT_MAX_FRAME
-from netproto.operations import FetchHeader, FetchRequest, FetchTrailer, KeywordRequest
+from netproto.operations import (
+    FetchHeader,
+    FetchRequest,
+    FetchTrailer,
+    KeywordRequest,
+    SharedFile,
+)
 from netproto.server import RequestContext
 from netproto.signing import fetch_signature_valid, fetch_signing_payload
 from netproto.tokens import Principal, TokenIssuer
 from peerd.client import FetchStream, PeerClient
+from peerd.errors import InvalidName, NotShared, ShareError, ShareUnavailable
 from peerd.server import CHUNK_SIZE, HANDLERS, PeerService, _Transfer, fit_list_reply
-from peerd.share import Share
+from peerd.share import FileIdentity, Share, ShareFile
 
 TIMEOUT = 10.0
 NONCE = bytes(range(32))
@@ -47,7 +56,7 @@ def make_share(root: Path, files: dict[str, bytes]) -> Path:
 
 
 async def drain(stream: FetchStream) -> tuple[list[bytes], FetchTrailer]:
-    chunks = [chunk async for chunk in stream.chunks()]
+    chunks = [bytes(chunk) async for chunk in stream.chunks()]
     return chunks, stream.trailer()
 
 
@@ -114,6 +123,7 @@ async def test_fetch_streams_the_file_with_a_trailer_signed_by_the_peer_key(
         nonce=NONCE,
     )
     key = load_cert(peer_rig.pki.cert("peer1")).public_key()
+    assert isinstance(key, Ed25519PublicKey)
     assert fetch_signature_valid(key, trailer.digital_signature, payload)
 
 
@@ -451,3 +461,48 @@ def test_list_reply_of_a_huge_folder_fits_one_frame() -> None:
 def test_list_reply_of_a_small_folder_is_whole() -> None:
     names = ["a.txt", "b.txt"]
     assert fit_list_reply(names) == names
+
+
+class RefusingStore:
+    """A share store (peerd.share.ShareStore) that refuses every name with one error."""
+
+    def __init__(self, error: ShareError) -> None:
+        self.error = error
+
+    def scan(self) -> list[SharedFile]:
+        return []
+
+    def list_files(self, keyword: str) -> list[str]:
+        raise self.error
+
+    def open_file(self, keyword: str, file_name: str) -> ShareFile:
+        raise self.error
+
+    def remember(self, opened: ShareFile, identity: FileIdentity, sha256: bytes) -> None:
+        raise AssertionError("nothing was served")
+
+    def save_cache(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "error, wire",
+    [
+        (InvalidName("keyword contains a forbidden character '/'"), InvalidPath),
+        (NotShared("no such file"), NotFound),
+        (ShareUnavailable("the share folder is not available"), NotFound),
+    ],
+    ids=["invalid-name", "not-shared", "share-unavailable"],
+)
+async def test_the_handlers_answer_a_refusal_of_the_store_with_its_wire_error(
+    pki: Any, error: ShareError, wire: type[RequestError]
+) -> None:
+    service = PeerService(RefusingStore(error), "peer1", load_key(pki.key("peer1")), 4)
+    with pytest.raises(wire) as listed:
+        await service.handle_list(context(), KeywordRequest("koala"))
+    with pytest.raises(wire) as fetched:
+        await service.handle_fetch(context(), FetchRequest("koala", "x.txt", NONCE))
+    for info in (listed, fetched):
+        assert info.value.message == str(error)
+        assert info.value.__cause__ is error
+    assert service.active_fetches == 0

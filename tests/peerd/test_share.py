@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from peerd.errors import InvalidName, NotShared
+from netproto.errors import P2PError, RequestError
+from peerd.errors import InvalidName, NotShared, ShareError, ShareUnavailable
 from peerd.share import CACHE_FILE_NAME, RACY_WINDOW_NS, Share
 
 
@@ -234,3 +235,25 @@ def test_open_file_of_a_device_node_is_not_shared(root: Path) -> None:
     with pytest.raises(NotShared):
         Share(root).open_file("koala", "dev")
     assert "dev" not in Share(root).list_files("koala")
+
+
+def test_a_missing_share_folder_is_unavailable_to_list_and_open(tmp_path: Path) -> None:
+    share = Share(tmp_path / "nowhere")
+    with pytest.raises(ShareUnavailable):
+        share.list_files("koala")
+    with pytest.raises(ShareUnavailable):
+        share.open_file("koala", "sleep.txt")
+
+
+def test_the_share_raises_its_own_errors_never_wire_errors(root: Path) -> None:
+    share = Share(root)
+    for call in (
+        lambda: share.list_files("../koala"),
+        lambda: share.list_files("platypus"),
+        lambda: share.open_file("koala", ".."),
+        lambda: share.open_file("koala", "absent.txt"),
+    ):
+        with pytest.raises(ShareError) as info:
+            call()
+        assert not isinstance(info.value, RequestError)
+        assert isinstance(info.value, P2PError)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
+from typing import Any
 
-from peerd.threadjob import ThreadJob
+from peerd.threadjob import DiskWork, ThreadJob
 
 
 async def test_result_is_awaited_from_the_thread() -> None:
@@ -41,3 +43,61 @@ async def test_wait_blocks_until_the_thread_is_done() -> None:
     threading.Timer(0.1, gate.set).start()
     job.wait()
     assert gate.is_set()
+
+
+async def test_a_descriptor_is_closed_only_once_the_step_using_it_is_done(tmp_path: Any) -> None:
+    gate = threading.Event()
+    disk = DiskWork()
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+
+    def slow_write() -> None:
+        gate.wait(5)
+        os.write(fd, b"still mine")
+
+    async with asyncio.timeout(5):
+        task = asyncio.create_task(disk.run(slow_write))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        disk.close_when_idle(fd)
+        os.fstat(fd)  # not closed yet: the write is still to come
+        gate.set()
+        await asyncio.to_thread(_wait_closed, fd)
+    assert (tmp_path / "f").read_bytes() == b"still mine"
+
+
+def _wait_closed(fd: int) -> None:
+    for _ in range(500):
+        try:
+            os.fstat(fd)
+        except OSError:
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("the descriptor was never closed")
+
+
+async def test_what_a_cancelled_step_opened_is_released(tmp_path: Any) -> None:
+    gate = threading.Event()
+    released: list[int] = []
+    done = threading.Event()
+    disk = DiskWork()
+
+    def release(value: int) -> None:
+        released.append(value)
+        done.set()
+
+    def slow_open() -> int:
+        gate.wait(5)
+        return 42
+
+    async with asyncio.timeout(5):
+        task = asyncio.create_task(disk.run(slow_open, unwanted=release))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert released == []  # the open has not happened yet
+        gate.set()
+        assert await asyncio.to_thread(done.wait, 5)
+    assert released == [42]

@@ -1,0 +1,91 @@
+"""The install step (peerd/install.py): a verified partial file becomes the file, never over a
+different one unless asked, and never leaves the partial file behind."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from peerd.errors import DownloadError, FileConflict
+from peerd.install import existing_size, install
+from peerd.staging import Staging
+
+CONTENT = b"a baby koala\n"
+DIGEST = hashlib.sha256(CONTENT).digest()
+
+
+@pytest.fixture
+def staging(tmp_path: Path) -> Iterator[tuple[Staging, int]]:
+    """A verified partial file of CONTENT (open as the second item) and its sidecar."""
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    staging = Staging(dir_fd, "joey.txt", tmp_path / "joey.txt")
+    (tmp_path / staging.part).write_bytes(CONTENT)
+    (tmp_path / staging.meta).write_bytes(b"{}")
+    fd = os.open(tmp_path / staging.part, os.O_RDWR)
+    yield staging, fd
+    os.close(fd)
+    os.close(dir_fd)
+
+
+def names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_the_partial_file_becomes_the_file_and_nothing_else_is_left(
+    staging: tuple[Staging, int], tmp_path: Path
+) -> None:
+    assert install(staging[0], staging[1], "joey.txt", DIGEST, overwrite=False) is False
+    assert (tmp_path / "joey.txt").read_bytes() == CONTENT
+    assert names(tmp_path) == ["joey.txt"]
+
+
+def test_an_identical_file_already_there_is_success_and_the_partial_is_dropped(
+    staging: tuple[Staging, int], tmp_path: Path
+) -> None:
+    (tmp_path / "joey.txt").write_bytes(CONTENT)
+    assert install(staging[0], staging[1], "joey.txt", DIGEST, overwrite=False) is True
+    assert names(tmp_path) == ["joey.txt"]
+
+
+def test_a_different_file_that_appeared_meanwhile_is_a_conflict_and_kept(
+    staging: tuple[Staging, int], tmp_path: Path
+) -> None:
+    (tmp_path / "joey.txt").write_bytes(b"mine")
+    with pytest.raises(FileConflict):
+        install(staging[0], staging[1], "joey.txt", DIGEST, overwrite=False)
+    assert (tmp_path / "joey.txt").read_bytes() == b"mine"
+    assert names(tmp_path) == ["joey.txt"]
+
+
+def test_overwrite_replaces_a_different_file(staging: tuple[Staging, int], tmp_path: Path) -> None:
+    (tmp_path / "joey.txt").write_bytes(b"mine")
+    install(staging[0], staging[1], "joey.txt", DIGEST, overwrite=True)
+    assert (tmp_path / "joey.txt").read_bytes() == CONTENT
+    assert names(tmp_path) == ["joey.txt"]
+
+
+def test_a_failed_fsync_is_a_download_error_and_removes_the_partial(
+    staging: tuple[Staging, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_space(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(DownloadError, match="No space left on device"):
+        install(staging[0], staging[1], "joey.txt", DIGEST, overwrite=False)
+    assert names(tmp_path) == []
+
+
+def test_a_symlink_under_the_name_is_a_conflict(tmp_path: Path) -> None:
+    os.symlink("/etc/passwd", tmp_path / "joey.txt")
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(FileConflict, match="not a regular file"):
+            existing_size(dir_fd, "joey.txt", tmp_path / "joey.txt")
+        assert existing_size(dir_fd, "absent.txt", tmp_path / "absent.txt") is None
+    finally:
+        os.close(dir_fd)
