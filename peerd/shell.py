@@ -39,6 +39,7 @@ from netproto.errors import (
     NotFound,
     P2PError,
     RateLimited,
+    RemoteProtocolError,
     RequestError,
     Timeout,
     TokenExpired,
@@ -246,6 +247,8 @@ def explain(exc: BaseException, where: str = "the index") -> str:
         return f"{where} is offline or unreachable ({exc})"
     if isinstance(exc, VerificationFailed):
         return f"verification failed: {exc}"
+    if isinstance(exc, RemoteProtocolError):
+        return f"{where} broke the protocol ({exc})"
     if isinstance(exc, RequestError):
         return f"{where}: {exc.code}: {exc.message}"
     if isinstance(exc, DownloadError | P2PError):

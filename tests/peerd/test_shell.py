@@ -22,6 +22,7 @@ from netproto.errors import (
     ConnectionClosed,
     NotFound,
     RateLimited,
+    RemoteProtocolError,
     Timeout,
     TokenExpired,
 )
@@ -355,6 +356,11 @@ EXPIRED = "peer1 says our token has expired; it is renewed automatically, try ag
         (Timeout("no answer"), "peer1 did not answer in time (no answer)"),
         (NotFound("no such file"), "peer1: not found (no such file)"),
         (ConnectionClosed("reset"), "peer1 is offline or unreachable (reset)"),
+        (
+            RemoteProtocolError("the peer's stream header is malformed: size: expected an int"),
+            "peer1 broke the protocol (the peer's stream header is malformed: size: expected an"
+            " int)",
+        ),
         (
             untrusted_certificate(),
             "peer1 presented a certificate we do not trust (not from our CA, or not for that name)",
