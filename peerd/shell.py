@@ -183,19 +183,19 @@ class StreamLines:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self._buffer = b""
+        self._pending_input = b""
         self._eof = False
         self._pending = _PendingRead()
 
     def _read_line(self) -> str | None:
-        while b"\n" not in self._buffer and not self._eof:
+        while b"\n" not in self._pending_input and not self._eof:
             block = os.read(self.fd, 65536)
             if not block:
                 self._eof = True
-            self._buffer += block
-        if not self._buffer:
+            self._pending_input += block
+        if not self._pending_input:
             return None
-        line, _, self._buffer = self._buffer.partition(b"\n")
+        line, _, self._pending_input = self._pending_input.partition(b"\n")
         return line.decode("utf-8", "replace").rstrip("\r")
 
     async def read(self, prompt: str) -> str | None:
