@@ -301,7 +301,9 @@ class IndexService:
         """The handler table for :class:`netproto.server.Server`."""
         return {
             "register": Operation(Credentials.from_wire, self.handle_register, needs_token=False),
-            "auth": Operation(Credentials.from_wire, self.handle_auth, needs_token=False),
+            "auth": Operation(
+                Credentials.from_wire, self.handle_auth, needs_token=False, proves=True
+            ),
             "sync": Operation(SyncRequest.from_wire, self.handle_sync),
             "search": Operation(parse_search, self.handle_search, inline=True),
             "ping": Operation(PeerRequest.from_wire, self.handle_ping),

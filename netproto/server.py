@@ -14,11 +14,11 @@ import asyncio
 import collections
 import logging
 import ssl
-from collections import Counter
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from netproto import errors
+from netproto.admission import Admission, Admit, Caps, address_key
 from netproto.connection import FramedConnection, transport_errors
 from netproto.messages import Request
 from netproto.protocol import Rejected, ServerProtocol, Unreadable, encode_chunk_head
@@ -55,8 +55,16 @@ class Server:
         self.limits = limits or ServerLimits()
         self.name = name
         self._server: asyncio.Server | None = None
-        self._connections: set[ServerConnection] = set()
-        self._per_address: Counter[str] = Counter()
+        self._connections: dict[ServerConnection, None] = {}  # in the order accepted
+        limits = self.limits
+        self.admission = Admission(
+            Caps(
+                limits.max_connections,
+                limits.max_connections_per_address,
+                limits.max_pending,
+                limits.max_pending_per_address,
+            )
+        )
         self.closing = False
 
     @property
@@ -78,27 +86,23 @@ class Server:
         )
         log.info("%s listening on %s:%d", self.name, host, self.port)
 
-    def admit(self, conn: ServerConnection) -> bool | None:
-        """Count a new connection: True to serve it, False to answer BUSY after the
-        handshake, None to drop it at once (far past a cap, no handshake is spent on it)."""
-        limits, total, mine = self.limits, len(self._connections), self._per_address[conn.address]
-        if total >= 2 * limits.max_connections or mine >= 2 * limits.max_connections_per_address:
-            return None
-        self._connections.add(conn)
-        self._per_address[conn.address] += 1
-        return not (
-            self.closing
-            or total >= limits.max_connections
-            or mine >= limits.max_connections_per_address
-        )
+    def admit(self, conn: ServerConnection) -> Admit:
+        """Count a new connection against the caps; past the pending cap the oldest pending
+        connection makes room (:mod:`netproto.admission`)."""
+        verdict = self.admission.admit(conn.key, closing=self.closing)
+        if verdict is not Admit.DROP:
+            self._connections[conn] = None
+            while self.admission.over_pending:
+                oldest = next(c for c in self._connections if c.pending)
+                log.info("dropping unproven connection from %s for a newer one", oldest.address)
+                self.forget(oldest)
+                oldest.abort()
+        return verdict
 
     def forget(self, conn: ServerConnection) -> None:
         """A connection ended: uncount it."""
-        if conn in self._connections:
-            self._connections.discard(conn)
-            self._per_address[conn.address] -= 1
-            if not self._per_address[conn.address]:
-                del self._per_address[conn.address]
+        if self._connections.pop(conn, False) is None:
+            self.admission.release(conn.key, pending=conn.pending)
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop accepting, let requests in flight finish within ``grace``, then close all."""
@@ -119,7 +123,9 @@ class ServerConnection(FramedConnection):
         self.server = server
         self.limits = limits = server.limits
         super().__init__(ServerProtocol(limits.max_frame), limits.write_high_water)
-        self.address, self.port = "?", 0
+        self.address, self.port, self.key = "?", 0, "?"
+        self.pending = True
+        self._accepted = self.loop.time()
         self.state = ConnectionState()
         self.tasks: set[asyncio.Task[None]] = set()
         #: Requests read but not yet started (while output or in-flight slots are full).
@@ -134,12 +140,13 @@ class ServerConnection(FramedConnection):
         assert isinstance(transport, asyncio.Transport)
         peer = transport.get_extra_info("peername") or ("?", 0)
         self.address, self.port = str(peer[0]), int(peer[1])
+        self.key = address_key(self.address)
         admitted = self.server.admit(self)
-        if admitted is None:
+        if admitted is Admit.DROP:
             transport.abort()
             return
         transport.pause_reading()  # the TLS layer reads from here on
-        self._spawn(self._upgrade(transport, busy=not admitted))
+        self._spawn(self._upgrade(transport, busy=admitted is Admit.BUSY))
 
     async def _upgrade(self, tcp: asyncio.Transport, *, busy: bool) -> None:
         try:
@@ -164,6 +171,8 @@ class ServerConnection(FramedConnection):
             await self.close()
             return
         self._ready = True
+        if not self.limits.proof_required:
+            self._prove()  # finishing TLS is proof enough here
         self.schedule(self.loop.time())  # deadline() arms the idle or frame deadline
         self._dispatch()  # requests that arrived with the end of the handshake
 
@@ -219,6 +228,8 @@ class ServerConnection(FramedConnection):
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
         self._last_active = self.loop.time()
+        if self.pending and self.state.proven:
+            self._prove()
         if self._queue:
             self._dispatch()
 
@@ -266,12 +277,22 @@ class ServerConnection(FramedConnection):
         except Exception as exc:
             frame = self._error_frame(req, exc)
         self.write(frame)
+        if self.pending and self.state.proven:
+            self._prove()
+
+    def _prove(self) -> None:
+        """The client proved itself: it leaves the pending cap and its deadline."""
+        if self.pending:
+            self.pending = False
+            self.state.proven = True
+            self.server.admission.proven(self.key)
 
     async def _handle(self, req: Request, operation: Operation[Any] | None) -> None:
         try:
             ctx, body = self._prepare(req, operation)
             assert operation is not None
             result = await operation.handler(ctx, body)
+            self.state.proven |= operation.proves
             if isinstance(result, StreamReply):
                 await self._stream(req.id, result)
                 return
@@ -294,7 +315,7 @@ class ServerConnection(FramedConnection):
             state.principal.check_current()
             return state.principal
         principal = self.server.authenticate(token)
-        state.token, state.principal = token, principal
+        state.token, state.principal, state.proven = token, principal, True
         return principal
 
     async def _stream(self, rid: int, reply: StreamReply) -> None:
@@ -321,7 +342,8 @@ class ServerConnection(FramedConnection):
     # --- deadlines and shutdown -------------------------------------------------------
 
     def deadline(self, now: float) -> float | None:
-        """Cut off a stalled reader, time out an unfinished frame, close an idle connection."""
+        """Cut off a stalled reader; close a connection that did not prove itself in time,
+        sat idle too long, or left a frame unfinished (PROTOCOL.md §6)."""
         limits = self.limits
         if self.paused_since is not None:
             if now >= self.paused_since + limits.slow_reader_timeout:
@@ -331,21 +353,24 @@ class ServerConnection(FramedConnection):
             return self.paused_since + limits.slow_reader_timeout
         if not self._ready or not self._reading:
             return None
-        if self._frame_started is not None:
-            if now >= self._frame_started + limits.frame_timeout:
+        busy = self.tasks or self._queue  # not idle: a client receiving a fetch sends nothing
+        checks = [
+            (self._accepted + limits.pending_timeout if self.pending else None, None),
+            (
+                self._frame_started + limits.frame_timeout if self._frame_started else None,
+                errors.Timeout("frame not completed in time"),
+            ),
+            (None if busy else self._last_active + limits.idle_timeout, None),
+        ]
+        for when, error in checks:
+            if when is not None and now >= when:
+                log.debug("closing %s: %s", self.address, error or "idle or unproven")
                 self._stop_reading()
-                self.write(ServerProtocol.error(0, errors.Timeout("frame not completed in time")))
+                if error is not None:
+                    self.write(ServerProtocol.error(0, error))
                 self.loop.create_task(self.close())
                 return None
-            return self._frame_started + limits.frame_timeout
-        if self.tasks or self._queue:
-            # Not idle: a client receiving a long fetch has nothing to send.
-            return now + limits.idle_timeout
-        if now >= self._last_active + limits.idle_timeout:
-            log.debug("closing idle connection from %s", self.address)
-            self.loop.create_task(self.close())
-            return None
-        return self._last_active + limits.idle_timeout
+        return min((w for w, _ in checks if w is not None), default=now + limits.idle_timeout)
 
     async def shutdown(self, grace: float) -> None:
         """Stop reading; let requests in flight finish within ``grace`` and their answers

@@ -31,14 +31,24 @@ class ServerLimits:
     max_connections: int = 1024
     max_connections_per_address: int = 64
     max_in_flight: int = 512
+    #: Connections not yet proven (see :mod:`netproto.admission`): their own caps, and the
+    #: time they have to prove themselves before they are closed.
+    max_pending: int = 256
+    max_pending_per_address: int = 16
+    pending_timeout: float = 30.0
+    #: Whether a connection must prove itself by a valid token or a successful answer to an
+    #: operation that ``proves`` (a login), as the daemons require; else finishing TLS is.
+    proof_required: bool = False
 
 
 @dataclass
 class ConnectionState:
-    """Per-connection memory: the last verified token, so a token is verified once."""
+    """Per-connection memory: the last verified token, so a token is verified once; and
+    whether the client proved itself (a valid token, or a successful login)."""
 
     token: str | None = None
     principal: Principal | None = None
+    proven: bool = False
 
 
 @dataclass
@@ -86,6 +96,8 @@ class Operation(Generic[Req]):
     handler: Callable[[RequestContext, Req], Any]
     needs_token: bool = True
     inline: bool = False
+    #: A successful answer proves the client (a login): see ``ServerLimits.proof_required``.
+    proves: bool = False
 
 
 Authenticator = Callable[[str], Principal]

@@ -55,7 +55,28 @@ def add_daemon_flags(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=d.max_connections_per_address,
         metavar="N",
-        help="connections from one address before BUSY (%(default)s)",
+        help="connections from one address (an IPv6 /64) before BUSY (%(default)s)",
+    )
+    group.add_argument(
+        "--max-pending",
+        type=int,
+        default=d.max_pending,
+        metavar="N",
+        help="connections not yet proven by a token or login, in total (%(default)s)",
+    )
+    group.add_argument(
+        "--max-pending-per-address",
+        type=int,
+        default=d.max_pending_per_address,
+        metavar="N",
+        help="connections not yet proven, from one address or /64 (%(default)s)",
+    )
+    group.add_argument(
+        "--pending-timeout",
+        type=float,
+        default=d.pending_timeout,
+        metavar="S",
+        help="seconds a connection has to show a valid token or log in (%(default)s)",
     )
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
@@ -70,6 +91,10 @@ def limits_from_args(args: argparse.Namespace) -> ServerLimits:
         idle_timeout=args.idle_timeout,
         max_connections=args.max_connections,
         max_connections_per_address=args.max_connections_per_address,
+        max_pending=args.max_pending,
+        max_pending_per_address=args.max_pending_per_address,
+        pending_timeout=args.pending_timeout,
+        proof_required=True,
     )
 
 

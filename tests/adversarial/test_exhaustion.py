@@ -19,12 +19,14 @@ from typing import Any
 import pytest
 
 from indexd.staging import StagingLimits
-from netproto.errors import BadRequest, Busy, NotFound
+from netproto.errors import AuthFailed, BadRequest, Busy, ConnectionClosed, NotFound
 from netproto.operations import SharedFile, SyncPart, SyncRequest, split_sync
 from netproto.server import ServerLimits
 from tests.support.adversary import (
+    HEALTH_FILE,
     HEALTH_KEYWORD,
     HOST,
+    PASSWORD,
     STEP,
     assert_closed,
     assert_index_serves,
@@ -71,6 +73,95 @@ async def test_connections_past_the_per_address_cap_get_busy_while_other_address
                     break
                 except (AssertionError, Busy, ConnectionError, OSError):
                     await asyncio.sleep(0.05)
+
+
+# --- unproven connections (PROTOCOL.md §6) ----------------------------------------------------
+
+PROOF = ServerLimits(max_pending=8, max_pending_per_address=4, proof_required=True)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_strangers_holding_tcp_connections_without_tls_cannot_shut_out_a_client(
+    pki: Any, tmp_path: Path, kind: str
+) -> None:
+    async with live_daemons(pki, tmp_path, index_limits=PROOF, peer_limits=PROOF) as live:
+        port, _, _ = live.target(kind)
+        loop = asyncio.get_running_loop()
+        held: list[socket.socket] = []
+        try:
+            for n in range(3, 7):  # four addresses, each at its pending cap: 16 > 8 in all
+                for _ in range(PROOF.max_pending_per_address):
+                    sock = socket.socket()
+                    sock.setblocking(False)
+                    sock.bind((f"127.0.0.{n}", 0))
+                    await loop.sock_connect(sock, (HOST, port))
+                    held.append(sock)
+            await asyncio.sleep(0.2)
+            server = live.index._server if kind == "index" else live.peer._server
+            assert server is not None
+            assert server.admission.pending <= PROOF.max_pending
+            # A newcomer still gets in (the oldest unproven connection made room) and proves.
+            await assert_serves(live, kind)
+        finally:
+            for sock in held:
+                sock.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_unproven_connections_past_the_per_address_cap_are_dropped_at_once(
+    pki: Any, tmp_path: Path, kind: str
+) -> None:
+    async with live_daemons(pki, tmp_path, index_limits=PROOF, peer_limits=PROOF) as live:
+        port, name, ctx = live.target(kind)
+        attacker = ("127.0.0.3", 0)
+        held = [
+            await open_raw(port, name, ctx, local_addr=attacker)
+            for _ in range(PROOF.max_pending_per_address)
+        ]
+        with pytest.raises(OSError):  # reset before any handshake (ssl.SSLError is an OSError)
+            await open_raw(port, name, ctx, local_addr=attacker)
+        await assert_serves(live, kind)  # other addresses are served meanwhile
+        for _, w in held:
+            close_writer(w)
+
+
+async def test_a_peer_closes_a_tls_connection_that_shows_no_token_within_the_pending_timeout(
+    pki: Any, tmp_path: Path
+) -> None:
+    limits = ServerLimits(pending_timeout=1.0, proof_required=True)
+    async with live_daemons(pki, tmp_path, peer_limits=limits) as live:
+        port, name, ctx = live.target("peer")
+        started = time.monotonic()
+        reader, writer = await open_raw(port, name, ctx)
+        await assert_closed(reader)
+        assert 0.9 <= time.monotonic() - started < STEP
+        close_writer(writer)
+        # A client that shows its token in time stays: it is still served past the timeout.
+        conn = await open_conn(port, name, ctx)
+        body = {"keyword": HEALTH_KEYWORD}
+        assert await conn.request("list", body, live.token("peer2")) == [HEALTH_FILE]
+        await asyncio.sleep(1.5)
+        assert await conn.request("list", body, live.token("peer2")) == [HEALTH_FILE]
+        await conn.close()
+
+
+async def test_the_index_takes_a_login_as_proof_and_closes_a_connection_without_one(
+    pki: Any, tmp_path: Path
+) -> None:
+    limits = ServerLimits(pending_timeout=1.0, proof_required=True)
+    async with live_daemons(pki, tmp_path, index_limits=limits) as live:
+        port, name, ctx = live.target("index")
+        idle = await open_conn(port, name, ctx)
+        login = await open_conn(port, name, ctx)
+        await login.request("register", {"username": "prover", "password": PASSWORD})
+        await login.request("auth", {"username": "prover", "password": PASSWORD})
+        await asyncio.sleep(1.5)
+        with pytest.raises(ConnectionClosed):
+            await idle.request("register", {"username": "late", "password": PASSWORD})
+        with pytest.raises(AuthFailed):  # still open: the login proved it
+            await login.request("auth", {"username": "prover", "password": "wrong password"})
+        await login.close()
+        await assert_index_serves(live)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -345,7 +436,10 @@ async def _exhaust_and_recover(
 async def test_indexd_out_of_file_descriptors_keeps_running_and_serves_once_they_close(
     pki: Any, tmp_path: Path
 ) -> None:
-    caps = ("--max-connections", "1000", "--max-connections-per-address", "1000")
+    caps = (
+        *("--max-connections", "1000", "--max-connections-per-address", "1000"),
+        *("--max-pending", "1000", "--max-pending-per-address", "1000"),
+    )
     async with indexd_process(pki, tmp_path / "index", *caps, nofile=64) as daemon:
         await _exhaust_and_recover(pki, daemon, daemon.port, "indexd", pki.client_ctx())
         conn = await open_conn(daemon.port, "indexd", pki.client_ctx())
@@ -359,7 +453,10 @@ async def test_indexd_out_of_file_descriptors_keeps_running_and_serves_once_they
 async def test_peerd_out_of_file_descriptors_keeps_running_and_serves_once_they_close(
     pki: Any, tmp_path: Path
 ) -> None:
-    caps = ("--max-connections", "1000", "--max-connections-per-address", "1000")
+    caps = (
+        *("--max-connections", "1000", "--max-connections-per-address", "1000"),
+        *("--max-pending", "1000", "--max-pending-per-address", "1000"),
+    )
     async with live_daemons(pki, tmp_path) as live:
         share = tmp_path / "peer2-files"
         (share / "wombat").mkdir(parents=True)

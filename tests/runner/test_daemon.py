@@ -36,9 +36,9 @@ def _parser() -> argparse.ArgumentParser:
 # --- flags -------------------------------------------------------------------------------
 
 
-def test_without_flags_the_limits_are_the_server_defaults() -> None:
+def test_without_flags_the_limits_are_the_server_defaults_with_proof_required() -> None:
     args = _parser().parse_args([])
-    assert limits_from_args(args) == ServerLimits()
+    assert limits_from_args(args) == ServerLimits(proof_required=True)
     assert args.verbose == 0
 
 
@@ -47,6 +47,7 @@ def test_each_limit_flag_sets_its_limit() -> None:
         [
             *("--handshake-timeout", "1.5", "--frame-timeout", "2", "--idle-timeout", "3"),
             *("--max-connections", "40", "--max-connections-per-address", "5", "-vv"),
+            *("--max-pending", "7", "--max-pending-per-address", "3", "--pending-timeout", "4"),
         ]
     )
     assert limits_from_args(args) == ServerLimits(
@@ -55,6 +56,10 @@ def test_each_limit_flag_sets_its_limit() -> None:
         idle_timeout=3.0,
         max_connections=40,
         max_connections_per_address=5,
+        max_pending=7,
+        max_pending_per_address=3,
+        pending_timeout=4.0,
+        proof_required=True,
     )
     assert args.verbose == 2
 
