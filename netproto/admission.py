@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from dataclasses import dataclass
 from enum import Enum
+
+from netproto.service import ServerLimits
 
 
 class Admit(Enum):
@@ -38,20 +39,10 @@ def address_key(address: str) -> str:
     return str(ip)
 
 
-@dataclass
-class Caps:
-    """The limits :class:`Admission` enforces."""
-
-    max_connections: int
-    max_per_address: int
-    max_pending: int
-    max_pending_per_address: int
-
-
 class Admission:
-    """Counts connections by address key, pending or not, against :class:`Caps`."""
+    """Counts connections by address key, pending or not, against a server's caps."""
 
-    def __init__(self, caps: Caps) -> None:
+    def __init__(self, caps: ServerLimits) -> None:
         self.caps = caps
         self.total = 0
         self.pending = 0
@@ -64,10 +55,14 @@ class Admission:
         if (
             self._pending_by_key[key] >= caps.max_pending_per_address
             or self.total >= 2 * caps.max_connections
-            or mine >= 2 * caps.max_per_address
+            or mine >= 2 * caps.max_connections_per_address
         ):
             return Admit.DROP
-        over = closing or self.total >= caps.max_connections or mine >= caps.max_per_address
+        over = (
+            closing
+            or self.total >= caps.max_connections
+            or mine >= caps.max_connections_per_address
+        )
         self.total += 1
         self._by_key[key] += 1
         self.pending += 1

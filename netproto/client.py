@@ -3,7 +3,7 @@
 Many requests may be in flight on one connection; answers may arrive in any order. Errors the
 server sent are raised as the same typed classes it raised; a server that breaks the protocol
 is a :class:`RemoteProtocolError`, and a request we cannot send a :class:`LocalProtocolError`.
-Request deadlines share the connection's one timer (PROTOCOL.md §6).
+Each request has its deadline (PROTOCOL.md §6).
 """
 
 from __future__ import annotations
@@ -11,29 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
 from cryptography import x509
 
 from netproto.connection import FramedConnection, transport_errors
-from netproto.errors import (
-    ConnectionClosed,
-    P2PError,
-    RemoteProtocolError,
-    RequestError,
-    Timeout,
-)
+from netproto.errors import ConnectionClosed, P2PError, RemoteProtocolError, RequestError, Timeout
 from netproto.framing import DEFAULT_MAX_FRAME
-from netproto.messages import (
-    ErrorReply,
-    Reply,
-    ServerMessage,
-    StreamChunk,
-    StreamEnd,
-    StreamStart,
-)
+from netproto.messages import ErrorReply, Reply, ServerMessage, StreamChunk, StreamEnd, StreamStart
 from netproto.protocol import ClientProtocol
 
 log = logging.getLogger(__name__)
@@ -112,9 +98,6 @@ class Connection(FramedConnection):
         super().__init__(self.protocol, 4 << 20)
         self.request_timeout = request_timeout
         self._pending: dict[int, asyncio.Future[Any]] = {}
-        # Deadlines of plain requests in the order they were sent; with one timeout for all
-        # they are also in time order, so the connection's one timer serves them all.
-        self._deadlines: deque[tuple[float, asyncio.Future[Any], str]] = deque()
         self.streams: dict[int, ResponseStream] = {}
         self.paused_by: ResponseStream | None = None
 
@@ -182,31 +165,13 @@ class Connection(FramedConnection):
         future: asyncio.Future[Any] = self.loop.create_future()
         rid = self._send(op, body, token)
         self._pending[rid] = future
-        deadline = self.loop.time() + (timeout if timeout is not None else self.request_timeout)
-        deadlines = self._deadlines
-        if not deadlines or deadline >= deadlines[-1][0]:
-            deadlines.append((deadline, future, op))
-            self.schedule(deadlines[0][0])
-        else:  # a shorter timeout than those queued: a timer of its own
-            self.loop.call_at(deadline, _time_out, future, op)
+        wait = timeout if timeout is not None else self.request_timeout
+        timer = self.loop.call_later(wait, _time_out, future, op)
         try:
             return await future
         finally:
+            timer.cancel()
             self._pending.pop(rid, None)
-            while deadlines and deadlines[0][1].done():
-                deadlines.popleft()
-
-    def deadline(self, now: float) -> float | None:
-        """Fail the requests whose deadline has passed; return the next deadline."""
-        deadlines = self._deadlines
-        while deadlines:
-            when, future, op = deadlines[0]
-            if not future.done():
-                if when > now:
-                    return when
-                _time_out(future, op)
-            deadlines.popleft()
-        return None
 
     async def stream(
         self,
@@ -293,7 +258,6 @@ class Connection(FramedConnection):
 
     def closing(self, failure: P2PError) -> None:
         """Fail every request and stream still waiting."""
-        self._deadlines.clear()
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(failure)

@@ -1,13 +1,8 @@
-"""The one asyncio connection class, used by the server and the client alike.
-
-:class:`FramedConnection` is an :class:`asyncio.BufferedProtocol`: the transport (TLS decrypts
-straight into the buffers the sans-I/O core hands out) calls :meth:`get_buffer` and
-:meth:`buffer_updated`, which feed the core; a subclass says what to do with what the core
-completed (a server answers requests, a client matches answers to its requests). Frames
-written in one event-loop turn leave as one TLS write; write flow control comes from
-:meth:`pause_writing`/:meth:`resume_writing`; deadlines are one ``loop.call_at`` timer owned by
-the connection. This module is the one place where ``OSError`` and ``ssl.SSLError`` become the
-project's :class:`ConnectionClosed` (or :class:`Timeout`).
+"""The one asyncio connection class of server and client: an :class:`asyncio.BufferedProtocol`
+whose transport decrypts into the sans-I/O core's buffers. Frames written in one event-loop
+turn leave as one TLS write; flow control comes from ``pause_writing``/``resume_writing``;
+deadlines are one ``loop.call_at`` timer the connection owns. The one place where ``OSError``
+and ``ssl.SSLError`` become :class:`ConnectionClosed` (or :class:`Timeout`).
 """
 
 from __future__ import annotations
@@ -16,11 +11,12 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any
 
 from cryptography import x509
 
 from netproto.errors import ConnectionClosed, P2PError, Timeout
+from netproto.protocol import ClientProtocol, ServerProtocol
 
 #: Frames this long or longer are written at once rather than batched.
 _LARGE = 64 << 10
@@ -30,20 +26,6 @@ _BATCH = 16 << 10
 #: The low-water mark sits this far under the high one, so a slow but steady reader is never
 #: taken for a stalled one (PROTOCOL.md §6 cuts off output that *stays* above the mark).
 _LOW_GAP = 512 << 10
-
-
-class Core(Protocol):
-    """The sans-I/O side a connection feeds (:mod:`netproto.protocol`)."""
-
-    @property
-    def in_frame(self) -> bool:
-        """True while a frame has started arriving but is not complete."""
-
-    def get_buffer(self, sizehint: int = -1) -> memoryview:
-        """Where the next received bytes go."""
-
-    def buffer_updated(self, nbytes: int) -> list[Any]:
-        """``nbytes`` arrived; return what they completed."""
 
 
 @contextlib.contextmanager
@@ -58,19 +40,10 @@ def transport_errors(what: str) -> Iterator[None]:
         raise ConnectionClosed(f"{what}: {exc or type(exc).__name__}") from exc
 
 
-def closed_reason(exc: BaseException | None) -> ConnectionClosed:
-    """The :class:`ConnectionClosed` for a transport's ``connection_lost(exc)``."""
-    if exc is None:
-        return ConnectionClosed("connection closed")
-    error = ConnectionClosed(str(exc) or type(exc).__name__)
-    error.__cause__ = exc
-    return error
-
-
 class FramedConnection(asyncio.BufferedProtocol):
     """One connection: receiving into the core, coalesced writing, flow control, one timer."""
 
-    def __init__(self, core: Core, high_water: int) -> None:
+    def __init__(self, core: ServerProtocol | ClientProtocol, high_water: int) -> None:
         self.core = core
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
@@ -88,8 +61,6 @@ class FramedConnection(asyncio.BufferedProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
 
-    # --- what a subclass provides -----------------------------------------------------------
-
     def received(self, events: list[Any]) -> None:
         """Handle what the core completed from one read."""
         raise NotImplementedError
@@ -100,8 +71,6 @@ class FramedConnection(asyncio.BufferedProtocol):
 
     def closing(self, failure: P2PError) -> None:
         """The connection is gone (``failure`` says why): fail whatever still waits on it."""
-
-    # --- transport callbacks ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Take a (TLS) transport: set its write limits and read the peer's certificate."""
@@ -145,7 +114,9 @@ class FramedConnection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The transport is gone: fail every waiter, once."""
-        self._fail(self.failure or closed_reason(exc))
+        reason = ConnectionClosed(str(exc) or type(exc).__name__ if exc else "connection closed")
+        reason.__cause__ = exc
+        self._fail(self.failure or reason)
         if not self.lost.done():
             self.lost.set_result(None)
 
@@ -161,8 +132,6 @@ class FramedConnection(asyncio.BufferedProtocol):
             waiter.set_exception(failure)
             waiter.exception()  # retrieved: nobody need be waiting on it
         self.closing(failure)
-
-    # --- writing -----------------------------------------------------------------------
 
     @property
     def is_closing(self) -> bool:
@@ -220,8 +189,6 @@ class FramedConnection(asyncio.BufferedProtocol):
         if self._writable is not None:
             await asyncio.shield(self._writable)
 
-    # --- the timer ---------------------------------------------------------------------
-
     def schedule(self, when: float) -> None:
         """Make sure the timer fires no later than ``when`` (loop time)."""
         if when < self._timer_at and self.failure is None:
@@ -236,8 +203,6 @@ class FramedConnection(asyncio.BufferedProtocol):
             when = self.deadline(self.loop.time())
             if when is not None:
                 self.schedule(when)
-
-    # --- closing -----------------------------------------------------------------------
 
     async def close(self, timeout: float = 1.0) -> None:
         """Flush, close gracefully (TLS close_notify) within ``timeout``, else abort."""

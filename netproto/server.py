@@ -18,8 +18,9 @@ from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from netproto import errors
-from netproto.admission import Admission, Admit, Caps, address_key
+from netproto.admission import Admission, Admit, address_key
 from netproto.connection import FramedConnection, transport_errors
+from netproto.dispatch import Dispatcher
 from netproto.messages import Request
 from netproto.protocol import Rejected, ServerProtocol, Unreadable, encode_chunk_head
 from netproto.service import (
@@ -32,7 +33,6 @@ from netproto.service import (
     StreamReply,
     to_wire,
 )
-from netproto.tokens import Principal
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +56,8 @@ class Server:
         self.name = name
         self._server: asyncio.Server | None = None
         self._connections: dict[ServerConnection, None] = {}  # in the order accepted
-        limits = self.limits
-        self.admission = Admission(
-            Caps(
-                limits.max_connections,
-                limits.max_connections_per_address,
-                limits.max_pending,
-                limits.max_pending_per_address,
-            )
-        )
+        self.admission = Admission(self.limits)
+        self.dispatch = Dispatcher(operations, authenticate, self.limits.max_frame)
         self.closing = False
 
     @property
@@ -246,36 +239,16 @@ class ServerConnection(FramedConnection):
 
     # --- answering ---------------------------------------------------------------------
 
-    def _prepare(self, req: Request, operation: Operation[Any] | None) -> tuple[Any, Any]:
-        if operation is None:
-            raise errors.UnknownOp(f"unknown operation {req.op!r}")
-        ctx = RequestContext(self.address, self.port, self.peer_cert, conn=self.state)
-        if operation.needs_token:
-            ctx.principal = self._authenticate(req.token)
-        return ctx, operation.parse(req.body)
-
-    def _reply_frame(self, req: Request, result: Any) -> bytes:
-        if isinstance(result, PackedReply):
-            frame = ServerProtocol.reply_packed(req.id, result.body)
-        else:
-            frame = ServerProtocol.reply(req.id, to_wire(result))
-        if len(frame) - 4 > self.limits.max_frame:
-            log.error("reply to %s is %d bytes, over the frame limit", req.op, len(frame))
-            raise errors.Internal()
-        return frame
-
-    def _error_frame(self, req: Request, exc: Exception) -> bytes:
-        if not isinstance(exc, errors.RequestError):
-            log.error("handler for %r failed", req.op, exc_info=exc)
-            exc = errors.Internal()
-        return ServerProtocol.error(req.id, exc)
+    def context(self) -> RequestContext:
+        """A request's view of this connection."""
+        return RequestContext(self.address, self.port, self.peer_cert, conn=self.state)
 
     def _answer_inline(self, req: Request, operation: Operation[Any]) -> None:
         try:
-            ctx, body = self._prepare(req, operation)
-            frame = self._reply_frame(req, operation.handler(ctx, body))
+            ctx, body = self.server.dispatch.prepare(req, operation, self.context())
+            frame = self.server.dispatch.reply_frame(req, operation.handler(ctx, body))
         except Exception as exc:
-            frame = self._error_frame(req, exc)
+            frame = self.server.dispatch.error_frame(req, exc)
         self.write(frame)
         if self.pending and self.state.proven:
             self._prove()
@@ -289,34 +262,19 @@ class ServerConnection(FramedConnection):
 
     async def _handle(self, req: Request, operation: Operation[Any] | None) -> None:
         try:
-            ctx, body = self._prepare(req, operation)
+            ctx, body = self.server.dispatch.prepare(req, operation, self.context())
             assert operation is not None
             result = await operation.handler(ctx, body)
             self.state.proven |= operation.proves
             if isinstance(result, StreamReply):
                 await self._stream(req.id, result)
                 return
-            frame = self._reply_frame(req, result)
+            frame = self.server.dispatch.reply_frame(req, result)
         except errors.ConnectionClosed:
             return
         except Exception as exc:
-            frame = self._error_frame(req, exc)
+            frame = self.server.dispatch.error_frame(req, exc)
         self.write(frame)
-
-    def _authenticate(self, token: str | None) -> Principal:
-        if token is None:
-            raise errors.AuthRequired()
-        if self.server.authenticate is None:
-            raise errors.Internal()
-        state = self.state
-        # One verification per token per connection: the signature check costs more than a
-        # whole pipelined request (BENCHMARKS.md); expiry is still checked on every use.
-        if token == state.token and state.principal is not None:
-            state.principal.check_current()
-            return state.principal
-        principal = self.server.authenticate(token)
-        state.token, state.principal, state.proven = token, principal, True
-        return principal
 
     async def _stream(self, rid: int, reply: StreamReply) -> None:
         self.write(ServerProtocol.stream_start(rid, to_wire(reply.header)))

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from netproto.admission import Admission, Admit, Caps, address_key
+from netproto.admission import Admission, Admit, address_key
+from netproto.service import ServerLimits
 
 
-def caps(**changes: int) -> Caps:
+def caps(**changes: int) -> ServerLimits:
     values = {
         "max_connections": 10,
-        "max_per_address": 4,
+        "max_connections_per_address": 4,
         "max_pending": 6,
         "max_pending_per_address": 2,
     }
     values.update(changes)
-    return Caps(**values)
+    return ServerLimits(**values)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
