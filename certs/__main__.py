@@ -47,6 +47,7 @@ def _load_ca(directory: Path) -> tuple[x509.Certificate, ed25519.Ed25519PrivateK
                 f"no CA in {directory}: {path} not found"
                 f" (make one first: python -m certs ca --dir {directory})"
             )
+    pki.check_private_key_file(key_path)
     return pki.load_cert(cert_path), pki.load_key(key_path)
 
 

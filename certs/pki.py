@@ -3,15 +3,19 @@
 Every daemon is both a TLS server and a TLS client (peers use mutual TLS), so each leaf carries
 ``serverAuth`` and ``clientAuth``. Its DNS SAN is the name the others verify it by (its
 ``domain_name``), plus loopback addresses for local use. Keys are PEM PKCS#8, written with mode
-0600 from the moment the file exists, and never replaced unless asked.
+0600 from the moment the file exists, and never replaced unless asked (then as a new file:
+the old one is unlinked first). A daemon loads a key only if it is its user's own file with
+mode 0600 (:func:`check_private_key_file`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -26,6 +30,7 @@ __all__ = [
     "CA_CERT_NAME",
     "CA_KEY_NAME",
     "check_absent",
+    "check_private_key_file",
     "fingerprint",
     "init_pki",
     "issue_leaf",
@@ -218,16 +223,23 @@ def fingerprint(cert: x509.Certificate) -> str:
 
 
 def _write_file(path: Path, data: bytes, mode: int, what: str, overwrite: bool) -> None:
-    """Write ``data`` to a file that has ``mode`` from the moment it exists."""
-    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    flags |= os.O_TRUNC if overwrite else os.O_EXCL
+    """Write ``data`` to a new file that has ``mode`` from the moment it exists.
+
+    Replacing (``overwrite``) unlinks the old name first and then creates a new file with
+    ``O_EXCL``: rewriting the old inode would keep its owner, its other hard links, and any
+    descriptor another user opened while it was readable, all of which would see the new key.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    flags |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    if overwrite:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # a symlink is removed itself, never followed
     try:
         fd = os.open(path, flags, mode)
     except FileExistsError:
         raise FileExistsError(f"refusing to overwrite existing {what} {path}") from None
     with os.fdopen(fd, "wb") as f:
-        # An overwritten file keeps its old mode, and umask may narrow a new one: set it
-        # explicitly before a single byte goes in.
+        # umask may narrow the mode of the new file: set it explicitly before a byte goes in.
         os.fchmod(f.fileno(), mode)
         f.write(data)
         f.flush()
@@ -273,6 +285,22 @@ def load_key(path: Path) -> ed25519.Ed25519PrivateKey:
     if not isinstance(key, ed25519.Ed25519PrivateKey):
         raise ValueError(f"{path} is not an Ed25519 private key")
     return key
+
+
+def check_private_key_file(path: Path) -> None:
+    """Raise ValueError unless the key file belongs to this user and only this user may read
+    it (mode 0600 or 0400: no group or other bits, no execute bit)."""
+    st = os.stat(path)
+    if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
+        raise ValueError(
+            f"private key {path} belongs to uid {st.st_uid}, not to this user"
+            f" (uid {os.geteuid()}); a key must be your own file"
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & ~_KEY_MODE:
+        raise ValueError(
+            f"private key {path} has mode {mode:04o}; it must be 0600 (chmod 600 {path})"
+        )
 
 
 def leaf_paths(directory: Path, name: str) -> tuple[Path, Path]:
@@ -329,7 +357,8 @@ def load_identity(
     """Load a daemon's certificate, key and CA, and check they belong together.
 
     Raises ValueError with one readable line: a file that cannot be read or parsed, a key
-    that is not the certificate's, or a certificate the CA did not issue.
+    file that is not this user's own with mode 0600, a key that is not the certificate's, or a
+    certificate the CA did not issue.
     """
 
     def load(what: str, path: Path, loader: Callable[[Path], T]) -> T:
@@ -342,6 +371,7 @@ def load_identity(
 
     cert = load("certificate", cert_path, load_cert)
     key = load("private key", key_path, load_key)
+    check_private_key_file(key_path)
     ca = load("CA certificate", ca_path, load_cert)
     raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
     cert_key = cert.public_key()

@@ -130,6 +130,45 @@ def test_cli_force_overwrites_existing_key(tmp_path: Path) -> None:
     assert mode(tmp_path / "peer1.key") == 0o600
 
 
+def test_cli_force_unlinks_the_old_key_so_an_open_descriptor_never_sees_the_new_one(
+    tmp_path: Path,
+) -> None:
+    init_pki(tmp_path, ["peer1"])
+    key = tmp_path / "peer1.key"
+    key.chmod(0o644)  # once readable by others, who kept it open
+    spy = key.open("rb")
+    old_inode = key.stat().st_ino
+    try:
+        assert main(["issue", "peer1", "--dir", str(tmp_path), "--force"]) == 0
+        assert key.stat().st_ino != old_inode  # a new file, not the old one rewritten
+        assert mode(key) == 0o600
+        assert spy.read() != key.read_bytes()  # the old descriptor reads the old key only
+    finally:
+        spy.close()
+
+
+def test_cli_force_replaces_a_symlink_without_writing_through_it(tmp_path: Path) -> None:
+    init_pki(tmp_path, ["peer1"])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_bytes(b"not a key\n")
+    (tmp_path / "peer1.key").unlink()
+    (tmp_path / "peer1.key").symlink_to(elsewhere)
+    assert main(["issue", "peer1", "--dir", str(tmp_path), "--force"]) == 0
+    assert elsewhere.read_bytes() == b"not a key\n"
+    assert not (tmp_path / "peer1.key").is_symlink() and mode(tmp_path / "peer1.key") == 0o600
+
+
+def test_cli_issue_refuses_a_ca_key_readable_by_others(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["ca", "--dir", str(tmp_path)]) == 0
+    (tmp_path / "ca.key").chmod(0o640)
+    assert main(["issue", "peer1", "--dir", str(tmp_path)]) == ExitCode.FAILURE
+    err = capsys.readouterr().err
+    assert err.startswith("certs: private key") and "mode 0640" in err and "chmod 600" in err
+    assert not (tmp_path / "peer1.key").exists()
+
+
 def test_cli_bad_name_exits_failure_with_error_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -596,6 +596,28 @@ def test_load_identity_refuses_a_certificate_from_another_ca(tmp_path: Path) -> 
         load_identity(a / "peer1.crt", a / "peer1.key", b / "ca.crt")
 
 
+@pytest.mark.parametrize("bits", [0o640, 0o604, 0o644, 0o660, 0o700, 0o666])
+def test_load_identity_refuses_a_key_others_may_read_or_write(tmp_path: Path, bits: int) -> None:
+    init_pki(tmp_path, ["peer1"])
+    (tmp_path / "peer1.key").chmod(bits)
+    with pytest.raises(ValueError, match=f"mode {bits:04o}.*chmod 600"):
+        load_identity(tmp_path / "peer1.crt", tmp_path / "peer1.key", tmp_path / "ca.crt")
+
+
+def test_load_identity_accepts_an_owner_read_only_key(tmp_path: Path) -> None:
+    init_pki(tmp_path, ["peer1"])
+    (tmp_path / "peer1.key").chmod(0o400)
+    load_identity(tmp_path / "peer1.crt", tmp_path / "peer1.key", tmp_path / "ca.crt")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file away needs root")
+def test_load_identity_refuses_a_key_owned_by_another_user(tmp_path: Path) -> None:
+    init_pki(tmp_path, ["peer1"])
+    os.chown(tmp_path / "peer1.key", 65534, 65534)
+    with pytest.raises(ValueError, match="belongs to uid 65534"):
+        load_identity(tmp_path / "peer1.crt", tmp_path / "peer1.key", tmp_path / "ca.crt")
+
+
 def test_load_identity_names_an_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot read certificate"):
         load_identity(tmp_path / "none.crt", tmp_path / "none.key", tmp_path / "ca.crt")
