@@ -178,8 +178,7 @@ async def test_connections_past_the_total_cap_get_busy_until_some_close(
             if server.connection_count >= 6:
                 break
             held.append(await open_raw(port, name, ctx, local_addr=(f"127.0.1.{i}", 0)))
-            want = min(6, len(held))
-            await wait_until(lambda want=want: server.connection_count >= want, STEP)
+            await wait_until(lambda: server.connection_count >= min(6, len(held)), STEP)
         reader, writer = await open_raw(port, name, ctx, local_addr=("127.0.2.1", 0))
         await expect_error_and_close(reader, "BUSY")
         close_writer(writer)

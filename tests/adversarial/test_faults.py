@@ -340,8 +340,10 @@ async def test_a_handler_that_raises_answers_internal_and_everything_else_is_ser
             return_exceptions=True,
         )
         assert isinstance(results[0], Internal) and results[0].message == "internal error"
+        assert not isinstance(results[1], BaseException), results[1]
         assert [h["domain_name"] for h in results[1]] == ["peer1"]
         assert isinstance(results[2], Internal) and "secret" not in results[2].message
+        assert not isinstance(results[3], BaseException), results[3]
         assert results[3]["token"]
         # The failed sync changed nothing: the name is still free, and the connection works.
         reply = await conn.request(

@@ -75,7 +75,7 @@ async def _refused(
 async def test_a_trailer_replayed_from_an_earlier_fetch_fails_the_nonce_check(
     hostile: HostilePeer, pki: Any, tmp_path: Path
 ) -> None:
-    recorded: dict[str, Any] = {}
+    recorded: dict[str, dict[str, Any]] = {}
 
     def replay(req: Any, sub: str, honest: dict[str, Any]) -> dict[str, Any]:
         return recorded.setdefault("trailer", honest)  # the first answer, forever
@@ -288,10 +288,13 @@ async def test_the_live_peer_signs_exactly_what_it_sends_for_this_requester_and_
     pki: Any, tmp_path: Path
 ) -> None:
     async with live_daemons(pki, tmp_path) as live:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
         from certs import load_cert
         from netproto.signing import fetch_signature_valid, fetch_signing_payload
 
         key = load_cert(pki.cert("peer1")).public_key()
+        assert isinstance(key, Ed25519PublicKey)
         nonces = [os.urandom(32), os.urandom(32)]
         trailers = []
         for requester, nonce in zip(("peer2", "peer3"), nonces, strict=True):
@@ -301,7 +304,7 @@ async def test_the_live_peer_signs_exactly_what_it_sends_for_this_requester_and_
             trailers.append((requester, nonce, stream.trailer()))
             await peer.close()
         for requester, nonce, trailer in trailers:
-            fields = dict(
+            fields: dict[str, Any] = dict(
                 signer="peer1", requester=requester, keyword=HEALTH_KEYWORD,
                 file_name=HEALTH_FILE, size=len(HEALTH_CONTENT), sha256=sha256(HEALTH_CONTENT),
             )  # fmt: skip

@@ -134,6 +134,16 @@ def unsigned(alg: str, signature: str = "") -> Forge:
     return lambda pki: f"{_json({'alg': alg, 'typ': 'JWT'})}.{_json(claims())}.{signature}"
 
 
+def keyed_with_public_form(i: int) -> Forge:
+    """HS256 with the index's public key (in form ``i`` of :func:`_public_forms`) as secret."""
+    return lambda pki: hmac_token("HS256", _public_forms(pki)[i], claims())
+
+
+def with_header(extra: dict[str, Any]) -> Forge:
+    """Really signed, with ``extra`` added to the header."""
+    return lambda pki: real(pki, {**HEADER, **extra})
+
+
 def _swap_segment(pki: Any, index: int, value: str) -> str:
     parts = real(pki).split(".")
     parts[index] = value
@@ -141,7 +151,7 @@ def _swap_segment(pki: Any, index: int, value: str) -> str:
 
 
 NOW = int(time.time())
-STEERING_HEADERS = {
+STEERING_HEADERS: dict[str, dict[str, Any]] = {
     "crit": {"crit": ["exp"]},
     "jku": {"jku": "https://evil.invalid/jwks.json"},
     "kid": {"kid": "../../../../dev/null"},
@@ -160,10 +170,7 @@ FORGERIES: dict[str, tuple[Forge, str]] = {
         INVALID,
     ),
     **{
-        f"HS256 keyed with the public key ({form})": (
-            lambda pki, i=i: hmac_token("HS256", _public_forms(pki)[i], claims()),
-            INVALID,
-        )
+        f"HS256 keyed with the public key ({form})": (keyed_with_public_form(i), INVALID)
         for i, form in enumerate(["raw", "SPKI PEM", "SPKI DER", "certificate PEM"])
     },
     "HS512 keyed with the public key": (
@@ -191,10 +198,7 @@ FORGERIES: dict[str, tuple[Forge, str]] = {
     "signature truncated": (lambda pki: real(pki)[:-4], INVALID),
     "signature empty": (lambda pki: _swap_segment(pki, 2, ""), INVALID),
     # -- headers that steer key selection
-    **{
-        f"header {name}": (lambda pki, extra=extra: real(pki, {**HEADER, **extra}), INVALID)
-        for name, extra in STEERING_HEADERS.items()
-    },
+    **{f"header {name}": (with_header(extra), INVALID) for name, extra in STEERING_HEADERS.items()},
     "header without typ": (lambda pki: real(pki, {"alg": "EdDSA"}), INVALID),
     "embedded jwk of the attacker's key": (
         lambda pki: eddsa(

@@ -141,7 +141,7 @@ async def test_error_mid_stream_is_raised_typed_and_the_connection_stays_usable(
 ) -> None:
     async with asyncio.timeout(TIMEOUT):
         stream = await conn.stream("stream", {"count": 5, "size": 10, "fail_at": 2})
-        received: list[bytes] = []
+        received: list[bytes | memoryview] = []
         with pytest.raises(NotFound, match="vanished"):
             async for chunk in stream.chunks():
                 received.append(chunk)

@@ -10,7 +10,7 @@ import hashlib
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -370,7 +370,7 @@ def test_requests_before_an_unreadable_frame_come_out_before_it() -> None:
     buf = protocol.get_buffer(-1)
     buf[: len(data)] = data
     *requests, last = protocol.buffer_updated(len(data))
-    assert [r.id for r in requests] == [1, 2]
+    assert [cast(Request, r).id for r in requests] == [1, 2]
     assert isinstance(last, Unreadable) and isinstance(last.error, FrameTooLarge)
 
 

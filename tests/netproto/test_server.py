@@ -676,7 +676,7 @@ async def test_requests_before_an_unreadable_frame_are_answered(
         )
         good = pack({"v": 1, "id": 9, "op": "echo", "body": {"k": 1}})
         writer.write(encode_frame(good) + encode_frame(b"\xc1"))
-        answers = []
+        answers: list[dict[str, Any]] = []
         while len(answers) < 2:
             (n,) = struct.unpack(">I", await reader.readexactly(4))
             answers.append(unpack_map(await reader.readexactly(n)))
@@ -702,7 +702,7 @@ async def test_frame_deadline_applies_to_each_frame_not_to_a_burst(
             writer.write(frames[start : start + 7])
             await writer.drain()
             await asyncio.sleep(0.1)
-        answers = []
+        answers: list[dict[str, Any]] = []
         while len(answers) < 8:
             (n,) = struct.unpack(">I", await reader.readexactly(4))
             answers.append(unpack_map(await reader.readexactly(n)))
