@@ -14,8 +14,11 @@ from __future__ import annotations
 import ipaddress
 from collections import Counter
 from enum import Enum
+from typing import Generic, TypeVar
 
 from netproto.service import ServerLimits
+
+C = TypeVar("C")
 
 
 class Admit(Enum):
@@ -39,53 +42,66 @@ def address_key(address: str) -> str:
     return str(ip)
 
 
-class Admission:
-    """Counts connections by address key, pending or not, against a server's caps."""
+class Admission(Generic[C]):
+    """Counts connections (any hashable handle) by address key, pending or not, against a
+    server's caps; remembers the order they came in, to pick the oldest pending one."""
 
     def __init__(self, caps: ServerLimits) -> None:
         self.caps = caps
-        self.total = 0
-        self.pending = 0
+        self._keys: dict[C, str] = {}  # every counted connection, in the order admitted
+        self._pending: dict[C, str] = {}  # those not yet proven, in the order admitted
         self._by_key: Counter[str] = Counter()
         self._pending_by_key: Counter[str] = Counter()
 
-    def admit(self, key: str, *, closing: bool = False) -> Admit:
-        """Count a new (pending) connection from ``key``, or say why not to serve it."""
+    @property
+    def connections(self) -> list[C]:
+        """The connections counted now, oldest first."""
+        return list(self._keys)
+
+    @property
+    def total(self) -> int:
+        """How many connections are counted."""
+        return len(self._keys)
+
+    @property
+    def pending(self) -> int:
+        """How many of them are not yet proven."""
+        return len(self._pending)
+
+    def admit(self, conn: C, key: str, *, closing: bool = False) -> tuple[Admit, list[C]]:
+        """Count a new (pending) connection from ``key``, or say why not to serve it; also
+        return the oldest pending connections it pushed out (the caller closes them)."""
         caps, mine = self.caps, self._by_key[key]
         if (
             self._pending_by_key[key] >= caps.max_pending_per_address
             or self.total >= 2 * caps.max_connections
             or mine >= 2 * caps.max_connections_per_address
         ):
-            return Admit.DROP
-        over = (
-            closing
-            or self.total >= caps.max_connections
-            or mine >= caps.max_connections_per_address
-        )
-        self.total += 1
+            return Admit.DROP, []
+        over = closing or self.total >= caps.max_connections
+        self._keys[conn] = self._pending[conn] = key
         self._by_key[key] += 1
-        self.pending += 1
         self._pending_by_key[key] += 1
-        return Admit.BUSY if over else Admit.SERVE
+        evicted = []
+        while self.pending > caps.max_pending:
+            oldest = next(iter(self._pending))
+            self.release(oldest)
+            evicted.append(oldest)
+        busy = over or mine >= caps.max_connections_per_address
+        return (Admit.BUSY if busy else Admit.SERVE), evicted
 
-    @property
-    def over_pending(self) -> bool:
-        """True while more connections are pending than the total pending cap: the caller
-        closes its oldest pending connection."""
-        return self.pending > self.caps.max_pending
+    def proven(self, conn: C) -> None:
+        """A pending connection proved itself: it leaves the pending cap."""
+        key = self._pending.pop(conn, None)
+        if key is not None:
+            _decrement(self._pending_by_key, key)
 
-    def proven(self, key: str) -> None:
-        """A pending connection from ``key`` proved itself: it leaves the pending cap."""
-        self.pending -= 1
-        _decrement(self._pending_by_key, key)
-
-    def release(self, key: str, *, pending: bool) -> None:
-        """A counted connection from ``key`` ended."""
-        self.total -= 1
-        _decrement(self._by_key, key)
-        if pending:
-            self.proven(key)
+    def release(self, conn: C) -> None:
+        """A connection ended (idempotent)."""
+        self.proven(conn)
+        key = self._keys.pop(conn, None)
+        if key is not None:
+            _decrement(self._by_key, key)
 
 
 def _decrement(counter: Counter[str], key: str) -> None:

@@ -9,7 +9,6 @@ Each request has its deadline (PROTOCOL.md §6).
 from __future__ import annotations
 
 import asyncio
-import logging
 import ssl
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,8 +21,8 @@ from netproto.framing import DEFAULT_MAX_FRAME
 from netproto.messages import ErrorReply, Reply, ServerMessage, StreamChunk, StreamEnd, StreamStart
 from netproto.protocol import ClientProtocol
 
-log = logging.getLogger(__name__)
-
+Body = dict[str, Any]
+Token = str | None
 _STREAM_QUEUE = 16  # frames buffered per stream before the connection stops reading
 _STREAM_RESUME = _STREAM_QUEUE // 2  # ... and reads again once its reader is down to this
 
@@ -37,7 +36,6 @@ class ResponseStream:
         self.queue: asyncio.Queue[ServerMessage | BaseException] = asyncio.Queue()
         self.header: Any = None
         self.trailer: Any = None
-        self.finished = False
 
     async def _next(self, timeout: float) -> ServerMessage:
         queue = self.queue
@@ -55,7 +53,6 @@ class ResponseStream:
             self.queue.put_nowait(item)  # every later call fails the same way
             raise item
         if isinstance(item, ErrorReply):
-            self.finished = True
             raise item.error
         return item
 
@@ -76,7 +73,6 @@ class ResponseStream:
                 yield msg.data
             elif isinstance(msg, StreamEnd):
                 self.trailer = msg.trailer
-                self.finished = True
                 return
             else:
                 raise RemoteProtocolError("unexpected frame inside a stream")
@@ -154,12 +150,7 @@ class Connection(FramedConnection):
         return rid
 
     async def request(
-        self,
-        op: str,
-        body: dict[str, Any],
-        token: str | None = None,
-        *,
-        timeout: float | None = None,
+        self, op: str, body: Body, token: Token = None, *, timeout: float | None = None
     ) -> Any:
         """Send one request and return its reply body, or raise its typed error."""
         future: asyncio.Future[Any] = self.loop.create_future()
@@ -174,12 +165,7 @@ class Connection(FramedConnection):
             self._pending.pop(rid, None)
 
     async def stream(
-        self,
-        op: str,
-        body: dict[str, Any],
-        token: str | None = None,
-        *,
-        timeout: float | None = None,
+        self, op: str, body: Body, token: Token = None, *, timeout: float | None = None
     ) -> ResponseStream:
         """Send a request answered by a stream; return it once its header has arrived."""
         rid = self._send(op, body, token)
@@ -190,8 +176,6 @@ class Connection(FramedConnection):
             stream.close()
             raise
         return stream
-
-    # --- receiving ---------------------------------------------------------------------
 
     def buffer_updated(self, nbytes: int) -> None:
         """Feed the core; a server that breaks the protocol loses the connection."""

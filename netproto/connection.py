@@ -30,8 +30,7 @@ _LOW_GAP = 512 << 10
 
 @contextlib.contextmanager
 def transport_errors(what: str) -> Iterator[None]:
-    """Turn transport failures inside the block into :class:`ConnectionClosed` or
-    :class:`Timeout`, naming ``what`` was being done and chained to the cause."""
+    """Transport failures in the block as :class:`ConnectionClosed` or :class:`Timeout`."""
     try:
         yield
     except TimeoutError as exc:
@@ -53,8 +52,7 @@ class FramedConnection(asyncio.BufferedProtocol):
         self._out_bytes = 0
         self._flush_handle: asyncio.Handle | None = None
         self._batching = False
-        #: Pending while the transport's buffer is over the high-water mark.
-        self._writable: asyncio.Future[None] | None = None
+        self._writable: asyncio.Future[None] | None = None  # while over the high-water mark
         self.paused_since: float | None = None
         self.lost: asyncio.Future[None] = self.loop.create_future()
         self.failure: P2PError | None = None
@@ -94,10 +92,6 @@ class FramedConnection(asyncio.BufferedProtocol):
         finally:
             self._batching = False
             self.flush()
-
-    def eof_received(self) -> bool:
-        """The other side is done sending; TLS then closes the transport."""
-        return False
 
     def pause_writing(self) -> None:
         """The transport's buffer went over the high-water mark."""
@@ -155,8 +149,7 @@ class FramedConnection(asyncio.BufferedProtocol):
         self.transport.write(frame)
 
     def write_parts(self, head: bytes, payload: bytes | memoryview) -> None:
-        """Send one large frame given in two parts (a chunk's head and its payload) without
-        joining them: TLS encrypts the payload from where it lies."""
+        """Send a frame in two parts (a chunk's head, its payload) without joining them."""
         self.flush()
         if not self.is_closing:
             assert self.transport is not None
@@ -178,8 +171,7 @@ class FramedConnection(asyncio.BufferedProtocol):
 
     def buffered(self) -> int:
         """Bytes written but not yet taken by the kernel."""
-        size = self.transport.get_write_buffer_size() if self.transport is not None else 0
-        return self._out_bytes + size
+        return self._out_bytes + (self.transport.get_write_buffer_size() if self.transport else 0)
 
     async def writable(self) -> None:
         """Wait until the transport takes more output; raise once the connection is gone."""

@@ -1,11 +1,6 @@
-"""The server side: caps, the TLS upgrade, deadlines and dispatch over a handler table.
-
-Each connection is accepted as plain TCP, counted against the connection caps, then upgraded
-to TLS within the handshake timeout (PROTOCOL.md §6). Requests on one connection run
-concurrently and their answers may come back in any order; a handler is an ``async`` function
-taking the request context and the typed body, listed in a table of :class:`Operation`. An
-``inline`` handler is a plain function answering from memory: it runs as its request is read,
-so its reply leaves in the same event-loop turn.
+"""The server side: a connection is accepted as plain TCP, counted against the caps, upgraded
+to TLS, then its requests run concurrently (answers in any order) through the handler table;
+an ``inline`` handler answers as its request is read (PROTOCOL.md §6, :mod:`netproto.dispatch`).
 """
 
 from __future__ import annotations
@@ -55,8 +50,7 @@ class Server:
         self.limits = limits or ServerLimits()
         self.name = name
         self._server: asyncio.Server | None = None
-        self._connections: dict[ServerConnection, None] = {}  # in the order accepted
-        self.admission = Admission(self.limits)
+        self.admission: Admission[ServerConnection] = Admission(self.limits)
         self.dispatch = Dispatcher(operations, authenticate, self.limits.max_frame)
         self.closing = False
 
@@ -69,41 +63,29 @@ class Server:
     @property
     def connection_count(self) -> int:
         """Connections currently open (TLS or still handshaking)."""
-        return len(self._connections)
+        return self.admission.total
 
     async def start(self, host: str, port: int) -> None:
         """Bind and start accepting."""
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: ServerConnection(self), host, port, reuse_address=True
-        )
+        new = asyncio.get_running_loop().create_server
+        self._server = await new(lambda: ServerConnection(self), host, port, reuse_address=True)
         log.info("%s listening on %s:%d", self.name, host, self.port)
 
     def admit(self, conn: ServerConnection) -> Admit:
-        """Count a new connection against the caps; past the pending cap the oldest pending
-        connection makes room (:mod:`netproto.admission`)."""
-        verdict = self.admission.admit(conn.key, closing=self.closing)
-        if verdict is not Admit.DROP:
-            self._connections[conn] = None
-            while self.admission.over_pending:
-                oldest = next(c for c in self._connections if c.pending)
-                log.info("dropping unproven connection from %s for a newer one", oldest.address)
-                self.forget(oldest)
-                oldest.abort()
+        """Count a new connection against the caps (:mod:`netproto.admission`); the oldest
+        unproven connections it pushes out are closed."""
+        verdict, evicted = self.admission.admit(conn, conn.key, closing=self.closing)
+        for oldest in evicted:
+            log.info("dropping unproven connection from %s for a newer one", oldest.address)
+            oldest.abort()
         return verdict
-
-    def forget(self, conn: ServerConnection) -> None:
-        """A connection ended: uncount it."""
-        if self._connections.pop(conn, False) is None:
-            self.admission.release(conn.key, pending=conn.pending)
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop accepting, let requests in flight finish within ``grace``, then close all."""
         self.closing = True
         if self._server is not None:
             self._server.close()
-        conns = list(self._connections)
-        if conns:
+        if conns := self.admission.connections:
             await asyncio.wait([asyncio.ensure_future(c.shutdown(grace)) for c in conns])
             await asyncio.wait([c.lost for c in conns], timeout=1.0)
         log.info("%s stopped", self.name)
@@ -153,30 +135,25 @@ class ServerConnection(FramedConnection):
                 )
         except errors.P2PError as exc:
             log.debug("handshake with %s failed: %s", self.address, exc)
-            self.server.forget(self)
+            self.server.admission.release(self)
             tcp.abort()
             return
-        if tls is None:
-            return
-        super().connection_made(tls)
+        super().connection_made(tls)  # type: ignore[arg-type]  # None only on a closed loop
         if busy:
             self.write(ServerProtocol.error(0, errors.Busy("too many connections")))
             await self.close()
             return
         self._ready = True
-        if not self.limits.proof_required:
-            self._prove()  # finishing TLS is proof enough here
+        self._prove(not self.limits.proof_required)  # else finishing TLS is proof enough
         self.schedule(self.loop.time())  # deadline() arms the idle or frame deadline
         self._dispatch()  # requests that arrived with the end of the handshake
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Uncount the connection and stop its requests."""
-        self.server.forget(self)
+        self.server.admission.release(self)
         for task in list(self.tasks):
             task.cancel()
         super().connection_lost(exc)
-
-    # --- reading and dispatch ----------------------------------------------------------
 
     def received(self, events: list[Request | Rejected | Unreadable]) -> None:
         """Queue what one read completed and start what may start."""
@@ -214,15 +191,13 @@ class ServerConnection(FramedConnection):
                 self.transport.resume_reading()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = self.loop.create_task(coro)
-        self.tasks.add(task)
+        self.tasks.add(task := self.loop.create_task(coro))
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
         self._last_active = self.loop.time()
-        if self.pending and self.state.proven:
-            self._prove()
+        self._prove(self.state.proven)
         if self._queue:
             self._dispatch()
 
@@ -234,10 +209,8 @@ class ServerConnection(FramedConnection):
     def _stop_reading(self) -> None:
         self._reading = False
         self._queue.clear()
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.pause_reading()
-
-    # --- answering ---------------------------------------------------------------------
+        if not self.is_closing:
+            self.transport.pause_reading()  # type: ignore[union-attr]
 
     def context(self) -> RequestContext:
         """A request's view of this connection."""
@@ -250,15 +223,13 @@ class ServerConnection(FramedConnection):
         except Exception as exc:
             frame = self.server.dispatch.error_frame(req, exc)
         self.write(frame)
-        if self.pending and self.state.proven:
-            self._prove()
+        self._prove(self.state.proven)
 
-    def _prove(self) -> None:
-        """The client proved itself: it leaves the pending cap and its deadline."""
-        if self.pending:
-            self.pending = False
-            self.state.proven = True
-            self.server.admission.proven(self.key)
+    def _prove(self, proven: bool = True) -> None:
+        """If the client proved itself, it leaves the pending cap and its deadline."""
+        if self.pending and proven:
+            self.pending, self.state.proven = False, True
+            self.server.admission.proven(self)
 
     async def _handle(self, req: Request, operation: Operation[Any] | None) -> None:
         try:
@@ -291,13 +262,10 @@ class ServerConnection(FramedConnection):
 
     async def _close_with(self, error: errors.RequestError) -> None:
         """Answer the requests read before an unreadable frame, then the error; close."""
-        others = [t for t in self.tasks if t is not asyncio.current_task()]
-        if others:
+        if others := [t for t in self.tasks if t is not asyncio.current_task()]:
             await asyncio.wait(others, timeout=self.limits.slow_reader_timeout)
         self.write(ServerProtocol.error(0, error))
         await self.close()
-
-    # --- deadlines and shutdown -------------------------------------------------------
 
     def deadline(self, now: float) -> float | None:
         """Cut off a stalled reader; close a connection that did not prove itself in time,
@@ -326,7 +294,7 @@ class ServerConnection(FramedConnection):
                 self._stop_reading()
                 if error is not None:
                     self.write(ServerProtocol.error(0, error))
-                self.loop.create_task(self.close())
+                self._spawn(self.close())
                 return None
         return min((w for w, _ in checks if w is not None), default=now + limits.idle_timeout)
 

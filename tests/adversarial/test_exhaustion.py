@@ -298,16 +298,16 @@ async def test_a_reader_stalled_on_a_large_fetch_is_cut_off_with_bounded_server_
         writer.write(request_frame(1, "fetch", body, live.token()))
         await writer.drain()
         started = time.monotonic()
-        stalled = list(server._connections)
+        stalled = list(server.admission.connections)
         assert len(stalled) == 1
         # Others are served while the reader is stalled (before it is cut off).
         await assert_serves(live, "peer")
-        assert stalled[0] in server._connections
+        assert stalled[0] in server.admission.connections
         # Sample what the server holds for this connection until it cuts the reader off.
         high_water = limits.write_high_water
         peak = 0
         async with asyncio.timeout(STEP):
-            while stalled[0] in server._connections:
+            while stalled[0] in server.admission.connections:
                 peak = max(peak, stalled[0].buffered())
                 await asyncio.sleep(0.01)
         elapsed = time.monotonic() - started
