@@ -197,6 +197,14 @@ class Timeout(RequestError):
     default_message = "timed out"
 
 
+class VersionMismatch(RequestError):
+    """A ``sync_delta`` against a listing version the index does not hold (PROTOCOL.md §4.3.1):
+    send the whole listing instead."""
+
+    code = "VERSION_MISMATCH"
+    default_message = "the index does not hold that version of the listing"
+
+
 class Internal(RequestError):
     """An unexpected server failure; never carries internal detail."""
 
@@ -225,6 +233,7 @@ ERRORS_BY_CODE: dict[str, type[RequestError]] = {
         RateLimited,
         Busy,
         Timeout,
+        VersionMismatch,
         Internal,
     )
 }

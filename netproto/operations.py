@@ -29,6 +29,7 @@ SHA256_SIZE = 32
 MAX_FILE_SIZE = 2**53  # sizes travel as msgpack ints; keep them exact in every language
 MAX_SYNC_FILES_PER_PART = 20_000
 MAX_SYNC_SEQ = 10_000  # a multi-part upload has at most MAX_SYNC_SEQ + 1 parts
+MAX_LISTING_VERSION = 2**63 - 1  # listing versions are opaque ints (PROTOCOL.md §4.3.1)
 UPLOAD_ID_SIZE = 16
 MAX_SIGNATURE = 64  # Ed25519
 MAX_ADDRESS = 255
@@ -285,18 +286,95 @@ def split_sync(
 
 @dataclass(frozen=True, slots=True)
 class SyncReply:
-    """Reply of ``sync``: files now listed (or received so far, for a non-final part)."""
+    """Reply of ``sync`` and ``sync_delta``: files now listed (or received so far, for a
+    non-final part), and the version of the listing once one is committed (PROTOCOL.md §4.3.1).
+    """
 
     files: int
+    version: int | None = None
 
     @classmethod
     def from_wire(cls, body: Any) -> Self:
         """Validate a sync reply."""
-        return cls(_int(_map(body, "reply"), "files", 0, 2**63 - 1))
+        body = _map(body, "reply")
+        version = _int(body, "version", 0, MAX_LISTING_VERSION) if "version" in body else None
+        return cls(_int(body, "files", 0, 2**63 - 1), version)
 
     def to_wire(self) -> dict[str, Any]:
         """The body map."""
-        return {"files": self.files}
+        body: dict[str, Any] = {"files": self.files}
+        if self.version is not None:
+            body["version"] = self.version
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class FileKey:
+    """A listed file by its place alone: keyword and file name (what a delta removes)."""
+
+    keyword: str
+    filename: str
+
+    @classmethod
+    def from_wire(cls, entry: Any) -> Self:
+        """Validate one entry of a delta's ``removed``."""
+        entry = _map(entry, "removed[]")
+        return cls(
+            check_keyword(entry.get("keyword")), check_file_name(entry.get("filename"), "filename")
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The entry map."""
+        return {"keyword": self.keyword, "filename": self.filename}
+
+
+@dataclass(frozen=True, slots=True)
+class SyncDeltaRequest:
+    """Body of ``sync_delta``: changes to this peer's listing at version ``base`` — entries
+    added or changed (``files``, whole) and entries removed (PROTOCOL.md §4.3.1)."""
+
+    domain_name: str
+    port_number: int
+    base: int
+    files: tuple[SharedFile, ...] = ()
+    removed: tuple[FileKey, ...] = ()
+    address: str | None = None
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> Self:
+        """Validate a sync_delta body: at most ``MAX_SYNC_FILES_PER_PART`` entries in all."""
+        files = _list(body, "files", MAX_SYNC_FILES_PER_PART)
+        removed = _list(body, "removed", MAX_SYNC_FILES_PER_PART - len(files))
+        address = body.get("address")
+        if address is not None and (type(address) is not str or not 0 < len(address) <= 255):
+            raise BadRequest("address: expected a host name or IP address")
+        return cls(
+            canonical_domain_name(body.get("domain_name")),
+            _int(body, "port_number", 1, 65535),
+            _int(body, "base", 0, MAX_LISTING_VERSION),
+            tuple(SharedFile.from_wire(f) for f in files),
+            tuple(FileKey.from_wire(k) for k in removed),
+            address,
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The body map."""
+        body: dict[str, Any] = {
+            "domain_name": self.domain_name,
+            "port_number": self.port_number,
+            "base": self.base,
+            "files": [f.to_wire() for f in self.files],
+            "removed": [k.to_wire() for k in self.removed],
+        }
+        if self.address is not None:
+            body["address"] = self.address
+        return body
+
+    def fits(self, max_frame: int = DEFAULT_MAX_FRAME) -> bool:
+        """True when the request fits in one frame, envelope and token included."""
+        if len(self.files) + len(self.removed) > MAX_SYNC_FILES_PER_PART:
+            return False
+        return len(pack(self.to_wire())) + _SYNC_ENVELOPE_ALLOWANCE <= max_frame
 
 
 @dataclass(frozen=True, slots=True)
