@@ -43,6 +43,7 @@ from netproto.operations import (
     RegisterReply,
     SearchHit,
     SharedFile,
+    SyncDeltaRequest,
     SyncReply,
     list_reply_from_wire,
     search_reply_from_wire,
@@ -211,12 +212,29 @@ class IndexClient:
         address: str | None = None,
     ) -> int:
         """Replace this peer's listing; a share too large for one frame goes in parts."""
+        return (await self.sync_listing(domain_name, port_number, files, address)).files
+
+    async def sync_listing(
+        self,
+        domain_name: str,
+        port_number: int,
+        files: Iterable[SharedFile],
+        address: str | None = None,
+    ) -> SyncReply:
+        """Replace this peer's listing (in parts if it must); the last reply, with the new
+        listing's version."""
         token = _token(self.token)
-        count = 0
+        last = SyncReply(0)
         for part in split_sync(domain_name, port_number, files, address):
             reply = await self.conn.request("sync", part.to_wire(), token)
-            count = parse_reply(SyncReply.from_wire, reply, "the index's sync reply").files
-        return count
+            last = parse_reply(SyncReply.from_wire, reply, "the index's sync reply")
+        return last
+
+    async def sync_delta(self, request: SyncDeltaRequest) -> SyncReply:
+        """Send only the changes to this peer's listing at ``request.base`` (PROTOCOL.md
+        §4.3.1); ``VersionMismatch`` if the index holds another version."""
+        reply = await self.conn.request("sync_delta", request.to_wire(), _token(self.token))
+        return parse_reply(SyncReply.from_wire, reply, "the index's sync_delta reply")
 
     async def search(self, keyword: str) -> list[SearchHit]:
         """Peers holding files under ``keyword`` (case-insensitive), live ones only."""

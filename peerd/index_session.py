@@ -33,9 +33,19 @@ from netproto.errors import (
     Timeout,
     TokenExpired,
     TokenInvalid,
+    UnknownOp,
     UserExists,
+    VersionMismatch,
 )
-from netproto.operations import AuthReply, ByeReply, PingReply, SearchHit, SharedFile
+from netproto.operations import (
+    AuthReply,
+    ByeReply,
+    PingReply,
+    SearchHit,
+    SharedFile,
+    SyncDeltaRequest,
+    SyncReply,
+)
 from netproto.tokens import TokenVerifier
 from peerd.clock import SYSTEM_CLOCK, Clock
 from peerd.errors import (
@@ -47,6 +57,8 @@ from peerd.errors import (
     SessionError,
     ShareTooLarge,
 )
+from peerd.listing import diff_listing
+from peerd.session import SyncReport
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +96,20 @@ class IndexLink(Protocol):
         address: str | None = None,
     ) -> int:
         """Replace this peer's listing."""
+        ...
+
+    async def sync_listing(
+        self,
+        domain_name: str,
+        port_number: int,
+        files: Iterable[SharedFile],
+        address: str | None = None,
+    ) -> SyncReply:
+        """Replace this peer's listing; the reply carries its new version."""
+        ...
+
+    async def sync_delta(self, request: SyncDeltaRequest) -> SyncReply:
+        """Change this peer's listing at version ``request.base`` (PROTOCOL.md §4.3.1)."""
         ...
 
     async def search(self, keyword: str) -> list[SearchHit]:
@@ -149,6 +175,12 @@ class IndexSession:
         self.listed: list[SharedFile] = []
         self.last_sync: float | None = None
         self.last_ping: float | None = None
+        #: The version of ``listed`` the index last acknowledged (None: send it whole).
+        self.version: int | None = None
+        #: False once the index answered that it does not know ``sync_delta``.
+        self.delta_supported = True
+        #: What the last sync sent.
+        self.last_report: SyncReport | None = None
         self._interval = ping_interval
         self.lock = asyncio.Lock()
 
@@ -215,8 +247,10 @@ class IndexSession:
 
     async def sync(self, index: IndexLink, files: Sequence[SharedFile], port: int) -> int:
         """Replace this peer's listing at the index with ``files``; the count listed."""
+        delta = diff_listing(self.listed, files)
+        self.version = None  # until the index acknowledges the new listing
         try:
-            count = await index.sync(self.domain_name, port, files, self.advertise_address)
+            reply = await index.sync_listing(self.domain_name, port, files, self.advertise_address)
         except Forbidden as exc:
             raise DomainRefused(
                 f"the index refuses {self.domain_name!r} for {self.username}: {exc.message}"
@@ -224,9 +258,71 @@ class IndexSession:
         except ValueError as exc:
             raise ShareTooLarge(f"the share is too large to sync: {exc}") from exc
         self.listed = list(files)
+        self.version = reply.version
         self.last_sync = self.last_ping = self.clock.time()
-        log.info("synced %d files", count)
-        return count
+        self.last_report = SyncReport(
+            reply.files,
+            len(delta.added),
+            len(delta.changed),
+            len(delta.removed),
+            sent=len(self.listed),
+            full=True,
+            at=self.last_sync,
+        )
+        log.info("synced %d files (the whole listing)", reply.files)
+        return reply.files
+
+    async def update(self, index: IndexLink, files: Sequence[SharedFile], port: int) -> SyncReport:
+        """Bring the index's listing to ``files``, sending only what changed when it can.
+
+        Only the added, changed and removed entries go, against the version the index last
+        acknowledged (PROTOCOL.md §4.3.1); nothing goes when nothing changed. The whole
+        listing goes when there is no acknowledged version, when the index holds another one
+        (``VERSION_MISMATCH``) or does not know ``sync_delta``, or when the changes do not fit
+        in one frame.
+        """
+        files = list(files)
+        if self.version is not None and self.delta_supported:
+            delta = diff_listing(self.listed, files)
+            if not delta:
+                return SyncReport(len(files), full=False, at=self.clock.time())
+            request = SyncDeltaRequest(
+                self.domain_name,
+                port,
+                self.version,
+                delta.put,
+                delta.removed,
+                self.advertise_address,
+            )
+            if request.fits():
+                try:
+                    reply = await index.sync_delta(request)
+                except VersionMismatch:
+                    log.info("the index holds another version of our listing; sending it whole")
+                except UnknownOp:
+                    log.info("the index does not take incremental syncs; sending it whole")
+                    self.delta_supported = False
+                except Forbidden as exc:
+                    raise DomainRefused(
+                        f"the index refuses {self.domain_name!r} for {self.username}: {exc.message}"
+                    ) from exc
+                else:
+                    self.listed, self.version = files, reply.version
+                    self.last_sync = self.last_ping = self.clock.time()
+                    self.last_report = SyncReport(
+                        reply.files,
+                        len(delta.added),
+                        len(delta.changed),
+                        len(delta.removed),
+                        sent=delta.size,
+                        full=False,
+                        at=self.last_sync,
+                    )
+                    log.info("synced %d change(s); %d files listed", delta.size, reply.files)
+                    return self.last_report
+        await self.sync(index, files, port)
+        assert self.last_report is not None
+        return self.last_report
 
     async def ping(self, index: IndexLink, resync: Callable[[IndexLink], Awaitable[int]]) -> None:
         """Refresh our liveness; ``resync`` if the index no longer lists us."""

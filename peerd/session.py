@@ -18,6 +18,25 @@ from peerd.download import DownloadResult, ProgressCallback
 
 
 @dataclass(frozen=True)
+class SyncReport:
+    """What one sync did: files now listed, the changes sent, and whether it was a full one."""
+
+    files: int
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    #: Entries that went to the index: every file for a full sync, the changes for a delta.
+    sent: int = 0
+    full: bool = True
+    at: float = 0.0
+
+    @property
+    def changes(self) -> int:
+        """Files added, changed or removed."""
+        return self.added + self.changed + self.removed
+
+
+@dataclass(frozen=True)
 class PeerStatus:
     """A snapshot of the peer's state, for the shell's ``status`` command."""
 
@@ -31,6 +50,10 @@ class PeerStatus:
     last_sync: float | None
     last_ping: float | None
     active_fetches: int
+    #: True while the share is watched and synced by itself (``--no-watch`` turns it off).
+    watching: bool = False
+    #: The last sync the watcher made by itself, if any.
+    last_auto_sync: SyncReport | None = None
 
 
 class RemotePeer(Protocol):
@@ -107,4 +130,4 @@ class PeerSession(Protocol):
         ...
 
 
-__all__ = ["PeerSession", "PeerStatus", "RemotePeer"]
+__all__ = ["PeerSession", "PeerStatus", "RemotePeer", "SyncReport"]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
-from netproto.errors import ConnectionClosed
+from netproto.errors import ConnectionClosed, VersionMismatch
 from netproto.operations import (
     AuthReply,
     ByeReply,
@@ -17,6 +17,8 @@ from netproto.operations import (
     PingReply,
     SearchHit,
     SharedFile,
+    SyncDeltaRequest,
+    SyncReply,
 )
 from tests.support.fake_clock import FakeClock
 
@@ -37,6 +39,10 @@ class FakeIndex:
     calls: list[tuple[str, float]] = field(default_factory=list)
     listing: list[SharedFile] = field(default_factory=list)
     connections: list[FakeIndexConnection] = field(default_factory=list)
+    #: The listing's version (bumped by every sync; None after a "restart").
+    version: int | None = None
+    #: Entries each sync or sync_delta carried, in order.
+    sent: list[int] = field(default_factory=list)
     #: Set whenever a call is recorded, so a test can wait for the next one.
     called: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -108,9 +114,32 @@ class FakeIndexConnection:
         files: Iterable[SharedFile],
         address: str | None = None,
     ) -> int:
+        return (await self.sync_listing(domain_name, port_number, files, address)).files
+
+    async def sync_listing(
+        self,
+        domain_name: str,
+        port_number: int,
+        files: Iterable[SharedFile],
+        address: str | None = None,
+    ) -> SyncReply:
         self._call("sync")
         self.index.listing = list(files)
-        return len(self.index.listing)
+        self.index.sent.append(len(self.index.listing))
+        self.index.version = (self.index.version or 0) + 1
+        return SyncReply(len(self.index.listing), self.index.version)
+
+    async def sync_delta(self, request: SyncDeltaRequest) -> SyncReply:
+        self._call("sync_delta")
+        if request.base != self.index.version:
+            raise VersionMismatch()
+        gone = {(k.keyword, k.filename) for k in request.removed}
+        gone |= {(f.keyword, f.filename) for f in request.files}
+        kept = [f for f in self.index.listing if (f.keyword, f.filename) not in gone]
+        self.index.listing = kept + list(request.files)
+        self.index.sent.append(len(request.files) + len(request.removed))
+        self.index.version += 1
+        return SyncReply(len(self.index.listing), self.index.version)
 
     async def search(self, keyword: str) -> list[SearchHit]:
         self._call("search")
