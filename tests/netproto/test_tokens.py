@@ -1,4 +1,5 @@
-"""netproto.tokens: EdDSA JWTs issued by the index and verified offline (PROTOCOL.md §8)."""
+"""netproto.tokens: EdDSA JWTs issued by the index and verified offline, one audience each,
+bound to the client certificate they were issued to (PROTOCOL.md §8)."""
 
 from __future__ import annotations
 
@@ -21,11 +22,15 @@ from cryptography.x509.oid import NameOID
 from certs import load_cert, load_key
 from netproto.errors import TokenExpired, TokenInvalid
 from netproto.tokens import (
+    INDEX_AUDIENCE,
     LEEWAY,
     MAX_TOKEN_BYTES,
+    PEER_AUDIENCE,
     REQUIRED_CLAIMS,
+    BindingChecker,
     TokenIssuer,
     TokenVerifier,
+    certificate_thumbprint,
 )
 
 
@@ -58,7 +63,7 @@ def claims(**changes: Any) -> dict[str, Any]:
     now = int(time.time())
     base: dict[str, Any] = {
         "iss": "indexd",
-        "aud": "p2pshare",
+        "aud": PEER_AUDIENCE,
         "sub": "alice",
         "iat": now,
         "nbf": now,
@@ -96,10 +101,10 @@ def test_issued_token_has_the_pinned_header_and_every_claim(issuer: TokenIssuer)
     token, expires_at = issuer.issue("alice", now=1_700_000_000)
     assert jwt.get_unverified_header(token) == {"alg": "EdDSA", "typ": "JWT"}
     payload = jwt.decode(token, options={"verify_signature": False})
-    assert set(payload) == set(REQUIRED_CLAIMS)
+    assert set(payload) == {*REQUIRED_CLAIMS, "sid"}
     assert payload["iat"] == payload["nbf"] == 1_700_000_000
     assert payload["exp"] == expires_at == 1_700_000_000 + 900
-    assert (payload["iss"], payload["aud"], payload["sub"]) == ("indexd", "p2pshare", "alice")
+    assert (payload["iss"], payload["aud"], payload["sub"]) == ("indexd", PEER_AUDIENCE, "alice")
 
 
 def test_each_issued_token_has_a_fresh_jti(issuer: TokenIssuer) -> None:
@@ -331,3 +336,159 @@ def test_verifier_refuses_an_index_certificate_without_a_dns_name() -> None:
     cert = _self_signed(Ed25519PrivateKey.generate(), [])
     with pytest.raises(ValueError, match="DNS"):
         TokenVerifier(cert)
+
+
+# --- audiences, sessions, certificate binding (RFC 8705) -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def peer1_cert(pki: Any) -> x509.Certificate:
+    return load_cert(pki.cert("peer1"))
+
+
+@pytest.fixture(scope="module")
+def peer2_cert(pki: Any) -> x509.Certificate:
+    return load_cert(pki.cert("peer2"))
+
+
+def test_the_thumbprint_is_the_unpadded_base64url_sha256_of_the_der(
+    peer1_cert: x509.Certificate,
+) -> None:
+    der = peer1_cert.public_bytes(serialization.Encoding.DER)
+    expected = base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
+    assert certificate_thumbprint(peer1_cert) == expected
+    assert len(expected) == 43 and "=" not in expected
+
+
+def test_a_session_bound_to_a_certificate_names_its_thumbprint_in_cnf_for_both_audiences(
+    issuer: TokenIssuer, peer1_cert: x509.Certificate
+) -> None:
+    tokens = issuer.issue_session("alice", peer1_cert)
+    assert tokens.peer_token is not None
+    index = jwt.decode(tokens.token, options={"verify_signature": False})
+    peer = jwt.decode(tokens.peer_token, options={"verify_signature": False})
+    assert (index["aud"], peer["aud"]) == (INDEX_AUDIENCE, PEER_AUDIENCE)
+    assert index["cnf"] == peer["cnf"] == {"x5t#S256": certificate_thumbprint(peer1_cert)}
+    assert index["sid"] == peer["sid"] == tokens.session
+    assert index["jti"] != peer["jti"]
+
+
+def test_a_session_without_a_certificate_gets_an_unbound_index_token_and_no_peer_token(
+    issuer: TokenIssuer,
+) -> None:
+    tokens = issuer.issue_session("alice", None)
+    assert tokens.peer_token is None
+    assert "cnf" not in jwt.decode(tokens.token, options={"verify_signature": False})
+
+
+@pytest.mark.parametrize(
+    ("issued", "verified"),
+    [(INDEX_AUDIENCE, PEER_AUDIENCE), (PEER_AUDIENCE, INDEX_AUDIENCE)],
+    ids=["index token at a peer", "peer token at the index"],
+)
+def test_a_token_for_the_other_audience_is_token_invalid(
+    issuer: TokenIssuer, index_cert: x509.Certificate, issued: str, verified: str
+) -> None:
+    token, _ = issuer.issue("alice", audience=issued)
+    with pytest.raises(TokenInvalid):
+        TokenVerifier(index_cert, audience=verified).verify(token)
+    # ...and the same verifier still takes a token of its own audience.
+    own, _ = issuer.issue("alice", audience=verified)
+    assert TokenVerifier(index_cert, audience=verified).verify(own).subject == "alice"
+
+
+def test_a_bound_token_verifies_with_the_certificate_it_names(
+    issuer: TokenIssuer, verifier: TokenVerifier, peer1_cert: x509.Certificate
+) -> None:
+    token = issuer.issue_session("alice", peer1_cert).peer_token
+    assert token is not None
+    principal = verifier.verify_presented(token, peer1_cert)
+    assert principal.thumbprint == certificate_thumbprint(peer1_cert)
+    assert principal.audience == PEER_AUDIENCE
+
+
+def test_a_bound_token_with_another_certificate_is_token_invalid(
+    issuer: TokenIssuer,
+    verifier: TokenVerifier,
+    peer1_cert: x509.Certificate,
+    peer2_cert: x509.Certificate,
+) -> None:
+    token = issuer.issue_session("alice", peer1_cert).peer_token
+    assert token is not None
+    with pytest.raises(TokenInvalid, match="another client certificate"):
+        verifier.verify_presented(token, peer2_cert)
+    assert verifier.verify_presented(token, peer1_cert).subject == "alice"
+
+
+def test_a_bound_token_without_a_certificate_is_token_invalid(
+    issuer: TokenIssuer, verifier: TokenVerifier, peer1_cert: x509.Certificate
+) -> None:
+    token = issuer.issue_session("alice", peer1_cert).peer_token
+    assert token is not None
+    with pytest.raises(TokenInvalid, match="none was presented"):
+        verifier.verify_presented(token, None)
+    assert verifier.verify_presented(token, peer1_cert).subject == "alice"
+
+
+def test_a_verifier_requiring_binding_refuses_an_unbound_token(
+    issuer: TokenIssuer, index_cert: x509.Certificate, peer1_cert: x509.Certificate
+) -> None:
+    strict = TokenVerifier(index_cert, require_binding=True)
+    unbound, _ = issuer.issue("alice")
+    with pytest.raises(TokenInvalid, match="not bound"):
+        strict.verify_presented(unbound, peer1_cert)
+    bound = issuer.issue_session("alice", peer1_cert).peer_token
+    assert bound is not None
+    assert strict.verify_presented(bound, peer1_cert).subject == "alice"
+
+
+def test_a_binding_that_held_is_not_hashed_again_for_the_same_certificate_object(
+    issuer: TokenIssuer,
+    verifier: TokenVerifier,
+    peer1_cert: x509.Certificate,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    token = issuer.issue_session("alice", peer1_cert).peer_token
+    assert token is not None
+    verifier.verify_presented(token, peer1_cert)
+    calls = 0
+    real = x509.Certificate.fingerprint
+
+    def counting(self: x509.Certificate, algorithm: Any) -> bytes:
+        nonlocal calls
+        calls += 1
+        return real(self, algorithm)
+
+    monkeypatch.setattr(x509.Certificate, "fingerprint", counting, raising=False)
+    for _ in range(3):
+        verifier.verify_presented(token, peer1_cert)
+    assert calls == 0
+
+
+@pytest.mark.parametrize(
+    "cnf",
+    [{"x5t": "abc"}, {"x5t#S256": 42}, {"x5t#S256": ""}, "abc", {"x5t#S256": "a", "jkt": "b"}],
+    ids=["other method", "int thumbprint", "empty thumbprint", "not a map", "extra method"],
+)
+def test_a_malformed_cnf_claim_is_token_invalid(
+    index_key: Ed25519PrivateKey, verifier: TokenVerifier, cnf: Any
+) -> None:
+    with pytest.raises(TokenInvalid, match="cnf"):
+        verifier.verify(sign(claims(cnf=cnf), index_key))
+    assert verifier.verify(sign(claims(), index_key)).subject == "alice"
+
+
+def test_the_session_id_is_the_sid_claim_or_else_the_jti(
+    index_key: Ed25519PrivateKey, verifier: TokenVerifier
+) -> None:
+    assert verifier.verify(sign(claims(sid="s-1"), index_key)).session_id == "s-1"
+    assert verifier.verify(sign(claims(jti="j-2"), index_key)).session_id == "j-2"
+
+
+def test_a_checker_without_require_binding_lets_an_unbound_token_pass(
+    issuer: TokenIssuer, verifier: TokenVerifier
+) -> None:
+    principal = verifier.verify(issuer.issue("alice")[0])
+    BindingChecker().check(principal, None)
+    with pytest.raises(TokenInvalid):
+        BindingChecker(require_binding=True).check(principal, None)
