@@ -9,6 +9,7 @@ INVALID_PATH.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import unicodedata
 
@@ -19,6 +20,7 @@ MAX_FILE_NAME_BYTES = 255
 MAX_USERNAME = 32
 MIN_PASSWORD_BYTES = 8
 MAX_PASSWORD_BYTES = 72  # bcrypt's limit; longer passwords are refused, never truncated.
+MAX_ADDRESS_BYTES = 253  # the longest DNS name
 
 _WINDOWS_DEVICES = frozenset(
     ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
@@ -104,6 +106,33 @@ def canonical_domain_name(domain_name: object) -> str:
         # An all-numeric last label reads as an IP address, and TLS would then check the
         # certificate's IP addresses (which many certificates share) instead of its name.
         raise BadRequest("domain_name: must be a DNS name, not an IP address")
+    return name
+
+
+def check_address(address: object, field: str = "address") -> str:
+    """An advertised address: an IP literal or a DNS name of at most 253 bytes, else BAD_REQUEST.
+
+    Returned canonical: an IP address as Python writes it, a name lower-cased without a
+    trailing dot. No spaces, escapes, control or bidi characters can pass: a DNS name is
+    labels of ``a-z0-9-`` only, an IP literal digits, hex, dots and colons (no ``%zone``).
+    """
+    refused = BadRequest(f"{field}: expected an IP address or a DNS name of at most 253 bytes")
+    if type(address) is not str or not address.isascii() or not 0 < len(address) <= 253:
+        raise refused
+    if ":" in address or address.replace(".", "").isdigit():
+        if "%" in address:
+            raise refused
+        try:
+            return str(ipaddress.ip_address(address))
+        except ValueError:
+            raise refused from None
+    name = address.lower()
+    name = name[:-1] if name.endswith(".") else name
+    labels = name.split(".")
+    if not name or not all(_DNS_LABEL.fullmatch(label) for label in labels):
+        raise refused
+    if labels[-1].isdigit():  # reads as a (malformed) IP address
+        raise refused
     return name
 
 

@@ -8,6 +8,7 @@ from netproto.errors import BadRequest, InvalidPath, PasswordTooLong, PasswordTo
 from netproto.names import (
     canonical_domain_name,
     canonical_username,
+    check_address,
     check_file_name,
     check_keyword,
     check_password,
@@ -259,3 +260,50 @@ def test_unusable_password_is_bad_request(password: object) -> None:
 def test_domain_name_that_reads_as_an_ip_address_is_refused(name: str) -> None:
     with pytest.raises(BadRequest):
         canonical_domain_name(name)
+
+
+# --- advertised addresses (PROTOCOL.md §4.7) ----------------------------------------------
+
+GOOD_ADDRESSES = {
+    "ipv4": ("192.0.2.7", "192.0.2.7"),
+    "ipv6": ("2001:DB8:0:0::7", "2001:db8::7"),
+    "ipv4-mapped": ("::ffff:192.0.2.7", "::ffff:c000:207"),
+    "name": ("Peer1.Example.org", "peer1.example.org"),
+    "trailing dot": ("peer1.example.org.", "peer1.example.org"),
+    "253 bytes": ("a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 61, None),
+}
+BAD_ADDRESSES = {
+    "empty": "",
+    "254 bytes": "a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 62,
+    "space": "peer 1.example",
+    "tab": "peer1\texample",
+    "newline": "peer1\n",
+    "escape": "\x1b[31mpeer1",
+    "percent escape": "peer1%2e",
+    "backslash": "peer1\\x",
+    "bidi override": "\u202epeer1",
+    "bidi isolate": "peer1\u2066",
+    "zero width": "peer\u200b1",
+    "non-ascii": "p\u00e9er1.example",
+    "ipv6 zone": "fe80::1%eth0",
+    "bracketed": "[::1]",
+    "bad ipv4": "10.0.0.256",
+    "numeric tld": "peer1.123",
+    "label too long": "a" * 64 + ".example",
+    "leading hyphen": "-peer1.example",
+    "empty label": "peer1..example",
+    "url": "https://peer1.example",
+    "port": "peer1.example:7001",
+    "not a string": 7001,
+}
+
+
+@pytest.mark.parametrize("address,canonical", GOOD_ADDRESSES.values(), ids=GOOD_ADDRESSES.keys())
+def test_an_ip_literal_or_dns_name_is_a_good_address(address: str, canonical: str | None) -> None:
+    assert check_address(address) == (canonical or address)
+
+
+@pytest.mark.parametrize("address", BAD_ADDRESSES.values(), ids=BAD_ADDRESSES.keys())
+def test_anything_else_is_bad_request_naming_the_field(address: object) -> None:
+    with pytest.raises(BadRequest, match=r"^address: "):
+        check_address(address)
