@@ -5,6 +5,10 @@ event loop keeps answering other requests. A bounded number of callers may wait 
 thread; past that the index answers ``BUSY`` instead of queueing without end. Checking a
 password of an unknown user runs bcrypt against a dummy hash of the same cost, so it takes
 about as long as a wrong password.
+
+The index runs two hashers: one for logins, and a smaller one at a lower priority still for
+``register``, with its own threads and its own queue, so a flood of registrations can neither
+take the login threads nor queue in front of a login (:data:`REGISTER_NICENESS`).
 """
 
 from __future__ import annotations
@@ -31,15 +35,17 @@ DEFAULT_COST = 12
 #: (docs/design.md §6: within 10 ms during a burst; BENCHMARKS.md). Without contention it costs
 #: bcrypt nothing.
 HASH_THREAD_NICENESS = 10
+#: Registration hashing runs below the login threads: when both are busy, logins get the cores.
+REGISTER_NICENESS = 19
 
 
-def _lower_priority() -> None:
+def _lower_priority(niceness: int = HASH_THREAD_NICENESS) -> None:
     """Run this (hashing) thread at a lower priority: Linux only, where nice is per thread."""
     if sys.platform.startswith("linux"):
         tid = threading.get_native_id()
         with contextlib.suppress(OSError):
-            niceness = os.getpriority(os.PRIO_PROCESS, tid) + HASH_THREAD_NICENESS
-            os.setpriority(os.PRIO_PROCESS, tid, niceness)
+            target = os.getpriority(os.PRIO_PROCESS, tid) + niceness
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, target))
 
 
 T = TypeVar("T")
@@ -54,6 +60,8 @@ class PasswordHasher:
         *,
         concurrency: int | None = None,
         max_waiting: int = 256,
+        niceness: int = HASH_THREAD_NICENESS,
+        name: str = "indexd-bcrypt",
     ) -> None:
         if not 4 <= cost <= 31:
             raise ValueError("bcrypt cost must be between 4 and 31")
@@ -61,7 +69,10 @@ class PasswordHasher:
         self.concurrency = concurrency or os.cpu_count() or 1
         self.max_waiting = max_waiting
         self._pool = ThreadPoolExecutor(
-            self.concurrency, thread_name_prefix="indexd-bcrypt", initializer=_lower_priority
+            self.concurrency,
+            thread_name_prefix=name,
+            initializer=_lower_priority,
+            initargs=(niceness,),
         )
         self._slots = asyncio.Semaphore(self.concurrency)
         self._waiting = 0
