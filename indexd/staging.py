@@ -65,6 +65,10 @@ class SyncStaging:
     def __len__(self) -> int:
         return len(self._uploads)
 
+    def user_files(self, user: str) -> int:
+        """Files ``user`` has staged across its uploads in progress."""
+        return self._user_files.get(user, 0)
+
     def expire(self, now: float) -> int:
         """Drop uploads not continued within the TTL; return how many were dropped."""
         cutoff = now - self.limits.ttl

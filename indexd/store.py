@@ -1,4 +1,5 @@
-"""Durable state of the index: users, the peers they own, and each peer's listing.
+"""Durable state of the index: users, the peers they own, each peer's listing, and the
+sessions ended by ``bye`` (deny-listed until their tokens expire).
 
 :class:`IndexStore` is the interface the handlers are written against; :class:`SqliteIndexStore`
 is the default, on SQLite in WAL mode with ``synchronous=FULL``, so a write has reached the disk
@@ -123,6 +124,25 @@ class IndexStore(Protocol):
         """Peers with files under ``keyword`` (case-insensitive), from disk, via the index."""
         ...
 
+    def listing_page(
+        self, domain_name: str, keyword: str, offset: int, limit: int
+    ) -> tuple[int, list[ListedFile]]:
+        """How many files the peer lists under ``keyword``, and ``limit`` of them from
+        ``offset`` on, in file-name order (the order of a search hit)."""
+        ...
+
+    def revoke_session(self, session: str, expires_at: float) -> None:
+        """Deny-list a session until ``expires_at`` (its last token's expiry). Durable."""
+        ...
+
+    def revoked_sessions(self, now: float) -> dict[str, float]:
+        """The sessions still deny-listed at ``now``, with when each entry may go."""
+        ...
+
+    def prune_revoked(self, now: float) -> int:
+        """Drop deny-list entries that expired by ``now``; how many were dropped."""
+        ...
+
     def close(self) -> None:
         """Release the database."""
         ...
@@ -170,7 +190,18 @@ def _migrate_to_1(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX files_by_kw ON files(kw, peer_id)")
 
 
-_MIGRATIONS = (_migrate_to_1,)
+def _migrate_to_2(db: sqlite3.Connection) -> None:
+    # Sessions ended by bye (PROTOCOL.md §8): their tokens are refused until they expire, also
+    # after a restart.
+    db.execute(
+        """CREATE TABLE revoked_sessions (
+            session TEXT PRIMARY KEY,
+            expires_at REAL NOT NULL
+        ) WITHOUT ROWID"""
+    )
+
+
+_MIGRATIONS = (_migrate_to_1, _migrate_to_2)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
@@ -324,6 +355,20 @@ class SqliteIndexStore:
             raise
         return True
 
+    def revoke_session(self, session: str, expires_at: float) -> None:
+        """Deny-list a session until ``expires_at``; durable on return."""
+        self._write.execute(
+            "INSERT INTO revoked_sessions (session, expires_at) VALUES (?, ?)"
+            " ON CONFLICT (session) DO UPDATE SET"
+            " expires_at = max(expires_at, excluded.expires_at)",
+            (session, expires_at),
+        )
+
+    def prune_revoked(self, now: float) -> int:
+        """Drop expired deny-list entries."""
+        cursor = self._write.execute("DELETE FROM revoked_sessions WHERE expires_at <= ?", (now,))
+        return cursor.rowcount
+
     # -- reads ----------------------------------------------------------------------------
 
     def _query(self, sql: str, args: Iterable[object] = ()) -> list[tuple[Any, ...]]:
@@ -369,6 +414,30 @@ class SqliteIndexStore:
                 record,
                 [SharedFile(name, keyword, size, bytes(sha)) for name, keyword, size, sha in rows],
             )
+
+    def revoked_sessions(self, now: float) -> dict[str, float]:
+        """The sessions still deny-listed."""
+        rows = self._query(
+            "SELECT session, expires_at FROM revoked_sessions WHERE expires_at > ?", (now,)
+        )
+        return {str(session): float(expires_at) for session, expires_at in rows}
+
+    def listing_page(
+        self, domain_name: str, keyword: str, offset: int, limit: int
+    ) -> tuple[int, list[ListedFile]]:
+        """A page of the peer's files under ``keyword``, in (file name, keyword) order."""
+        kw = keyword_key(keyword)
+        where = (
+            " FROM files f JOIN peers p ON p.id = f.peer_id WHERE p.domain_name = ? AND f.kw = ?"
+        )
+        [(total,)] = self._query("SELECT count(*)" + where, (domain_name, kw))
+        rows = self._query(
+            "SELECT f.filename, f.size, f.sha256"
+            + where
+            + " ORDER BY f.filename, f.keyword LIMIT ? OFFSET ?",
+            (domain_name, kw, limit, offset),
+        )
+        return int(total), [ListedFile(name, size, bytes(sha)) for name, size, sha in rows]
 
     def search(self, keyword: str, max_files_per_peer: int) -> list[StoredHit]:
         """Peers with files under ``keyword`` (case-insensitive), in domain-name order."""

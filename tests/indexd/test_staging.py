@@ -108,3 +108,13 @@ def test_files_staged_per_user_and_in_total_are_bounded() -> None:
     staging.add("bob", _part(0, 4), 0.0)
     with pytest.raises(Busy):
         staging.add("carol", _part(0, 1), 0.0)
+
+
+def test_user_files_counts_the_files_a_user_has_staged() -> None:
+    staging = SyncStaging()
+    files = tuple(SharedFile(f"f{i}", "k", 1, bytes(32)) for i in range(3))
+    part = SyncPart(b"u" * 16, 0, False)
+    staging.add("alice", SyncRequest("peer1", 7001, files, None, part), 0.0)
+    assert (staging.user_files("alice"), staging.user_files("bob")) == (3, 0)
+    staging.discard("alice", b"u" * 16)
+    assert staging.user_files("alice") == 0

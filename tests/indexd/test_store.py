@@ -53,7 +53,7 @@ def test_new_database_is_wal_with_full_sync_at_current_schema(tmp_path: Path) ->
         db = store._write
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-        assert store.schema_version == SCHEMA_VERSION == 1
+        assert store.schema_version == SCHEMA_VERSION == 2
     finally:
         store.close()
 
@@ -191,3 +191,54 @@ def test_store_refusals_are_store_errors_in_the_project_error_tree(
     cls: type[StoreError],
 ) -> None:
     assert issubclass(cls, StoreError) and issubclass(StoreError, P2PError)
+
+
+# --- the deny-list of ended sessions, and listing pages --------------------------------------
+
+
+def test_revoked_sessions_survive_a_reopen_until_they_expire(tmp_path: Path) -> None:
+    path = tmp_path / "index.db"
+    store = SqliteIndexStore(path)
+    store.revoke_session("s-1", 2000.0)
+    store.revoke_session("s-2", 1500.0)
+    store.revoke_session("s-1", 1800.0)  # an earlier expiry never shortens an entry
+    store.close()
+    store = SqliteIndexStore(path)
+    try:
+        assert store.revoked_sessions(1000.0) == {"s-1": 2000.0, "s-2": 1500.0}
+        assert store.revoked_sessions(1600.0) == {"s-1": 2000.0}
+        assert store.prune_revoked(1600.0) == 1
+        assert store.revoked_sessions(0.0) == {"s-1": 2000.0}
+    finally:
+        store.close()
+
+
+def test_a_schema_1_database_is_migrated_with_its_listings_kept(tmp_path: Path) -> None:
+    path = tmp_path / "index.db"
+    store = SqliteIndexStore(path)
+    store.add_user("alice", b"h", 1.0)
+    store.replace_listing(_listing("alice", "peer1", [_file("k", "a")]))
+    store._write.execute("DROP TABLE revoked_sessions")
+    store._write.execute("PRAGMA user_version = 1")
+    store.close()
+    store = SqliteIndexStore(path)
+    try:
+        assert store.schema_version == 2
+        assert [r.domain_name for r, _ in store.iter_listings()] == ["peer1"]
+        store.revoke_session("s", 10.0)
+        assert store.revoked_sessions(0.0) == {"s": 10.0}
+    finally:
+        store.close()
+
+
+def test_listing_page_gives_the_total_and_files_in_name_order_from_an_offset(
+    store: SqliteIndexStore,
+) -> None:
+    files = [_file("Koala", f"f{i:03d}") for i in range(30)] + [_file("other", "x")]
+    store.replace_listing(_listing("alice", "peer1", files[::-1]))
+    total, page = store.listing_page("peer1", "KOALA", 10, 5)
+    assert total == 30
+    assert [f.filename for f in page] == [f"f{i:03d}" for i in range(10, 15)]
+    assert page[0].sha256 == hashlib.sha256(b"f010").digest()
+    assert store.listing_page("peer1", "koala", 40, 5) == (30, [])
+    assert store.listing_page("peer9", "koala", 0, 5) == (0, [])
