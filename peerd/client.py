@@ -274,9 +274,19 @@ class FetchStream:
         self._stream = stream
         self.header = header
 
-    def chunks(self, timeout: float | None = None) -> AsyncIterator[bytes | memoryview]:
-        """The file's bytes from the requested offset, as they arrive."""
-        return self._stream.chunks(timeout)
+    async def chunks(self, timeout: float | None = None) -> AsyncIterator[bytes | memoryview]:
+        """The file's bytes from the requested offset, as they arrive.
+
+        An empty chunk, or one over 256 KiB, is :class:`RemoteProtocolError` (PROTOCOL.md §7):
+        a stream of empty chunks would otherwise never end nor make progress.
+        """
+        async for chunk in self._stream.chunks(timeout):
+            if not 0 < len(chunk) <= MAX_CHUNK:
+                self.close()
+                raise RemoteProtocolError(
+                    f"the peer sent a chunk of {len(chunk)} bytes (1 to {MAX_CHUNK} allowed)"
+                )
+            yield chunk
 
     def trailer(self) -> FetchTrailer:
         """The trailer (after the chunks); :class:`RemoteProtocolError` if malformed."""
@@ -332,6 +342,10 @@ class PeerClient:
     async def for_hit(
         cls,
         hit: SearchHit,
+#: The largest chunk a fetch stream may carry (PROTOCOL.md §7).
+MAX_CHUNK = 256 << 10
+
+
         ssl_context: ssl.SSLContext,
         *,
         token: TokenSource,

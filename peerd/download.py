@@ -27,16 +27,18 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from netproto.errors import BadRequest
+from netproto.errors import BadRequest, RemoteProtocolError
 from netproto.names import check_file_name, check_keyword
 from netproto.operations import NONCE_SIZE, FetchTrailer, ListedFile
 from peerd.clock import SYSTEM_CLOCK, Clock
-from peerd.errors import DownloadError, DownloadRefused, FileConflict
+from peerd.errors import DownloadError, DownloadRefused, FileConflict, NotEnoughRoom
 from peerd.install import conflict, existing_size, hash_existing, install
+from peerd.pacing import PacePolicy
 from peerd.staging import (
     Sidecar,
     StagedPart,
     Staging,
+    check_room,
     hash_prefix,
     open_keyword_folder,
     open_share_root,
@@ -50,11 +52,24 @@ from peerd.verify import (
     CheckOutcome,
     FetchExpectation,
     check_header,
+    check_size_limit,
     first_failure,
 )
 from peerd.verify import verify_fetch as verify_received
 
 log = logging.getLogger(__name__)
+
+#: The largest file a download accepts unless told otherwise (``--max-download-size``).
+DEFAULT_MAX_DOWNLOAD_SIZE = 64 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadLimits:
+    """What a download accepts from a serving peer: the largest file, and the pace (a floor
+    on the rate over a window, and a deadline for the whole, see :mod:`peerd.pacing`)."""
+
+    max_size: int = DEFAULT_MAX_DOWNLOAD_SIZE
+    pace: PacePolicy = field(default_factory=PacePolicy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +110,7 @@ class _Download:
     progress: ProgressCallback | None
     disk: DiskWork
     clock: Clock
+    limits: DownloadLimits
     started: float = field(init=False)
 
     def __post_init__(self) -> None:
@@ -125,11 +141,20 @@ class _Download:
                 log.debug("cannot remove the partial file of %s", self.path, exc_info=True)
             raise DownloadError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
 
+    async def _check_room(self, size: int, offset: int) -> None:
+        """Refuse a file over ``max_size``, or one that would not fit on the disk."""
+        failed = check_size_limit(size, self.limits.max_size)
+        if failed is not None:
+            raise DownloadRefused(failed.name, failed.detail)
+        await self.disk.run(check_room, self.dir_fd, self.path, size - offset)
+
     async def _run(self) -> DownloadResult:
         if await self.disk.run(existing_size, self.dir_fd, self.file_name, self.path) is not None:
             present = await self._present_result()
             if present is not None:
                 return present
+        if self.expected is not None:  # refused before asking the peer anything
+            await self._check_room(self.expected.size, 0)
         wanted = Sidecar(
             self.peer.domain_name,
             self.keyword,
@@ -150,7 +175,7 @@ class _Download:
                 if not exc.partial_kept:
                     await self._discard()
                 raise
-            except FileConflict:
+            except (FileConflict, NotEnoughRoom):
                 await self._discard()
                 raise
             finally:
@@ -214,6 +239,7 @@ class _Download:
             failed = check_header(expectation, header, offset)
             if failed is not None:
                 raise DownloadRefused(failed.name, failed.detail)
+            await self._check_room(header.size, offset)
             existing = await self.disk.run(existing_size, self.dir_fd, self.file_name, self.path)
             if existing is not None and existing != header.size and not self.overwrite:
                 raise conflict(self.path)
@@ -222,7 +248,20 @@ class _Download:
                 await self.disk.run(self.staging.write_sidecar, sidecar)
             if self.progress is not None:
                 self.progress(offset, header.size)
-            received = await receive(stream, part.fd, offset, sha256, self.disk, self.progress)
+            try:
+                received = await receive(
+                    stream,
+                    part.fd,
+                    offset,
+                    sha256,
+                    self.disk,
+                    self.progress,
+                    pace=self.limits.pace,
+                    clock=self.clock,
+                )
+            except RemoteProtocolError:
+                await self._discard()  # the peer broke the protocol: nothing worth resuming
+                raise
             trailer = read_trailer(stream)
         finally:
             stream.close()
@@ -282,15 +321,19 @@ async def download(
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
     clock: Clock = SYSTEM_CLOCK,
+    limits: DownloadLimits | None = None,
 ) -> DownloadResult:
     """Fetch ``keyword/file_name`` from ``peer`` into ``file_directory/<keyword>/<file_name>``.
 
     ``expected`` is the index's listing of the file (its size and digest are then checked
     too). An existing identical file is success without a download; an existing different
     one raises :class:`FileConflict` unless ``overwrite``. A failed check raises
-    :class:`DownloadRefused` (a :class:`VerificationFailed`) naming it; a dropped connection
-    raises it with check ``"truncated"`` and keeps a partial file the next call resumes. A
-    peer that breaks the protocol raises :class:`~netproto.errors.RemoteProtocolError`.
+    :class:`DownloadRefused` (a :class:`VerificationFailed`) naming it; so does a file over
+    ``limits.max_size`` (check ``"size"``), and a file that would not fit on the disk raises
+    :class:`NotEnoughRoom`. A dropped connection, or a transfer under ``limits.pace`` on
+    ``clock``, raises it with check ``"truncated"`` and keeps a partial file the next call
+    resumes from the same peer. A peer that breaks the protocol (an empty chunk, say) raises
+    :class:`~netproto.errors.RemoteProtocolError`, and what it sent is discarded.
     """
     check_keyword(keyword)
     check_file_name(file_name)
@@ -315,6 +358,7 @@ async def download(
                 progress,
                 disk,
                 clock,
+                limits or DownloadLimits(),
             )
             return await job.run()
         except BaseException:
@@ -355,11 +399,15 @@ def verify_fetch(
 
 __all__ = [
     "CHECKS",
+    "DEFAULT_MAX_DOWNLOAD_SIZE",
     "CheckOutcome",
     "DownloadError",
+    "DownloadLimits",
     "DownloadRefused",
     "DownloadResult",
     "FileConflict",
+    "NotEnoughRoom",
+    "PacePolicy",
     "ProgressCallback",
     "download",
     "part_names",

@@ -6,7 +6,8 @@ Three families, each raised by one layer and chained to its cause (``raise ... f
   publish the share). :meth:`peerd.daemon.PeerDaemon.start` turns one into a
   :class:`~netproto.daemon.StartupError`; later (a search, the keep-alive loop) it stays itself,
   so the shell can tell an untrusted index from an unreachable one.
-- :class:`ShareError`: the share's storage refusing a name or not having it; the peer server's
+- :class:`ShareError`: the share's storage refusing a name or not having it, or a folder or
+  file in it that is not this user's own (:class:`UnsafeLocalFile`); the peer server's
   handlers translate these into wire errors (PROTOCOL.md §5).
 - :class:`DownloadError` and :class:`DownloadRefused`: a download that could not be done, or
   that failed a check of PROTOCOL.md §7.
@@ -70,11 +71,21 @@ class InvalidName(ShareError):
     """A keyword or file name that is not one safe path segment (PROTOCOL.md §4.7)."""
 
 
+class UnsafeLocalFile(ShareError):
+    """A share folder, partial file or key that is not this user's own, or that others may
+    write (docs/design.md §5): nothing is read from it, written to it, or served from it."""
+
+
 # --- downloads ------------------------------------------------------------------------------
 
 
 class DownloadError(P2PError):
     """A download that could not be done (not a verification failure)."""
+
+
+class NotEnoughRoom(DownloadError):
+    """The file would not fit: over ``--max-download-size``, or over the free space of the
+    share's file system less its margin."""
 
 
 class FileConflict(DownloadError):
@@ -111,10 +122,12 @@ __all__ = [
     "IndexUntrusted",
     "InvalidName",
     "LoginRefused",
+    "NotEnoughRoom",
     "NotShared",
     "RegistrationRefused",
     "SessionError",
     "ShareError",
     "ShareTooLarge",
     "ShareUnavailable",
+    "UnsafeLocalFile",
 ]

@@ -1,6 +1,7 @@
 """The install step: a verified partial file becomes the shared file, durably.
 
-``fsync`` the bytes, move the file into place — with ``link`` (which never replaces a name)
+Give the file its final mode (:data:`FINAL_MODE`: it was 0600 while unverified), ``fsync``
+the bytes, move the file into place — with ``link`` (which never replaces a name)
 unless overwriting was asked for, so a file that appeared meanwhile is never overwritten
 silently — drop the sidecar, and ``fsync`` the folder so the new name survives a crash.
 Also here: what is already under the final name. Every function blocks; the caller runs them
@@ -17,6 +18,26 @@ from pathlib import Path
 from peerd.errors import DownloadError, FileConflict
 from peerd.share import hash_fd, open_regular
 from peerd.staging import Staging, unlink_quietly
+
+
+def _umask() -> int:
+    """The process's umask: read from ``/proc`` where there is one (setting it to read it
+    would change it for every thread for a moment)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: The mode a verified download gets as it moves into place: what a new file would get
+#: (0644 under the usual umask), never more.
+FINAL_MODE = 0o644 & ~_umask()
 
 
 def conflict(path: Path) -> FileConflict:
@@ -59,6 +80,7 @@ def install(staging: Staging, fd: int, file_name: str, digest: bytes, *, overwri
     """
     path, d = staging.path, staging.dir_fd
     try:
+        os.fchmod(fd, FINAL_MODE)  # 0600 while unverified; the final mode as it moves in
         os.fsync(fd)
     except OSError as exc:
         staging.discard()
@@ -100,4 +122,4 @@ def _move_into_place(staging: Staging, file_name: str, digest: bytes, *, overwri
     return False
 
 
-__all__ = ["conflict", "existing_size", "hash_existing", "install"]
+__all__ = ["FINAL_MODE", "conflict", "existing_size", "hash_existing", "install"]

@@ -3,7 +3,13 @@
 :class:`ShareStore` is what the peer server and the daemon are written against; :class:`Share`
 is the folder on disk. The store raises its own errors (:class:`~peerd.errors.ShareError`:
 :class:`~peerd.errors.InvalidName`, :class:`~peerd.errors.NotShared`,
-:class:`~peerd.errors.ShareUnavailable`), never wire errors; the server's handlers translate.
+:class:`~peerd.errors.ShareUnavailable`, :class:`~peerd.errors.UnsafeLocalFile`), never wire
+errors; the server's handlers translate.
+
+The share and its keyword folders must be this user's own and writable by nobody else
+(:func:`check_private`): a folder another user may write could have a file swapped under this
+peer's signature. An unsafe keyword folder is left out (with a warning), an unsafe share is
+refused.
 
 Only regular files inside the share are listed or served. Every path below the share root is
 opened relative to a directory file descriptor with ``O_NOFOLLOW``, so a symlink (to a file or
@@ -33,7 +39,7 @@ from typing import Any, Protocol, Self
 from netproto.errors import InvalidPath
 from netproto.names import check_file_name, check_keyword
 from netproto.operations import MAX_FILE_SIZE, SharedFile
-from peerd.errors import InvalidName, NotShared, ShareError, ShareUnavailable
+from peerd.errors import InvalidName, NotShared, ShareError, ShareUnavailable, UnsafeLocalFile
 
 log = logging.getLogger(__name__)
 
@@ -316,6 +322,40 @@ def open_regular(dir_fd: int, name: str) -> tuple[int, os.stat_result] | None:
 
     ``lstat`` first, so a device node or FIFO is never even opened; then open with
     ``O_NOFOLLOW | O_NONBLOCK`` and check the descriptor again, in case the name was swapped
+#: Permission bits that let someone else change a folder or file: group and other write.
+_WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
+
+
+def check_private(st: os.stat_result, what: str) -> None:
+    """Raise :class:`UnsafeLocalFile` unless ``st`` is this user's own and nobody else may
+    write it (``what`` names it in the message: "the share folder peer1-files", ...)."""
+    uid = os.geteuid()
+    if st.st_uid != uid:
+        raise UnsafeLocalFile(
+            f"{what} belongs to uid {st.st_uid}, not to this user (uid {uid}); peerd uses only"
+            " folders and files that are its user's own"
+        )
+    if st.st_mode & _WRITABLE_BY_OTHERS:
+        mode = stat.S_IMODE(st.st_mode)
+        raise UnsafeLocalFile(
+            f"{what} may be written by other users (mode {mode:04o}); make it yours alone"
+            " with chmod go-w"
+        )
+
+
+def open_private_subdir(dir_fd: int, name: str, what: str) -> int | None:
+    """:func:`open_subdir`, then :func:`check_private` on the folder (closed if it fails)."""
+    fd = open_subdir(dir_fd, name)
+    if fd is None:
+        return None
+    try:
+        check_private(os.fstat(fd), what)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
     between the two calls.
     """
     try:
@@ -376,10 +416,34 @@ class Share:
             os.close(fd)
 
     def _ensure_loaded(self, root_fd: int) -> None:
+            check_private(os.fstat(fd), f"the share folder {self.root}")
         if not self._loaded:
             self._loaded = True
             if self._cache_file is not None:
                 self.cache.load(root_fd, self._cache_file)
+    def check(self) -> None:
+        """Raise :class:`UnsafeLocalFile` unless the share and every keyword folder in it are
+        this user's own and nobody else may write them; :class:`ShareUnavailable` if the share
+        cannot be opened (blocking)."""
+        with self._root_fd() as root_fd:
+            for name in sorted(os.listdir(root_fd)):
+                if name.startswith(".") or not _valid_keyword(name):
+                    continue
+                fd = open_private_subdir(root_fd, name, self._folder_name(name))
+                if fd is not None:
+                    os.close(fd)
+
+    def _folder_name(self, keyword: str) -> str:
+        return f"the share folder {self.root / keyword}"
+
+    def _keyword_fd(self, root_fd: int, keyword: str) -> int | None:
+        """A keyword folder opened for reading; None (and a warning) if it is not safe."""
+        try:
+            return open_private_subdir(root_fd, keyword, self._folder_name(keyword))
+        except UnsafeLocalFile as exc:
+            log.warning("%s; not shared", exc)
+            return None
+
 
     def save_cache(self) -> None:
         """Write the digest cache if it changed since the last save."""
@@ -408,7 +472,7 @@ class Share:
         for keyword in sorted(os.listdir(root_fd)):
             if keyword.startswith(".") or not _valid_keyword(keyword):
                 continue
-            dir_fd = open_subdir(root_fd, keyword)
+            dir_fd = self._keyword_fd(root_fd, keyword)
             if dir_fd is None:
                 continue
             try:
@@ -465,7 +529,7 @@ class Share:
         found = False
         with self._root_fd() as root_fd:
             for folder in self.keyword_dirs(root_fd, keyword):
-                dir_fd = open_subdir(root_fd, folder)
+                dir_fd = self._keyword_fd(root_fd, folder)
                 if dir_fd is None:
                     continue
                 found = True
@@ -491,7 +555,7 @@ class Share:
             raise NotShared("no such file")
         with self._root_fd() as root_fd:
             for folder in self.keyword_dirs(root_fd, keyword):
-                dir_fd = open_subdir(root_fd, folder)
+                dir_fd = self._keyword_fd(root_fd, folder)
                 if dir_fd is None:
                     continue
                 try:
@@ -527,3 +591,6 @@ __all__ = [
     "open_regular",
     "open_subdir",
 ]
+    "UnsafeLocalFile",
+    "check_private",
+    "open_private_subdir",

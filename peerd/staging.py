@@ -1,9 +1,12 @@
 """Partial-file staging: where a download is written before it is verified, and how it resumes.
 
 A download is written to a hidden temp file in its keyword folder (:func:`part_names`), locked
-with ``flock`` so two downloads of the same file cannot mix. Beside it a small sidecar
-(:class:`Sidecar`) says what the bytes belong to; a later download of the same file, from the
-same peer or of the same index digest, resumes from where the last one stopped.
+with ``flock`` so two downloads of the same file cannot mix, made with ``O_EXCL | O_NOFOLLOW``
+and mode 0600. Beside it a small sidecar (:class:`Sidecar`) says what the bytes belong to; a
+later download of the same file from the same peer (and of the same index digest) resumes from
+where the last one stopped. Partial files untouched for days are swept away when the peer
+starts (:func:`sweep_stale_parts`); a download must fit the file system's free space with a
+margin (:func:`check_room`).
 
 Every function here blocks (``open``, ``flock``, reads, writes, ``unlink``): the caller runs
 them in a worker thread (:class:`peerd.threadjob.DiskWork`), never on the event loop.
@@ -23,11 +26,19 @@ from pathlib import Path
 from typing import Any, Protocol, Self
 
 from netproto.operations import ListedFile
-from peerd.errors import DownloadError
-from peerd.share import open_regular, open_subdir
+from peerd.errors import DownloadError, NotEnoughRoom, UnsafeLocalFile
+from peerd.share import check_private, open_private_subdir, open_regular
 
 PART_SUFFIX = ".p2pshare-part"
 META_SUFFIX = ".meta"
+#: A partial file and its sidecar are this user's alone until the file is verified.
+PART_MODE = 0o600
+#: Folders made for downloads (the share, a keyword): nobody else may write them.
+FOLDER_MODE = 0o755
+#: Partial files not touched for this long are removed when the peer starts.
+DEFAULT_PARTIAL_MAX_AGE = 3 * 86400.0
+#: Room kept free on the share's file system: this much, or a twentieth of a smaller one.
+FREE_SPACE_MARGIN = 64 << 20
 _NAME_MAX = 255
 _META_MAX = 64 << 10
 _HASH_BLOCK = 1 << 20
@@ -35,6 +46,7 @@ _HASH_BLOCK = 1 << 20
 #: final ``fsync`` has little left to do.
 _WRITEBACK = 16 << 20
 _FADVISE = getattr(os, "posix_fadvise", None)
+_PROBE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class Hasher(Protocol):
@@ -65,12 +77,19 @@ def unlink_quietly(dir_fd: int, name: str) -> None:
 
 
 def open_share_root(root: Path) -> int:
-    """Open (creating if needed) the folder downloads go into; DownloadError if impossible."""
+    """Open (creating if needed) the folder downloads go into; DownloadError if impossible,
+    :class:`UnsafeLocalFile` if it is not this user's own or others may write it."""
     try:
-        os.makedirs(root, exist_ok=True)
-        return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        os.makedirs(root, FOLDER_MODE, exist_ok=True)
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         raise DownloadError(f"cannot use {root} for downloads: {exc.strerror or exc}") from exc
+    try:
+        check_private(os.fstat(fd), f"the share folder {root}")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,27 +105,27 @@ class KeywordFolder:
 def open_keyword_folder(root_fd: int, root: Path, keyword: str) -> KeywordFolder:
     """Open (creating if needed) the keyword folder; an existing case variant is reused."""
     try:
-        return _open_keyword_folder(root_fd, keyword)
+        return _open_keyword_folder(root_fd, root, keyword)
     except OSError as exc:
         raise DownloadError(f"cannot make the folder {root / keyword}: {exc.strerror}") from exc
 
 
-def _open_keyword_folder(root_fd: int, keyword: str) -> KeywordFolder:
+def _open_keyword_folder(root_fd: int, root: Path, keyword: str) -> KeywordFolder:
     wanted = keyword.casefold()
     names = [n for n in os.listdir(root_fd) if not n.startswith(".") and n.casefold() == wanted]
     names.sort(key=lambda n: (n != keyword, n))
     for name in names:
-        fd = open_subdir(root_fd, name)
+        fd = open_private_subdir(root_fd, name, f"the share folder {root / name}")
         if fd is not None:
             return KeywordFolder(name, fd, False)
     if keyword in names:
         raise DownloadError(f"{keyword!r} in the share is not a real folder")
     created = True
     try:
-        os.mkdir(keyword, 0o755, dir_fd=root_fd)
+        os.mkdir(keyword, FOLDER_MODE, dir_fd=root_fd)
     except FileExistsError:
         created = False
-    fd = open_subdir(root_fd, keyword)
+    fd = open_private_subdir(root_fd, keyword, f"the share folder {root / keyword}")
     if fd is None:
         raise DownloadError(f"cannot open the folder {keyword!r} in the share")
     return KeywordFolder(keyword, fd, created)
@@ -163,13 +182,19 @@ class Sidecar:
 
     def resumable_as(self, wanted: Sidecar) -> bool:
         """True when the partial file may be resumed by the download ``wanted`` describes
-        (``wanted.size`` is ignored: the size is only known once the peer answers)."""
-        if (self.keyword, self.file_name) != (wanted.keyword, wanted.file_name):
+        (``wanted.size`` is ignored: the size is only known once the peer answers).
+
+        Only from the peer that served the prefix: another peer's signature would cover
+        bytes it never sent, so a peer that served a poisoned prefix could make the honest
+        peer's download fail. And only for the same index digest, when both know one.
+        """
+        if (self.peer, self.keyword, self.file_name) != (
+            wanted.peer,
+            wanted.keyword,
+            wanted.file_name,
+        ):
             return False
-        if wanted.sha256 is not None and self.sha256 is not None:
-            # The index says what the file is; the bytes may have come from any peer.
-            return self.sha256 == wanted.sha256
-        return self.peer == wanted.peer
+        return wanted.sha256 is None or self.sha256 is None or self.sha256 == wanted.sha256
 
 
 @dataclass(slots=True)
@@ -195,18 +220,32 @@ class Staging:
         self.part, self.meta = part_names(file_name)
 
     def open(self, wanted: Sidecar, listed: ListedFile | None) -> StagedPart:
-        """Open (or create) the partial file, locked, and decide whether it can be resumed."""
-        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        """Open (or create) the partial file, locked, and decide whether it can be resumed.
+
+        An existing partial file must be a regular file of this user's, with no other link
+        and writable by nobody else (:class:`UnsafeLocalFile` otherwise); a new one is made
+        with ``O_EXCL | O_NOFOLLOW`` and mode 0600, and gets its final mode only once
+        verified (:func:`peerd.install.install`).
+        """
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            fd = os.open(self.part, flags, 0o644, dir_fd=self.dir_fd)
+            fd = os.open(self.part, flags, dir_fd=self.dir_fd)
+        except FileNotFoundError:
+            fd = self._create()
         except OSError:  # not a regular file we can open (a symlink, say): start afresh
             self.discard()
-            fd = os.open(self.part, flags | os.O_EXCL, 0o644, dir_fd=self.dir_fd)
+            fd = self._create()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise DownloadError(f"{self.part} in {self.path.parent} is not a regular file")
+            check_private(st, f"the partial file {self.path.parent / self.part}")
+            if st.st_nlink != 1:
+                raise UnsafeLocalFile(
+                    f"the partial file {self.path.parent / self.part} has other links;"
+                    " remove it to download afresh"
+                )
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
@@ -231,14 +270,19 @@ class Staging:
             raise
         return StagedPart(fd, 0, None)
 
+    def _create(self) -> int:
+        """A new, empty partial file: ours alone (0600), never through a link."""
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        return os.open(self.part, flags, PART_MODE, dir_fd=self.dir_fd)
+
     def read_sidecar(self) -> Sidecar | None:
-        """The sidecar, if there is a readable one."""
+        """The sidecar, if there is a readable one of this user's that nobody else may write."""
         opened = open_regular(self.dir_fd, self.meta)
         if opened is None:
             return None
         fd, st = opened
         try:
-            if st.st_size > _META_MAX:
+            if st.st_size > _META_MAX or not _private(st):
                 return None
             return Sidecar.from_json(os.pread(fd, _META_MAX, 0))
         except OSError:
@@ -247,9 +291,10 @@ class Staging:
             os.close(fd)
 
     def write_sidecar(self, sidecar: Sidecar) -> None:
-        """Record what the partial file belongs to (once its size is known)."""
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(self.meta, flags, 0o644, dir_fd=self.dir_fd)
+        """Record what the partial file belongs to (once its size is known), in a new file."""
+        unlink_quietly(self.dir_fd, self.meta)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self.meta, flags, PART_MODE, dir_fd=self.dir_fd)
         try:
             os.write(fd, sidecar.to_json())
         finally:
@@ -259,6 +304,103 @@ class Staging:
         """Remove the partial file and its sidecar."""
         unlink_quietly(self.dir_fd, self.part)
         unlink_quietly(self.dir_fd, self.meta)
+
+
+def _private(st: os.stat_result) -> bool:
+    try:
+        check_private(st, "")
+    except UnsafeLocalFile:
+        return False
+    return True
+
+
+def check_room(dir_fd: int, path: Path, needed: int) -> None:
+    """Raise :class:`NotEnoughRoom` unless ``needed`` more bytes fit on the file system of
+    ``dir_fd`` with :data:`FREE_SPACE_MARGIN` (or a twentieth of a smaller one) to spare."""
+    fs = os.fstatvfs(dir_fd)
+    free = fs.f_bavail * fs.f_frsize
+    margin = min(FREE_SPACE_MARGIN, fs.f_blocks * fs.f_frsize // 20)
+    if needed + margin > free:
+        raise NotEnoughRoom(
+            f"not enough free space for {path}: it needs {needed} bytes, the file system has"
+            f" {free} free and {margin} are kept in reserve"
+        )
+
+
+def sweep_stale_parts(root: Path, now: float, max_age: float) -> list[str]:
+    """Remove partial files (and sidecars) in the share's keyword folders untouched for
+    ``max_age`` seconds before ``now``; the ``keyword/name`` of each one removed.
+
+    A partial file locked by a download in progress is left alone, and so is every folder
+    that is not this user's own (blocking).
+    """
+    removed: list[str] = []
+    try:
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return removed
+    try:
+        for keyword in sorted(os.listdir(root_fd)):
+            if keyword.startswith("."):
+                continue
+            try:
+                dir_fd = open_private_subdir(root_fd, keyword, keyword)
+            except UnsafeLocalFile:
+                continue
+            if dir_fd is None:
+                continue
+            try:
+                removed.extend(f"{keyword}/{name}" for name in _sweep_folder(dir_fd, now - max_age))
+            finally:
+                os.close(dir_fd)
+    finally:
+        os.close(root_fd)
+    return removed
+
+
+def _sweep_folder(dir_fd: int, cutoff: float) -> list[str]:
+    removed: list[str] = []
+    names = set(os.listdir(dir_fd))
+    for name in sorted(names):
+        if name.startswith(".") and name.endswith(PART_SUFFIX):
+            meta = name + META_SUFFIX
+        elif name.startswith(".") and name.endswith(PART_SUFFIX + META_SUFFIX):
+            if name.removesuffix(META_SUFFIX) in names:
+                continue  # goes with its partial file
+            meta = None
+        else:
+            continue
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode) or st.st_mtime >= cutoff:
+            continue
+        if meta is not None and _locked(dir_fd, name):
+            continue  # a download in progress (another process's)
+        for victim in (name, meta):
+            if victim is not None and (victim == name or victim in names):
+                with contextlib.suppress(OSError):
+                    os.unlink(victim, dir_fd=dir_fd)
+                    removed.append(victim)
+    return removed
+
+
+def _locked(dir_fd: int, name: str) -> bool:
+    """True when a download holds the partial file's lock (or it cannot be opened)."""
+    try:
+        fd = os.open(
+            name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
+        )
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing releases the lock
+    return False
 
 
 def hash_prefix(sha256: Hasher, fd: int, length: int) -> None:
@@ -290,18 +432,24 @@ def write_hashed(fd: int, data: bytes | memoryview, pos: int, sha256: Hasher) ->
 
 
 __all__ = [
+    "DEFAULT_PARTIAL_MAX_AGE",
+    "FOLDER_MODE",
+    "FREE_SPACE_MARGIN",
     "META_SUFFIX",
+    "PART_MODE",
     "PART_SUFFIX",
     "Hasher",
     "KeywordFolder",
     "Sidecar",
     "StagedPart",
     "Staging",
+    "check_room",
     "hash_prefix",
     "open_keyword_folder",
     "open_share_root",
     "part_names",
     "remove_empty_folder",
+    "sweep_stale_parts",
     "unlink_quietly",
     "write_hashed",
 ]

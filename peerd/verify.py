@@ -62,6 +62,15 @@ def check_header(
     return None
 
 
+def check_size_limit(size: int, max_size: int) -> CheckOutcome | None:
+    """The failed ``size`` check if a file of ``size`` bytes is over ``max_size``, else None."""
+    if size > max_size:
+        return CheckOutcome(
+            "size", False, f"the file is {size} bytes, over --max-download-size ({max_size})"
+        )
+    return None
+
+
 def verify_fetch(
     expected: FetchExpectation,
     *,
@@ -149,6 +158,7 @@ __all__ = [
     "CheckOutcome",
     "FetchExpectation",
     "check_header",
+    "check_size_limit",
     "first_failure",
     "verify_fetch",
 ]

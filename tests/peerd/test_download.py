@@ -6,16 +6,20 @@ real mutual TLS, against honest and lying peers, is in test_client.py."""
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from netproto.errors import BadRequest, ConnectionClosed, NotFound, RemoteProtocolError
-from peerd.download import DownloadRefused, download, part_names
+from netproto.operations import ListedFile
+from peerd.download import DownloadLimits, DownloadRefused, NotEnoughRoom, download, part_names
+from peerd.pacing import PacePolicy
 from tests.support.fake_clock import FakeClock
 from tests.support.fake_fetch import CHUNK, FakeFetchPeer
 
@@ -88,10 +92,9 @@ async def test_a_refusal_before_anything_arrived_leaves_nothing(pki: Any, tmp_pa
     "failure, partial_kept",
     [
         (ConnectionClosed("reset"), True),
-        (RemoteProtocolError("a chunk that is not a chunk"), False),
         (NotFound("the file went away"), False),
     ],
-    ids=["connection-lost", "protocol-broken", "error-from-the-peer"],
+    ids=["connection-lost", "error-from-the-peer"],
 )
 async def test_a_stream_ended_early_is_truncated_and_kept_only_if_the_connection_dropped(
     pki: Any, tmp_path: Path, failure: BaseException, partial_kept: bool
@@ -102,6 +105,89 @@ async def test_a_stream_ended_early_is_truncated_and_kept_only_if_the_connection
     assert (info.value.check, info.value.partial_kept) == ("truncated", partial_kept)
     assert info.value.__cause__ is failure
     assert partial_of(tmp_path).exists() is partial_kept
+
+
+async def test_a_stream_that_breaks_the_protocol_mid_transfer_raises_it_and_keeps_nothing(
+    pki: Any, tmp_path: Path
+) -> None:
+    failure = RemoteProtocolError("the peer sent a chunk of 0 bytes (1 to 262144 allowed)")
+    peer = FakeFetchPeer(pki, CONTENT, fail_after=3, failure=failure)
+    with pytest.raises(RemoteProtocolError) as info:
+        await download(peer, "koala", "file.bin", tmp_path)
+    assert info.value is failure
+    assert not partial_of(tmp_path).exists()
+
+
+def _slow(clock: FakeClock, seconds: float) -> Callable[[], None]:
+    return lambda: clock.advance(seconds)
+
+
+async def test_a_transfer_under_the_floor_is_abandoned_and_its_partial_kept(
+    pki: Any, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    # 1000-byte chunks 31 s apart: far under 16 KiB/s over 30 s.
+    peer = FakeFetchPeer(pki, CONTENT, on_chunk=_slow(clock, 31))
+    with pytest.raises(DownloadRefused) as info:
+        await download(peer, "koala", "file.bin", tmp_path, clock=clock)
+    assert info.value.check == "truncated" and info.value.partial_kept
+    assert "abandoned" in str(info.value) and "under 16 KiB/s over 30 s" in str(info.value)
+
+
+async def test_the_floor_and_its_window_come_from_the_limits(pki: Any, tmp_path: Path) -> None:
+    clock = FakeClock()
+    limits = DownloadLimits(pace=PacePolicy(min_rate=10, window=60))  # 600 bytes a minute
+    peer = FakeFetchPeer(pki, CONTENT, on_chunk=_slow(clock, 31))
+    result = await download(peer, "koala", "file.bin", tmp_path, clock=clock, limits=limits)
+    assert result.size == len(CONTENT)
+
+
+async def test_a_transfer_past_its_deadline_is_abandoned(pki: Any, tmp_path: Path) -> None:
+    clock = FakeClock()
+    # A window of 10 s is never closed, but the whole file (5123 bytes at 1 kB/s, no grace)
+    # is due after 5.1 s, and the sixth chunk comes at 6 s.
+    limits = DownloadLimits(pace=PacePolicy(min_rate=1000, window=10, grace=0))
+    peer = FakeFetchPeer(pki, CONTENT, on_chunk=_slow(clock, 1.0))
+    with pytest.raises(DownloadRefused) as info:
+        await download(peer, "koala", "file.bin", tmp_path, clock=clock, limits=limits)
+    assert "not done within 5 s" in str(info.value) and info.value.partial_kept
+
+
+async def test_a_file_over_the_size_limit_is_refused_before_anything_is_written(
+    pki: Any, tmp_path: Path
+) -> None:
+    peer = FakeFetchPeer(pki, CONTENT)
+    limits = DownloadLimits(max_size=len(CONTENT) - 1)
+    with pytest.raises(DownloadRefused) as info:
+        await download(peer, "koala", "file.bin", tmp_path, limits=limits)
+    assert info.value.check == "size" and "--max-download-size" in str(info.value)
+    assert not (tmp_path / "koala").exists()
+
+
+async def test_a_listed_file_over_the_size_limit_is_refused_without_asking_the_peer(
+    pki: Any, tmp_path: Path
+) -> None:
+    peer = FakeFetchPeer(pki, CONTENT)
+    listed = ListedFile("file.bin", 1 << 40, hashlib.sha256(CONTENT).digest())
+    with pytest.raises(DownloadRefused):
+        await download(peer, "koala", "file.bin", tmp_path, expected=listed)
+    assert peer.calls == []
+
+
+async def test_a_file_the_disk_cannot_hold_is_refused_with_a_readable_error(
+    pki: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = os.fstatvfs
+
+    def nearly_full(fd: int) -> Any:
+        fs = real(fd)
+        free = (len(CONTENT) + 1000) // fs.f_frsize  # less than the file and its margin
+        return SimpleNamespace(f_bavail=free, f_frsize=fs.f_frsize, f_blocks=fs.f_blocks)
+
+    monkeypatch.setattr(os, "fstatvfs", nearly_full)
+    with pytest.raises(NotEnoughRoom, match=r"not enough free space for .*file\.bin"):
+        await download(FakeFetchPeer(pki, CONTENT), "koala", "file.bin", tmp_path)
+    assert not (tmp_path / "koala").exists()
 
 
 async def test_the_download_rate_is_measured_on_the_injected_clock(

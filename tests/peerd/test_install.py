@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from peerd.errors import DownloadError, FileConflict
-from peerd.install import existing_size, install
+from peerd.install import FINAL_MODE, existing_size, install
 from peerd.staging import Staging
 
 CONTENT = b"a baby koala\n"
@@ -41,6 +42,22 @@ def test_the_partial_file_becomes_the_file_and_nothing_else_is_left(
     assert install(staging[0], staging[1], "joey.txt", DIGEST, overwrite=False) is False
     assert (tmp_path / "joey.txt").read_bytes() == CONTENT
     assert names(tmp_path) == ["joey.txt"]
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_the_file_gets_its_final_mode_as_it_moves_in(
+    staging: tuple[Staging, int], tmp_path: Path, overwrite: bool
+) -> None:
+    os.fchmod(staging[1], 0o600)  # as staging made it
+    install(staging[0], staging[1], "joey.txt", DIGEST, overwrite=overwrite)
+    assert stat.S_IMODE((tmp_path / "joey.txt").stat().st_mode) == FINAL_MODE
+    assert 0o644 & ~_process_umask() == FINAL_MODE
+
+
+def _process_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_an_identical_file_already_there_is_success_and_the_partial_is_dropped(

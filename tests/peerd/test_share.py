@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from netproto.errors import P2PError, RequestError
-from peerd.errors import InvalidName, NotShared, ShareError, ShareUnavailable
+from peerd.errors import InvalidName, NotShared, ShareError, ShareUnavailable, UnsafeLocalFile
 from peerd.share import CACHE_FILE_NAME, RACY_WINDOW_NS, Share
 
 
@@ -257,3 +257,43 @@ def test_the_share_raises_its_own_errors_never_wire_errors(root: Path) -> None:
             call()
         assert not isinstance(info.value, RequestError)
         assert isinstance(info.value, P2PError)
+
+
+# --- whose folders: the share and its keyword folders must be the user's alone ------------
+
+
+def test_a_keyword_folder_others_may_write_is_neither_scanned_listed_nor_served(
+    root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (root / "koala").chmod(0o777)
+    share = Share(root)
+    assert {f.keyword for f in share.scan()} == {"wombat"}
+    assert "may be written by other users" in caplog.text
+    with pytest.raises(NotShared):
+        share.list_files("koala")
+    with pytest.raises(NotShared):
+        share.open_file("koala", "sleep.txt")
+    with pytest.raises(UnsafeLocalFile, match=r"koala may be written by other users \(mode 0777\)"):
+        share.check()
+
+
+def test_a_share_others_may_write_is_refused_whole(root: Path) -> None:
+    root.chmod(0o775)
+    share = Share(root)
+    with pytest.raises(UnsafeLocalFile, match=r"the share folder .*share may be written"):
+        share.check()
+    with pytest.raises(UnsafeLocalFile):
+        share.list_files("wombat")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a folder away needs root")
+def test_a_keyword_folder_of_another_user_is_refused(root: Path) -> None:
+    os.chown(root / "wombat", 65534, 65534)
+    share = Share(root)
+    assert {f.keyword for f in share.scan()} == {"koala"}
+    with pytest.raises(UnsafeLocalFile, match="belongs to uid 65534"):
+        share.check()
+
+
+def test_a_share_of_the_users_own_folders_passes_the_check(root: Path) -> None:
+    Share(root).check()

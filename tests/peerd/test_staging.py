@@ -1,23 +1,30 @@
 """Partial-file staging (peerd/staging.py): temp names, the sidecar, when a partial file is
-resumed, and the lock that keeps two downloads of one file apart."""
+resumed (only from the peer that served it), the lock that keeps two downloads of one file
+apart, whose partial files are trusted, the sweep of stale ones, and the room check."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from netproto.operations import ListedFile
-from peerd.errors import DownloadError
+from peerd.errors import DownloadError, NotEnoughRoom, UnsafeLocalFile
 from peerd.staging import (
+    PART_MODE,
     Sidecar,
     Staging,
+    check_room,
     hash_prefix,
     open_keyword_folder,
     part_names,
+    sweep_stale_parts,
     write_hashed,
 )
 
@@ -89,16 +96,133 @@ def test_a_partial_from_another_peer_starts_afresh_without_a_common_digest(
         part.close()
 
 
-def test_a_partial_of_the_listed_digest_is_resumed_whichever_peer_it_came_from(
+def test_a_partial_from_another_peer_starts_afresh_even_with_the_listed_digest(
     folder: tuple[Path, int],
 ) -> None:
     staging = staged(folder, b"a baby", Sidecar("peer3", "koala", "joey.txt", 13, DIGEST))
     wanted = Sidecar("peer1", "koala", "joey.txt", 0, DIGEST)
     part = staging.open(wanted, ListedFile("joey.txt", 13, DIGEST))
     try:
+        assert part.offset == 0  # only peer3, which served the prefix, may continue it
+    finally:
+        part.close()
+
+
+def test_a_partial_of_the_same_peer_and_listed_digest_is_resumed(
+    folder: tuple[Path, int],
+) -> None:
+    staging = staged(folder, b"a baby", Sidecar("peer1", "koala", "joey.txt", 13, DIGEST))
+    wanted = Sidecar("peer1", "koala", "joey.txt", 0, DIGEST)
+    part = staging.open(wanted, ListedFile("joey.txt", 13, DIGEST))
+    try:
         assert part.offset == 6
     finally:
         part.close()
+
+
+def test_a_new_partial_file_and_its_sidecar_are_the_users_alone(
+    folder: tuple[Path, int],
+) -> None:
+    path, fd = folder
+    staging = Staging(fd, "joey.txt", path / "joey.txt")
+    part = staging.open(WANTED, None)
+    try:
+        staging.write_sidecar(WANTED)
+        assert stat.S_IMODE((path / staging.part).stat().st_mode) == PART_MODE == 0o600
+        assert stat.S_IMODE((path / staging.meta).stat().st_mode) == 0o600
+    finally:
+        part.close()
+
+
+def test_a_symlink_in_place_of_the_partial_file_is_replaced_never_followed(
+    folder: tuple[Path, int], tmp_path: Path
+) -> None:
+    path, fd = folder
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious\n")
+    staging = Staging(fd, "joey.txt", path / "joey.txt")
+    (path / staging.part).symlink_to(victim)
+    (path / staging.meta).symlink_to(victim)
+    part = staging.open(WANTED, None)
+    try:
+        os.write(part.fd, b"downloaded")
+        staging.write_sidecar(WANTED)
+    finally:
+        part.close()
+    assert victim.read_bytes() == b"precious\n"
+    assert not (path / staging.part).is_symlink() and not (path / staging.meta).is_symlink()
+
+
+@pytest.mark.parametrize("mode", [0o664, 0o666, 0o646])
+def test_a_partial_file_others_may_write_is_refused(folder: tuple[Path, int], mode: int) -> None:
+    path, _ = folder
+    staging = staged(folder, b"a baby", Sidecar("peer1", "koala", "joey.txt", 13))
+    (path / staging.part).chmod(mode)
+    with pytest.raises(UnsafeLocalFile, match=f"mode {mode:04o}"):
+        staging.open(WANTED, None)
+    assert (path / staging.part).read_bytes() == b"a baby"  # left for the user to look at
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file away needs root")
+def test_a_partial_file_of_another_user_is_refused(folder: tuple[Path, int]) -> None:
+    path, _ = folder
+    staging = staged(folder, b"a baby", Sidecar("peer1", "koala", "joey.txt", 13))
+    os.chown(path / staging.part, 65534, 65534)
+    with pytest.raises(UnsafeLocalFile, match="belongs to uid 65534"):
+        staging.open(WANTED, None)
+
+
+def test_a_partial_file_with_another_link_is_refused(
+    folder: tuple[Path, int], tmp_path: Path
+) -> None:
+    path, _ = folder
+    staging = staged(folder, b"a baby", Sidecar("peer1", "koala", "joey.txt", 13))
+    os.link(path / staging.part, tmp_path / "their-view")
+    with pytest.raises(UnsafeLocalFile, match="other links"):
+        staging.open(WANTED, None)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file away needs root")
+def test_a_sidecar_of_another_user_is_not_trusted(folder: tuple[Path, int]) -> None:
+    path, _ = folder
+    staging = staged(folder, b"a baby", Sidecar("peer1", "koala", "joey.txt", 13))
+    os.chown(path / staging.meta, 65534, 65534)
+    part = staging.open(WANTED, None)
+    try:
+        assert part.offset == 0
+    finally:
+        part.close()
+
+
+def _age(path: Path, days: float) -> None:
+    then = time.time() - days * 86400
+    os.utime(path, (then, then), follow_symlinks=False)
+
+
+def test_stale_partial_files_are_swept_and_fresh_or_locked_ones_kept(tmp_path: Path) -> None:
+    koala = tmp_path / "koala"
+    koala.mkdir()
+    old_part, old_meta = part_names("old.bin")
+    new_part, _ = part_names("new.bin")
+    busy_part, _ = part_names("busy.bin")
+    orphan_meta = part_names("gone.bin")[1]
+    for name in (old_part, old_meta, new_part, busy_part, orphan_meta, "old.bin"):
+        (koala / name).write_bytes(b"x")
+    for name in (old_part, busy_part, orphan_meta, "old.bin"):
+        _age(koala / name, 4)
+    _age(koala / old_meta, 0)  # goes with its partial file whatever its own age
+    with (koala / busy_part).open("rb") as busy:
+        fcntl.flock(busy, fcntl.LOCK_EX)
+        removed = sweep_stale_parts(tmp_path, time.time(), 3 * 86400)
+    assert sorted(removed) == sorted(f"koala/{n}" for n in (old_part, old_meta, orphan_meta))
+    assert sorted(p.name for p in koala.iterdir()) == sorted([new_part, busy_part, "old.bin"])
+
+
+def test_there_is_room_for_a_small_file_and_none_for_a_huge_one(folder: tuple[Path, int]) -> None:
+    path, fd = folder
+    check_room(fd, path / "small", 1)
+    with pytest.raises(NotEnoughRoom, match="not enough free space"):
+        check_room(fd, path / "huge", 1 << 60)
 
 
 def test_a_partial_longer_than_its_recorded_size_starts_afresh(
@@ -158,3 +282,27 @@ def test_a_keyword_folder_in_another_case_is_reused(tmp_path: Path) -> None:
     finally:
         os.close(root_fd)
     assert (folder.name, folder.created) == ("Koala", False)
+
+
+@pytest.mark.parametrize("mode", [0o775, 0o777, 0o757])
+def test_a_keyword_folder_others_may_write_is_refused(tmp_path: Path, mode: int) -> None:
+    (tmp_path / "koala").mkdir()
+    (tmp_path / "koala").chmod(mode)
+    root_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(UnsafeLocalFile, match=f"may be written by other users.*{mode:04o}"):
+            open_keyword_folder(root_fd, tmp_path, "koala")
+    finally:
+        os.close(root_fd)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a folder away needs root")
+def test_a_keyword_folder_of_another_user_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "koala").mkdir()
+    os.chown(tmp_path / "koala", 65534, 65534)
+    root_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(UnsafeLocalFile, match="belongs to uid 65534"):
+            open_keyword_folder(root_fd, tmp_path, "koala")
+    finally:
+        os.close(root_fd)
