@@ -267,6 +267,10 @@ class IndexClient:
         await self.close()
 
 
+#: The largest chunk a fetch stream may carry (PROTOCOL.md §7).
+MAX_CHUNK = 256 << 10
+
+
 class FetchStream:
     """A ``fetch`` answer in progress: the typed header, the chunks, then the trailer."""
 
@@ -342,10 +346,6 @@ class PeerClient:
     async def for_hit(
         cls,
         hit: SearchHit,
-#: The largest chunk a fetch stream may carry (PROTOCOL.md §7).
-MAX_CHUNK = 256 << 10
-
-
         ssl_context: ssl.SSLContext,
         *,
         token: TokenSource,

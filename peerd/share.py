@@ -317,11 +317,6 @@ def open_subdir(dir_fd: int, name: str) -> int | None:
         return None
 
 
-def open_regular(dir_fd: int, name: str) -> tuple[int, os.stat_result] | None:
-    """Open ``name`` below ``dir_fd`` for reading if it is a regular file, else None.
-
-    ``lstat`` first, so a device node or FIFO is never even opened; then open with
-    ``O_NOFOLLOW | O_NONBLOCK`` and check the descriptor again, in case the name was swapped
 #: Permission bits that let someone else change a folder or file: group and other write.
 _WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
 
@@ -356,6 +351,11 @@ def open_private_subdir(dir_fd: int, name: str, what: str) -> int | None:
     return fd
 
 
+def open_regular(dir_fd: int, name: str) -> tuple[int, os.stat_result] | None:
+    """Open ``name`` below ``dir_fd`` for reading if it is a regular file, else None.
+
+    ``lstat`` first, so a device node or FIFO is never even opened; then open with
+    ``O_NOFOLLOW | O_NONBLOCK`` and check the descriptor again, in case the name was swapped
     between the two calls.
     """
     try:
@@ -411,16 +411,11 @@ class Share:
         except OSError as exc:
             raise ShareUnavailable(f"the share folder is not available: {exc.strerror}") from exc
         try:
+            check_private(os.fstat(fd), f"the share folder {self.root}")
             yield fd
         finally:
             os.close(fd)
 
-    def _ensure_loaded(self, root_fd: int) -> None:
-            check_private(os.fstat(fd), f"the share folder {self.root}")
-        if not self._loaded:
-            self._loaded = True
-            if self._cache_file is not None:
-                self.cache.load(root_fd, self._cache_file)
     def check(self) -> None:
         """Raise :class:`UnsafeLocalFile` unless the share and every keyword folder in it are
         this user's own and nobody else may write them; :class:`ShareUnavailable` if the share
@@ -444,6 +439,11 @@ class Share:
             log.warning("%s; not shared", exc)
             return None
 
+    def _ensure_loaded(self, root_fd: int) -> None:
+        if not self._loaded:
+            self._loaded = True
+            if self._cache_file is not None:
+                self.cache.load(root_fd, self._cache_file)
 
     def save_cache(self) -> None:
         """Write the digest cache if it changed since the last save."""
@@ -586,11 +586,11 @@ __all__ = [
     "ShareFile",
     "ShareStore",
     "ShareUnavailable",
+    "UnsafeLocalFile",
+    "check_private",
     "hash_fd",
     "listable_name",
+    "open_private_subdir",
     "open_regular",
     "open_subdir",
 ]
-    "UnsafeLocalFile",
-    "check_private",
-    "open_private_subdir",
