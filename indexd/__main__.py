@@ -1,4 +1,8 @@
-"""``python -m indexd`` / ``indexd``: run the index daemon until SIGINT or SIGTERM."""
+"""``python -m indexd`` / ``indexd``: run the index daemon until SIGINT or SIGTERM.
+
+Settings come from the flags, over ``~/.config/p2pshare/indexd.toml`` (``--config FILE`` for
+another file; see :mod:`runner.config`).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from runner import (
     run_command,
     run_until_signalled,
 )
+from runner.config import add_config_flag, parse_with_config
 
 
 def _number(kind: Callable[[str], float], lo: float, hi: float) -> Callable[[str], float]:
@@ -103,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="longest wait (%(default)s)",
     )
     add_daemon_flags(parser)
+    add_config_flag(parser, "indexd")
     return parser
 
 
@@ -150,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> ExitCode:
     """Entry point of ``indexd``: OK after a clean shutdown, FAILURE if it cannot start."""
 
     def command() -> None:
-        args = build_parser().parse_args(argv)
+        args = parse_with_config(build_parser(), argv, "indexd")
         configure_logging(args.verbose)
         asyncio.run(serve(config_from_args(args)))
 

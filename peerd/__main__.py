@@ -4,6 +4,8 @@ Takes the original client's flags, single-dash spellings included (``-hostname p
 -index_server_name HOST[:PORT] -peer_server_port 7001 -username peer1 -file_directory
 peer1-files -certificate peer1.crt -private_key peer1.key``), plus ``--ca``. The password comes
 from ``P2P_PASSWORD`` or a prompt, so it need not sit in ``argv`` (``-password`` still works).
+Every other setting may come from ``~/.config/p2pshare/peerd.toml`` (``--config FILE``), so
+``peerd`` alone starts a configured peer; flags override the file.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from peerd.client import DEFAULT_INDEX_PORT, parse_host_port
+from peerd.control import default_state_dir
 from peerd.daemon import (
     DEFAULT_PEER_PORT,
     DEFAULT_PING_INTERVAL,
@@ -26,6 +29,7 @@ from peerd.daemon import (
     PeerDaemon,
 )
 from peerd.server import DEFAULT_MAX_FETCHES
+from peerd.watch import DEFAULT_RESCAN_INTERVAL
 from runner import (
     ExitCode,
     UsageError,
@@ -35,6 +39,7 @@ from runner import (
     run_command,
     run_until_signalled,
 )
+from runner.config import add_config_flag, parse_with_config
 
 log = logging.getLogger("peerd")
 
@@ -148,8 +153,37 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="transfers served at once before BUSY (%(default)s)",
     )
+    add(
+        "--state-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where the control socket of the one-shot commands lives (default:"
+        " $XDG_STATE_HOME/p2pshare/HOSTNAME, else ~/.local/state/p2pshare/HOSTNAME)",
+    )
+    add(
+        "--no-watch",
+        action="store_true",
+        help="do not watch the share: only `sync` (or SIGHUP) updates the index",
+    )
+    add(
+        "--rescan-interval",
+        type=_positive(float),
+        default=DEFAULT_RESCAN_INTERVAL,
+        metavar="S",
+        help="seconds between full rescans of a watched share, in case an event was missed"
+        " (%(default)s, ±10%%)",
+    )
     add_daemon_flags(parser)
+    add_config_flag(parser, "peerd")
     return parser
+
+
+#: Settings a config file may not hold, and why.
+NOT_IN_CONFIG = {
+    "password": f"keep it out of files: use ${PASSWORD_ENV} (systemd: EnvironmentFile=) or the"
+    " prompt",
+}
 
 
 def read_password(
@@ -198,6 +232,9 @@ def config_from_args(args: argparse.Namespace, password: str) -> PeerConfig:
         ping_interval=args.ping_interval,
         max_fetches=args.max_fetches,
         limits=limits_from_args(args),
+        state_dir=args.state_dir or default_state_dir(args.hostname),
+        watch=not args.no_watch,
+        rescan_interval=args.rescan_interval,
     )
 
 
@@ -254,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> ExitCode:
     """Entry point of ``peerd``; returns the exit status (README.md, "Exit status")."""
 
     def command() -> None:
-        args = build_parser().parse_args(argv)
+        args = parse_with_config(build_parser(), argv, "peerd", forbidden=NOT_IN_CONFIG)
         configure_logging(args.verbose)
         config = config_from_args(args, read_password(args))
         asyncio.run(run(config, shell=not args.no_shell))

@@ -36,6 +36,7 @@ from netproto.tls import certificate_dns_names, client_context
 from netproto.tokens import Principal
 from peerd.client import IndexClient, PeerClient, index_tls_name
 from peerd.clock import SYSTEM_CLOCK, Clock
+from peerd.control import ControlServer, ControlService, ControlSocketInUse
 from peerd.download import DownloadResult, ProgressCallback, download
 from peerd.errors import SessionError
 from peerd.index_session import (
@@ -45,8 +46,9 @@ from peerd.index_session import (
     IndexSession,
 )
 from peerd.server import DEFAULT_MAX_FETCHES, PeerService, make_server, peer_ssl_context
-from peerd.session import PeerStatus
+from peerd.session import PeerStatus, SyncReport
 from peerd.share import Share
+from peerd.watch import DEFAULT_DELAY, DEFAULT_RESCAN_INTERVAL, ShareWatcher
 from runner import StartupError
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,12 @@ class PeerConfig:
     limits: ServerLimits = field(default_factory=ServerLimits)
     connect_timeout: float = 10.0
     request_timeout: float = 30.0
+    #: Where the control socket of the one-shot commands goes (None: no control socket).
+    state_dir: Path | None = None
+    #: Watch the share and sync it by itself (``python -m peerd`` does unless ``--no-watch``).
+    watch: bool = False
+    rescan_interval: float = DEFAULT_RESCAN_INTERVAL
+    watch_delay: float = DEFAULT_DELAY
 
 
 def _identity(config: PeerConfig) -> tuple[x509.Certificate, Ed25519PrivateKey]:
@@ -183,6 +191,13 @@ class PeerDaemon:
         self._server: Server | None = None
         self._server_ctx: ssl.SSLContext | None = None
         self._maintainer: asyncio.Task[None] | None = None
+        self.control: ControlServer | None = None
+        self.watcher: ShareWatcher | None = None
+        self._watching: asyncio.Task[None] | None = None
+        #: One scan-and-sync at a time, so an older scan never lands after a newer one.
+        self._sync_lock = asyncio.Lock()
+        #: The last sync the watcher made that changed the listing.
+        self.last_auto_sync: SyncReport | None = None
 
     # --- what the shell and scripts use (the PeerSession protocol) --------------------
 
@@ -229,6 +244,8 @@ class PeerDaemon:
             session.last_sync,
             session.last_ping,
             self.service.active_fetches if self.service is not None else 0,
+            watching=self.watcher is not None,
+            last_auto_sync=self.last_auto_sync,
         )
 
     async def search(self, keyword: str) -> list[SearchHit]:
@@ -240,11 +257,30 @@ class PeerDaemon:
         return await asyncio.to_thread(self.share.scan)
 
     async def resync(self) -> int:
-        """Scan the share again and replace this peer's listing at the index."""
-        files = await self.scan_share()
-        async with self.session.lock:
-            index = await self.session.connected_index()
-            return await self.session.sync(index, files, self.port)
+        """Scan the share again and bring the index's listing up to date; files listed."""
+        return (await self.sync_share()).files
+
+    async def sync_share(self) -> SyncReport:
+        """Scan the share and send the index what changed (all of it when it must)."""
+        async with self._sync_lock:
+            files = await self.scan_share()
+            async with self.session.lock:
+                index = await self.session.connected_index()
+                return await self.session.update(index, files, self.port)
+
+    async def _auto_sync(self, reason: str) -> None:
+        """The watcher's sync: remembered for ``status`` when it changed the listing."""
+        report = await self.sync_share()
+        if report.changes or report.full:
+            self.last_auto_sync = report
+            log.info(
+                "automatic sync (%s): %d added, %d changed, %d removed; %d entries sent",
+                reason,
+                report.added,
+                report.changed,
+                report.removed,
+                report.sent,
+            )
 
     async def connect_peer(self, hit: SearchHit) -> PeerClient:
         """A mutual-TLS connection to the peer of a search hit, with this peer's token."""
@@ -319,6 +355,19 @@ class PeerDaemon:
             self.session.maintain(self.scan_share, lambda: self.port),
             name=f"peerd {self.domain_name}",
         )
+        if config.state_dir is not None:
+            await self._start_control(config.state_dir)
+        if config.watch:
+            self.watcher = ShareWatcher(
+                config.file_directory,
+                self._auto_sync,
+                delay=config.watch_delay,
+                rescan_interval=config.rescan_interval,
+                clock=self.clock,
+            )
+            self._watching = asyncio.create_task(
+                self.watcher.run(), name=f"peerd {self.domain_name} watcher"
+            )
         log.info("%s serving %d files on port %d", self.domain_name, len(self.shared), self.port)
 
     async def _start_session(self, key: Ed25519PrivateKey) -> None:
@@ -346,6 +395,14 @@ class PeerDaemon:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Say ``bye`` to the index, stop serving (transfers get ``grace`` to finish)."""
+        if self.watcher is not None and self._watching is not None:
+            self.watcher.stop()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._watching, 5.0)
+            self.watcher = self._watching = None
+        if self.control is not None:
+            await self.control.close()
+            self.control = None
         if self._maintainer is not None:
             self._maintainer.cancel()
             with contextlib.suppress(asyncio.CancelledError):

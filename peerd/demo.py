@@ -262,6 +262,7 @@ class Demo:
             "--ca", str(self.pki / "ca.crt"),
             "--bind", "127.0.0.1",
             "--register",
+            "--state-dir", str(self.root / "state" / name),
         ]  # fmt: skip
 
     def start_daemons(self) -> int:

@@ -216,6 +216,22 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h ago"
 
 
+def _auto_sync(status: PeerStatus, now: float) -> str:
+    """The watcher's line of ``status``: off, or watching and what it last sent."""
+    if not status.watching:
+        return "off (the share is synced by `sync` only)"
+    report = status.last_auto_sync
+    if report is None:
+        return "watching the share; nothing changed since the start"
+    how = (
+        "full listing" if report.full else f"{report.sent} entr{'y' if report.sent == 1 else 'ies'}"
+    )
+    return (
+        f"watching the share; last {_ago(now - report.at)}: {report.added} added,"
+        f" {report.changed} changed, {report.removed} removed ({how} sent)"
+    )
+
+
 def _rate(size: int, elapsed: float) -> str:
     if elapsed <= 0:
         return ""
@@ -493,6 +509,7 @@ class ShellView:
         )
         synced = "never" if status.last_sync is None else _ago(now - status.last_sync)
         _add_row(table, "last sync", synced)
+        _add_row(table, "auto sync", _auto_sync(status, now))
         if status.last_ping is not None:
             _add_row(table, "last ping", _ago(now - status.last_ping))
         _add_row(table, "serving", f"{status.active_fetches} transfer(s) now")

@@ -20,10 +20,13 @@ class ExitCode(enum.IntEnum):
 
     #: Done; for a daemon, drained and stopped after SIGINT or SIGTERM (or its shell quit).
     OK = 0
-    #: Could not do what was asked: a daemon could not start, a ``certs`` command failed.
+    #: Could not do what was asked: a daemon could not start, a ``certs`` command failed, a
+    #: ``p2pshare`` command was refused or found nothing.
     FAILURE = 1
     #: The command line or the environment is wrong (argparse exits with 2 for these too).
     USAGE = 2
+    #: ``p2pshare``: no running peer answers on the control socket of this user's state folder.
+    NO_PEER = 3
     #: A second SIGINT while draining cut the shutdown short (128 + SIGINT, as shells report).
     INTERRUPTED = 130
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,18 @@ class PKI:
         if name is None:
             return client_context(self.ca)
         return client_context(self.ca, self.cert(name, other=other), self.key(name, other=other))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def xdg_folders(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Config and state folders of the test session's own (inherited by every daemon started
+    as a process), so no user's ``~/.config/p2pshare`` changes a test and no test leaves a
+    control socket in the user's ``~/.local/state``."""
+    root = tmp_path_factory.mktemp("xdg")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CONFIG_HOME", str(root / "config"))
+        mp.setenv("XDG_STATE_HOME", str(root / "state"))
+        yield root
 
 
 @pytest.fixture(scope="session")

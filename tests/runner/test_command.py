@@ -30,6 +30,7 @@ def test_the_table_is_the_one_readme_documents() -> None:
         "OK": 0,
         "FAILURE": 1,
         "USAGE": 2,
+        "NO_PEER": 3,
         "INTERRUPTED": 130,
     }
 
