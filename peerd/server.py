@@ -5,8 +5,12 @@ block ahead in a worker thread (read and hash overlap with TLS on the event loop
 chunks of 256 KiB,
 and the connection's writer holds it back when the requester reads slowly. The digest in the
 trailer is of the bytes actually read (the prefix before ``offset`` included), so a file
-changed since it was listed is never served under its old digest; a file changed during the
-transfer ends the stream with an error instead of a trailer.
+changed since it was listed is never served under its old digest — except for a resumed fetch
+of a version whose digest the share's cache holds, which is not read again; a file changed
+during the transfer ends the stream with an error instead of a trailer.
+
+Transfers take slots (:class:`FetchSlots`): 32 at once, 4 for any one requester, each freed
+when its requester reads slower than the floor (:class:`~peerd.pacing.PacePolicy`).
 """
 
 from __future__ import annotations
@@ -18,20 +22,22 @@ import hashlib
 import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from netproto.errors import BadRequest, Busy, InvalidPath, NotFound, RequestError
+from netproto.errors import BadRequest, Busy, InvalidPath, NotFound, RequestError, Timeout
 from netproto.framing import DEFAULT_MAX_FRAME
 from netproto.operations import FetchHeader, FetchRequest, FetchTrailer, KeywordRequest
 from netproto.server import Operation, RequestContext, Server, ServerLimits, StreamReply
 from netproto.signing import fetch_signing_payload, sign_fetch
 from netproto.tls import server_context
 from netproto.tokens import Principal
+from peerd.clock import SYSTEM_CLOCK, Clock
 from peerd.errors import InvalidName, ShareError
+from peerd.pacing import PaceMeter, PacePolicy
 from peerd.share import ShareFile, ShareStore
 from peerd.threadjob import ThreadJob
 
@@ -43,12 +49,55 @@ _PREFIX_BLOCK = 1 << 20
 #: and from the thread is paid once per MiB, not per chunk (BENCHMARKS.md).
 _READ_BLOCK = 4 * CHUNK_SIZE
 DEFAULT_MAX_FETCHES = 32
+#: Of those, the most one requester (a token's ``sub``) may hold at once.
+DEFAULT_MAX_FETCHES_PER_REQUESTER = 4
 
 
 class FileChanged(Busy):
     """The file changed while it was being sent; the requester may fetch it again."""
 
     default_message = "the file changed during the transfer; fetch it again"
+
+
+class ReadTooSlowly(Timeout):
+    """The requester took the stream more slowly than the serving floor; its slot is freed."""
+
+    default_message = "the transfer was read too slowly; fetch it again"
+
+
+class FetchSlots:
+    """The transfers a peer serves at once: ``total`` in all, ``per_requester`` for one user,
+    so no single user can hold every slot."""
+
+    def __init__(self, total: int, per_requester: int) -> None:
+        self.total = total
+        self.per_requester = per_requester
+        self.active = 0
+        self._by_requester: dict[str, int] = {}
+
+    def acquire(self, requester: str) -> None:
+        """Take a slot for ``requester``; :class:`Busy` (``retry_after``) when none is free."""
+        if self.active >= self.total:
+            raise Busy("too many transfers in progress", retry_after=1)
+        held = self._by_requester.get(requester, 0)
+        if held >= self.per_requester:
+            raise Busy(
+                f"{held} transfers of yours in progress here, the most one user may have",
+                retry_after=1,
+            )
+        self.active += 1
+        self._by_requester[requester] = held + 1
+
+    def release(self, requester: str) -> None:
+        """Give back a slot of ``requester``."""
+        self.active -= 1
+        held = self._by_requester.pop(requester, 0) - 1
+        if held > 0:
+            self._by_requester[requester] = held
+
+    def held_by(self, requester: str) -> int:
+        """Slots ``requester`` holds now."""
+        return self._by_requester.get(requester, 0)
 
 
 def wire_error(exc: ShareError) -> RequestError:
@@ -60,13 +109,25 @@ def wire_error(exc: ShareError) -> RequestError:
 
 @dataclass
 class PeerService:
-    """What the handlers need: the share, this peer's name and signing key, and the caps."""
+    """What the handlers need: the share, this peer's name and signing key, the fetch slots,
+    and the floor a requester must read a transfer at (measured on ``clock``)."""
 
     share: ShareStore
     domain_name: str
     signing_key: Ed25519PrivateKey
     max_fetches: int = DEFAULT_MAX_FETCHES
-    active_fetches: int = 0
+    max_fetches_per_requester: int = DEFAULT_MAX_FETCHES_PER_REQUESTER
+    pace: PacePolicy = field(default_factory=PacePolicy)
+    clock: Clock = SYSTEM_CLOCK
+    slots: FetchSlots = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.slots = FetchSlots(self.max_fetches, self.max_fetches_per_requester)
+
+    @property
+    def active_fetches(self) -> int:
+        """Transfers being served now."""
+        return self.slots.active
 
     async def handle_list(self, ctx: RequestContext, req: KeywordRequest) -> list[str]:
         """``list``: the file names under a keyword (matched case-insensitively)."""
@@ -78,20 +139,19 @@ class PeerService:
 
     async def handle_fetch(self, ctx: RequestContext, req: FetchRequest) -> StreamReply:
         """``fetch``: a header, the file from ``offset`` in chunks, a signed trailer."""
-        if self.active_fetches >= self.max_fetches:
-            raise Busy("too many transfers in progress", retry_after=1)
-        self.active_fetches += 1
+        requester = ctx.subject
+        self.slots.acquire(requester)
         try:
             opened = await self._open(req.keyword, req.file_name)
         except BaseException:
-            self.active_fetches -= 1
+            self.slots.release(requester)
             raise
         size = opened.identity.size
         if req.offset > size:
             opened.close()
-            self.active_fetches -= 1
+            self.slots.release(requester)
             raise BadRequest(f"offset: past the end of the file ({size} bytes)")
-        transfer = _Transfer(self, opened, req, ctx.subject)
+        transfer = _Transfer(self, opened, req, requester)
         header = FetchHeader(req.keyword, req.file_name, size, req.offset)
         return StreamReply(header, transfer.chunks(), transfer.trailer)
 
@@ -132,19 +192,27 @@ def _close_unwanted(future: asyncio.Future[ShareFile]) -> None:
 
 
 class _Transfer:
-    """One fetch in progress: reads, hashes and yields the file, then signs the trailer."""
+    """One fetch in progress: reads, hashes and yields the file, then signs the trailer.
+
+    A resumed fetch (``offset > 0``) of a file whose digest the share's cache holds for this
+    very version is not hashed at all: ``offset = size`` costs a ``stat``, not a read of the
+    whole file. The requester must take the chunks at the service's floor (``pace``), or the
+    stream ends with ``TIMEOUT`` and the slot is freed.
+    """
 
     def __init__(self, service: PeerService, opened: ShareFile, req: FetchRequest, sub: str):
         self.service = service
         self.opened = opened
         self.req = req
         self.requester = sub
-        self.sha256 = hashlib.sha256()
+        self.cached = service.share.cached_digest(opened) if req.offset else None
+        self.sha256 = hashlib.sha256() if self.cached is None else None
         self.digest: bytes | None = None
 
     def _read_hashed(self, pos: int, length: int) -> bytes:
         data = self.opened.read(pos, length)
-        self.sha256.update(data)
+        if self.sha256 is not None:
+            self.sha256.update(data)
         return data
 
     def _hash_prefix(self, length: int) -> None:
@@ -157,13 +225,16 @@ class _Transfer:
 
     async def chunks(self) -> AsyncIterator[bytes | memoryview]:
         size = self.opened.identity.size
+        clock = self.service.clock
         # The thread work in progress, if any: the descriptor is closed only once it is done.
         pending: ThreadJob[Any] | None = None
         try:
-            pending = ThreadJob(self._hash_prefix, self.req.offset)
-            await pending
-            pending = None
+            if self.sha256 is not None and self.req.offset:
+                pending = ThreadJob(self._hash_prefix, self.req.offset)
+                await pending
+                pending = None
             pos = self.req.offset
+            meter = PaceMeter(self.service.pace, clock.monotonic(), size - pos)
             if pos < size:
                 want = min(_READ_BLOCK, size - pos)
                 pending = ThreadJob(self._read_hashed, pos, want)
@@ -179,13 +250,23 @@ class _Transfer:
                     pending = ThreadJob(self._read_hashed, pos, want)
                 view = memoryview(data)
                 for start in range(0, len(data), CHUNK_SIZE):
-                    yield view[start : start + CHUNK_SIZE]
+                    chunk = view[start : start + CHUNK_SIZE]
+                    yield chunk
+                    # Resumed once the connection took the chunk: the reader's pace.
+                    if meter.update(clock.monotonic(), len(chunk)) is not None:
+                        log.info("fetch by %s read too slowly: %s", self.requester, meter.failure)
+                        raise ReadTooSlowly(
+                            f"the transfer was read too slowly ({meter.failure}); fetch it again"
+                        )
             if pos != size or self.opened.current_identity() != self.opened.identity:
                 raise FileChanged()
-            self.digest = self.sha256.digest()
-            self.service.share.remember(self.opened, self.opened.identity, self.digest)
+            if self.sha256 is not None:
+                self.digest = self.sha256.digest()
+                self.service.share.remember(self.opened, self.opened.identity, self.digest)
+            else:
+                self.digest = self.cached
         finally:
-            self.service.active_fetches -= 1
+            self.service.slots.release(self.requester)
             self._close_after(pending)
 
     def _close_after(self, pending: ThreadJob[Any] | None) -> None:
@@ -263,9 +344,13 @@ def make_server(
 
 __all__ = [
     "CHUNK_SIZE",
+    "DEFAULT_MAX_FETCHES",
+    "DEFAULT_MAX_FETCHES_PER_REQUESTER",
     "HANDLERS",
+    "FetchSlots",
     "FileChanged",
     "PeerService",
+    "ReadTooSlowly",
     "make_server",
     "operations",
     "peer_ssl_context",

@@ -277,6 +277,11 @@ class ShareStore(Protocol):
         """Record the digest of a file computed while it was served."""
         ...
 
+    def cached_digest(self, opened: ShareFile) -> bytes | None:
+        """The digest of this very version of an opened file, if the store holds one it trusts
+        (so a resumed fetch need not read the file again); never blocks."""
+        ...
+
     def save_cache(self) -> None:
         """Persist what the store remembers (digests), if anything changed."""
         ...
@@ -571,6 +576,12 @@ class Share:
         """Record a digest computed while serving (the cache is saved with the next scan)."""
         if isinstance(opened, OpenFile):
             self.cache.put((opened.keyword_dir, opened.file_name), identity, sha256)
+
+    def cached_digest(self, opened: ShareFile) -> bytes | None:
+        """The cached digest of exactly this version (size, mtime, inode) of the file."""
+        if not isinstance(opened, OpenFile):
+            return None
+        return self.cache.get((opened.keyword_dir, opened.file_name), opened.identity)
 
 
 __all__ = [

@@ -38,9 +38,19 @@ from netproto.server import RequestContext
 from netproto.signing import fetch_signature_valid, fetch_signing_payload
 from netproto.tokens import Principal, TokenIssuer
 from peerd.client import FetchStream, PeerClient
-from peerd.errors import InvalidName, NotShared, ShareError, ShareUnavailable
-from peerd.server import CHUNK_SIZE, HANDLERS, PeerService, _Transfer, fit_list_reply
-from peerd.share import FileIdentity, Share, ShareFile
+from peerd.errors import InvalidName, NotShared, ShareError, ShareUnavailable, UnsafeLocalFile
+from peerd.pacing import PacePolicy
+from peerd.server import (
+    CHUNK_SIZE,
+    HANDLERS,
+    FetchSlots,
+    PeerService,
+    ReadTooSlowly,
+    _Transfer,
+    fit_list_reply,
+)
+from peerd.share import FileIdentity, OpenFile, Share, ShareFile
+from tests.support.fake_clock import FakeClock
 
 TIMEOUT = 10.0
 NONCE = bytes(range(32))
@@ -414,6 +424,78 @@ async def test_handle_fetch_refuses_past_the_cap_and_frees_the_slot_when_closed(
     assert service.active_fetches == 0
 
 
+async def test_one_requester_holds_at_most_its_share_of_the_slots(pki: Any, share: Path) -> None:
+    service = PeerService(Share(share), "peer1", load_key(pki.key("peer1")), 4, 2)
+    req = FetchRequest("koala", "sleep.txt", NONCE)
+    held = [await service.handle_fetch(context("greedy"), req) for _ in range(2)]
+    with pytest.raises(Busy, match="2 transfers of yours") as info:
+        await service.handle_fetch(context("greedy"), req)
+    assert info.value.extra["retry_after"] == 1
+    other = await service.handle_fetch(context("alice"), req)  # others are still served
+    assert b"".join([bytes(c) async for c in other.chunks]) == b"20 hours a day\n"
+    for reply in held:
+        assert b"".join([bytes(c) async for c in reply.chunks]) == b"20 hours a day\n"
+    again = await service.handle_fetch(context("greedy"), req)  # freed when they ended
+    assert b"".join([bytes(c) async for c in again.chunks]) == b"20 hours a day\n"
+    assert service.active_fetches == 0
+
+
+def test_fetch_slots_count_in_all_and_per_requester() -> None:
+    slots = FetchSlots(total=3, per_requester=2)
+    slots.acquire("a")
+    slots.acquire("a")
+    with pytest.raises(Busy, match="of yours"):
+        slots.acquire("a")
+    slots.acquire("b")
+    with pytest.raises(Busy, match="too many transfers in progress"):
+        slots.acquire("c")
+    slots.release("a")
+    slots.acquire("c")
+    assert (slots.active, slots.held_by("a"), slots.held_by("c")) == (3, 1, 1)
+
+
+async def test_a_requester_reading_under_the_floor_loses_its_slot(pki: Any, tmp_path: Path) -> None:
+    clock = FakeClock()
+    share = make_share(tmp_path / "s", {"k/big.bin": os.urandom(4 * CHUNK_SIZE)})
+    service = PeerService(
+        Share(share), "peer1", load_key(pki.key("peer1")), pace=PacePolicy(1 << 20, 1), clock=clock
+    )
+    reply = await service.handle_fetch(context(), FetchRequest("k", "big.bin", NONCE))
+    chunks = reply.chunks
+    await anext(chunks)
+    clock.advance(2.0)  # 256 KiB taken in 2 s: under 1 MiB/s over 1 s
+    with pytest.raises(ReadTooSlowly) as info:
+        await anext(chunks)
+    assert info.value.code == "TIMEOUT" and "read too slowly" in info.value.message
+    assert service.active_fetches == 0
+
+
+async def test_offset_at_the_end_of_a_cached_file_reads_nothing(
+    pki: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    content = os.urandom(3 * CHUNK_SIZE)
+    share = make_share(tmp_path / "s", {"k/big.bin": content})
+    past = os.stat(share / "k" / "big.bin").st_mtime - 10  # hashed well after its last change
+    os.utime(share / "k" / "big.bin", (past, past))
+    store = Share(share)
+    store.scan()  # the digest cache now holds it
+    read: list[int] = []
+    real = OpenFile.read
+
+    def counting(self: OpenFile, pos: int, length: int) -> bytes:
+        read.append(length)
+        return real(self, pos, length)
+
+    monkeypatch.setattr(OpenFile, "read", counting)
+    service = PeerService(store, "peer1", load_key(pki.key("peer1")))
+    for offset in (len(content), len(content), CHUNK_SIZE):
+        reply = await service.handle_fetch(context(), FetchRequest("k", "big.bin", NONCE, offset))
+        data = b"".join([bytes(c) async for c in reply.chunks])
+        assert data == content[offset:]
+        assert reply.trailer().sha256 == hashlib.sha256(content).digest()
+    assert sum(read) == len(content) - CHUNK_SIZE  # only the bytes sent, never a prefix
+
+
 async def test_handle_list_names_the_files_of_a_keyword(pki: Any, share: Path) -> None:
     service = service_for(pki, share)
     assert await service.handle_list(context(), KeywordRequest("wombat")) == ["burrow.txt"]
@@ -481,6 +563,9 @@ class RefusingStore:
     def remember(self, opened: ShareFile, identity: FileIdentity, sha256: bytes) -> None:
         raise AssertionError("nothing was served")
 
+    def cached_digest(self, opened: ShareFile) -> bytes | None:
+        raise AssertionError("nothing was served")
+
     def save_cache(self) -> None:
         pass
 
@@ -491,8 +576,9 @@ class RefusingStore:
         (InvalidName("keyword contains a forbidden character '/'"), InvalidPath),
         (NotShared("no such file"), NotFound),
         (ShareUnavailable("the share folder is not available"), NotFound),
+        (UnsafeLocalFile("the share folder s may be written by other users"), NotFound),
     ],
-    ids=["invalid-name", "not-shared", "share-unavailable"],
+    ids=["invalid-name", "not-shared", "share-unavailable", "unsafe-folder"],
 )
 async def test_the_handlers_answer_a_refusal_of_the_store_with_its_wire_error(
     pki: Any, error: ShareError, wire: type[RequestError]
