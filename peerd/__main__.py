@@ -28,7 +28,10 @@ from peerd.daemon import (
     PeerConfig,
     PeerDaemon,
 )
-from peerd.server import DEFAULT_MAX_FETCHES
+from peerd.download import DEFAULT_MAX_DOWNLOAD_SIZE, DownloadLimits
+from peerd.pacing import DEFAULT_MIN_RATE, DEFAULT_RATE_WINDOW, PacePolicy, format_rate
+from peerd.server import DEFAULT_MAX_FETCHES, DEFAULT_MAX_FETCHES_PER_REQUESTER
+from peerd.staging import DEFAULT_PARTIAL_MAX_AGE
 from peerd.watch import DEFAULT_RESCAN_INTERVAL
 from runner import (
     ExitCode,
@@ -57,6 +60,81 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """A byte count: ``1048576``, or with a binary unit ``16K``, ``512M``, ``64G``, ``1T``
+    (``KiB``/``KB`` and ``/s`` spellings too); ArgumentTypeError if malformed."""
+    body = text.strip().upper().removesuffix("/S").removesuffix("IB").removesuffix("B")
+    unit = body[-1:] if body[-1:] in _SIZE_UNITS else ""
+    number = body[: len(body) - len(unit)].strip()
+    try:
+        value = float(number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512M, 64G)") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
+    return int(value * _SIZE_UNITS[unit])
+
+
+def _positive_size(text: str) -> int:
+    value = parse_size(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def _human(size: int) -> str:
+    for unit in ("T", "G", "M", "K"):
+        if size >= _SIZE_UNITS[unit] and size % _SIZE_UNITS[unit] == 0:
+            return f"{size // _SIZE_UNITS[unit]}{unit}"
+    return str(size)
+
+
+def add_transfer_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags that bound transfers, both ways (README.md, "peerd flags")."""
+    group = parser.add_argument_group("transfer limits")
+    add = group.add_argument
+    add(
+        "--max-fetches-per-user",
+        type=_positive(int),
+        default=DEFAULT_MAX_FETCHES_PER_REQUESTER,
+        metavar="N",
+        help="of --max-fetches, the most one user may hold at once (%(default)s)",
+    )
+    add(
+        "--max-download-size",
+        type=_positive_size,
+        default=DEFAULT_MAX_DOWNLOAD_SIZE,
+        metavar="SIZE",
+        help=f"largest file to download, e.g. 512M or 2T ({_human(DEFAULT_MAX_DOWNLOAD_SIZE)});"
+        " a file must also fit the share's free space, less a margin",
+    )
+    add(
+        "--min-transfer-rate",
+        type=parse_size,
+        default=DEFAULT_MIN_RATE,
+        metavar="RATE",
+        help="bytes/s a transfer must keep over each window, downloading or serving, else it"
+        f" is abandoned; 0 turns it off ({format_rate(DEFAULT_MIN_RATE)})",
+    )
+    add(
+        "--transfer-rate-window",
+        type=_positive(float),
+        default=DEFAULT_RATE_WINDOW,
+        metavar="S",
+        help="seconds over which --min-transfer-rate is measured (%(default)s)",
+    )
+    add(
+        "--partial-max-age",
+        type=_positive(float),
+        default=DEFAULT_PARTIAL_MAX_AGE / 86400,
+        metavar="DAYS",
+        help="partial downloads untouched for this many days are removed at start (%(default)s)",
+    )
 
 
 def _port(text: str) -> int:
@@ -174,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between full rescans of a watched share, in case an event was missed"
         " (%(default)s, ±10%%)",
     )
+    add_transfer_flags(parser)
     add_daemon_flags(parser)
     add_config_flag(parser, "peerd")
     return parser
@@ -208,6 +287,11 @@ def read_password(
         raise UsageError("no password given") from None
 
 
+def pace_from_args(args: argparse.Namespace) -> PacePolicy:
+    """The floor on a transfer's pace that ``--min-transfer-rate`` and its window set."""
+    return PacePolicy(args.min_transfer_rate, args.transfer_rate_window)
+
+
 def config_from_args(args: argparse.Namespace, password: str) -> PeerConfig:
     """The daemon's configuration from parsed flags."""
     try:
@@ -231,6 +315,10 @@ def config_from_args(args: argparse.Namespace, password: str) -> PeerConfig:
         register=args.register,
         ping_interval=args.ping_interval,
         max_fetches=args.max_fetches,
+        max_fetches_per_requester=args.max_fetches_per_user,
+        serve_pace=pace_from_args(args),
+        download_limits=DownloadLimits(args.max_download_size, pace_from_args(args)),
+        partial_max_age=args.partial_max_age * 86400,
         limits=limits_from_args(args),
         state_dir=args.state_dir or default_state_dir(args.hostname),
         watch=not args.no_watch,

@@ -37,17 +37,25 @@ from netproto.tokens import Principal
 from peerd.client import IndexClient, PeerClient, index_tls_name
 from peerd.clock import SYSTEM_CLOCK, Clock
 from peerd.control import ControlServer, ControlService, ControlSocketInUse
-from peerd.download import DownloadResult, ProgressCallback, download
-from peerd.errors import SessionError
+from peerd.download import DownloadLimits, DownloadResult, ProgressCallback, download
+from peerd.errors import SessionError, ShareError
 from peerd.index_session import (
     DEFAULT_PING_INTERVAL,
     REAUTH_FRACTION,
     IndexLink,
     IndexSession,
 )
-from peerd.server import DEFAULT_MAX_FETCHES, PeerService, make_server, peer_ssl_context
+from peerd.pacing import PacePolicy
+from peerd.server import (
+    DEFAULT_MAX_FETCHES,
+    DEFAULT_MAX_FETCHES_PER_REQUESTER,
+    PeerService,
+    make_server,
+    peer_ssl_context,
+)
 from peerd.session import PeerStatus, SyncReport
 from peerd.share import Share
+from peerd.staging import DEFAULT_PARTIAL_MAX_AGE, sweep_stale_parts
 from peerd.watch import DEFAULT_DELAY, DEFAULT_RESCAN_INTERVAL, ShareWatcher
 from runner import StartupError
 
@@ -78,6 +86,14 @@ class PeerConfig:
     ping_interval: float = DEFAULT_PING_INTERVAL
     reauth_fraction: float = REAUTH_FRACTION
     max_fetches: int = DEFAULT_MAX_FETCHES
+    #: Of ``max_fetches``, the most one requester may hold (``--max-fetches-per-user``).
+    max_fetches_per_requester: int = DEFAULT_MAX_FETCHES_PER_REQUESTER
+    #: The floor a requester must read our transfers at (the same defaults as downloads).
+    serve_pace: PacePolicy = field(default_factory=PacePolicy)
+    #: What our downloads accept: the largest file, and the floor on their pace.
+    download_limits: DownloadLimits = field(default_factory=DownloadLimits)
+    #: Partial downloads untouched for this long are removed at start (seconds).
+    partial_max_age: float = DEFAULT_PARTIAL_MAX_AGE
     limits: ServerLimits = field(default_factory=ServerLimits)
     connect_timeout: float = 10.0
     request_timeout: float = 30.0
@@ -106,10 +122,17 @@ def _identity(config: PeerConfig) -> tuple[x509.Certificate, Ed25519PrivateKey]:
 class ConnectedPeer:
     """A connection to another peer whose downloads land in this peer's share."""
 
-    def __init__(self, client: PeerClient, file_directory: Path, clock: Clock) -> None:
+    def __init__(
+        self,
+        client: PeerClient,
+        file_directory: Path,
+        clock: Clock,
+        limits: DownloadLimits | None = None,
+    ) -> None:
         self.client = client
         self.file_directory = file_directory
         self.clock = clock
+        self.limits = limits or DownloadLimits()
 
     @property
     def closed(self) -> bool:
@@ -139,6 +162,7 @@ class ConnectedPeer:
             overwrite=overwrite,
             progress=progress,
             clock=self.clock,
+            limits=self.limits,
         )
 
     async def close(self) -> None:
@@ -296,7 +320,12 @@ class PeerDaemon:
 
     async def open_peer(self, hit: SearchHit) -> ConnectedPeer:
         """A connection to the peer of a search hit, downloading into this peer's share."""
-        return ConnectedPeer(await self.connect_peer(hit), self.file_directory, self.clock)
+        return ConnectedPeer(
+            await self.connect_peer(hit),
+            self.file_directory,
+            self.clock,
+            self.config.download_limits,
+        )
 
     async def download(
         self,
@@ -333,11 +362,15 @@ class PeerDaemon:
         except (OSError, ssl.SSLError) as exc:
             raise StartupError(f"cannot set up TLS: {exc}") from exc
         try:
-            await asyncio.to_thread(os.makedirs, config.file_directory, exist_ok=True)
+            await asyncio.to_thread(os.makedirs, config.file_directory, 0o755, exist_ok=True)
+            await asyncio.to_thread(self.share.check)
         except OSError as exc:
             raise StartupError(
                 f"cannot use {config.file_directory} as the share: {exc.strerror}"
             ) from exc
+        except ShareError as exc:
+            raise StartupError(str(exc)) from exc
+        await self._sweep_stale_parts()
         where = self.session.where
         try:
             try:
@@ -370,6 +403,15 @@ class PeerDaemon:
             )
         log.info("%s serving %d files on port %d", self.domain_name, len(self.shared), self.port)
 
+    async def _sweep_stale_parts(self) -> None:
+        """Remove partial downloads nobody touched for ``partial_max_age`` seconds."""
+        config = self.config
+        removed = await asyncio.to_thread(
+            sweep_stale_parts, config.file_directory, self.clock.time(), config.partial_max_age
+        )
+        for name in removed:
+            log.info("removed the stale partial download %s", name)
+
     async def _start_session(self, key: Ed25519PrivateKey) -> None:
         config, session = self.config, self.session
         assert self._server_ctx is not None
@@ -379,7 +421,15 @@ class PeerDaemon:
                 await session.register(index)
             await session.auth(index)
         files = await self.scan_share()
-        self.service = PeerService(self.share, self.domain_name, key, config.max_fetches)
+        self.service = PeerService(
+            self.share,
+            self.domain_name,
+            key,
+            config.max_fetches,
+            config.max_fetches_per_requester,
+            config.serve_pace,
+            self.clock,
+        )
         self._server = make_server(
             self.service, self._server_ctx, self._authenticate, config.limits
         )
