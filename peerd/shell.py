@@ -2,7 +2,9 @@
 commands").
 
 ``1`` re-syncs, ``2`` asks for a keyword, searches, lists each peer's files, downloads and
-verifies each one and shows it, ``3`` exits; and ``search``, ``get``, ``ls``, ``peers``,
+verifies each file the index lists for that peer (never a name only the peer offers; at most
+:data:`DEFAULT_MENU_MAX_FILES` files and :data:`DEFAULT_MENU_MAX_BYTES` bytes a run unless the
+user confirms) and shows it, ``3`` exits; and ``search``, ``get``, ``ls``, ``peers``,
 ``sync``, ``status``, ``help``, ``quit``. The shell is a client like any script: it is written
 against the small :class:`~peerd.session.PeerSession` protocol (which
 :class:`~peerd.daemon.PeerDaemon` implements, and a test fakes), and leaves every bit of
@@ -26,7 +28,7 @@ import sys
 import threading
 import types
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -47,7 +49,7 @@ from netproto.errors import (
     VerificationFailed,
 )
 from netproto.names import check_file_name, check_keyword
-from netproto.operations import SearchHit
+from netproto.operations import ListedFile, SearchHit
 from peerd.clock import SYSTEM_CLOCK, Clock
 from peerd.download import DownloadResult
 from peerd.errors import DownloadError, DownloadRefused, FileConflict, IndexUntrusted
@@ -66,6 +68,10 @@ log = logging.getLogger(__name__)
 
 PROMPT = "p2pshare> "
 KEYWORD_PROMPT = "keyword: "
+CONFIRM_PROMPT = "download them all? [y/N] "
+#: What one run of menu 2 downloads without asking (more with ``--all`` or a ``y``).
+DEFAULT_MENU_MAX_FILES = 25
+DEFAULT_MENU_MAX_BYTES = 256 << 20
 HISTORY_ENV = "P2P_HISTORY"
 HISTORY_NAME = ".p2pshare_history"
 HISTORY_LENGTH = 1000
@@ -207,6 +213,56 @@ class UsageError(Exception):
     """A command typed wrongly; the message is its usage."""
 
 
+@dataclass(frozen=True, slots=True)
+class MenuLimits:
+    """How much one run of menu ``2`` downloads without asking: files, and bytes in all."""
+
+    max_files: int = DEFAULT_MENU_MAX_FILES
+    max_bytes: int = DEFAULT_MENU_MAX_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class MenuPlan:
+    """What menu ``2`` downloads: for each other peer of a search, the files the index lists
+    for it (with their size and digest) — never a name only the peer itself offers."""
+
+    peers: tuple[tuple[SearchHit, tuple[ListedFile, ...]], ...]
+
+    @classmethod
+    def of(cls, hits: Sequence[SearchHit], me: str) -> MenuPlan:
+        """Every file of every hit but this peer's own."""
+        return cls(tuple((h, tuple(h.files)) for h in hits if h.domain_name != me))
+
+    @property
+    def files(self) -> int:
+        """How many files in all."""
+        return sum(len(listed) for _, listed in self.peers)
+
+    @property
+    def size(self) -> int:
+        """How many bytes in all, as the index lists them."""
+        return sum(f.size for _, listed in self.peers for f in listed)
+
+    def over(self, limits: MenuLimits) -> bool:
+        """True when the plan goes past ``limits``."""
+        return self.files > limits.max_files or self.size > limits.max_bytes
+
+    def within(self, limits: MenuLimits) -> MenuPlan:
+        """The plan cut to ``limits``: files in order while they fit."""
+        files, size = 0, 0
+        kept: list[tuple[SearchHit, tuple[ListedFile, ...]]] = []
+        for hit, listed in self.peers:
+            take: list[ListedFile] = []
+            for entry in listed:
+                if files + 1 > limits.max_files or size + entry.size > limits.max_bytes:
+                    continue
+                take.append(entry)
+                files, size = files + 1, size + entry.size
+            if take:
+                kept.append((hit, tuple(take)))
+        return MenuPlan(tuple(kept))
+
+
 def _peer_where(hit: SearchHit) -> str:
     return f"{hit.domain_name} at {hit.address}:{hit.port_number}"
 
@@ -270,8 +326,10 @@ class Shell:
         *,
         echo: bool = False,
         clock: Clock = SYSTEM_CLOCK,
+        menu_limits: MenuLimits | None = None,
     ) -> None:
         self.session = session
+        self.menu_limits = menu_limits or MenuLimits()
         self.view = view
         self.lines: LineSource = lines
         #: Show each line read (without a terminal nobody sees what the script typed).
@@ -414,7 +472,13 @@ class Shell:
         return hits
 
     async def cmd_menu_search(self, args: list[str]) -> None:
-        """``2``: ask for a keyword, search, list each peer's files, download and show each."""
+        """``2 [keyword] [--all]``: search, list each peer, download and show what the index
+        lists for it (checked against the index's size and digest), within the menu's bounds
+        unless the user confirms more."""
+        confirmed = "--all" in args
+        args = [a for a in args if a != "--all"]
+        if len(args) > 1:
+            raise UsageError("2 [keyword] [--all]")
         if args:
             keyword = args[0]
         else:
@@ -424,25 +488,57 @@ class Shell:
             keyword = line.strip()
         keyword = check_keyword(keyword)
         hits = await self._search(keyword)
-        for hit in hits:
-            if hit.domain_name == self.session.domain_name:
-                continue  # our own files are here already
+        plan = MenuPlan.of(hits, self.session.domain_name)
+        if plan.over(self.menu_limits) and not confirmed:
+            confirmed = await self._confirm(plan)
+            if not confirmed:
+                plan = plan.within(self.menu_limits)
+                self.view.menu_bounded(plan.files, plan.size, keyword)
+        for hit, listed in plan.peers:
             where = _peer_where(hit)
             try:
                 async with await self.session.open_peer(hit) as peer:
                     names = await peer.list(keyword)
                     self.view.peer_files(hit, keyword, names)
-                    for name in names:
-                        try:
-                            await self._fetch_and_show(peer, hit, keyword, name, overwrite=False)
-                        except (P2PError, OSError) as exc:
-                            log.debug("%s from %s failed", name, where, exc_info=True)
-                            self.view.error(explain(exc, where))
-                            if peer.closed:
-                                break
+                    await self._fetch_listed(peer, hit, keyword, listed, set(names))
             except (P2PError, OSError) as exc:
                 log.debug("peer %s failed", where, exc_info=True)
                 self.view.error(explain(exc, where))
+
+    async def _confirm(self, plan: MenuPlan) -> bool:
+        """Ask before a menu download over the bounds; True if the user says yes."""
+        limits = self.menu_limits
+        self.view.menu_over_limits(
+            plan.files, plan.size, len(plan.peers), limits.max_files, limits.max_bytes
+        )
+        answer = await self._read(CONFIRM_PROMPT)
+        return answer is not None and answer.strip().lower() in ("y", "yes")
+
+    async def _fetch_listed(
+        self,
+        peer: RemotePeer,
+        hit: SearchHit,
+        keyword: str,
+        listed: Sequence[ListedFile],
+        offered: set[str],
+    ) -> None:
+        """Download the files the index listed for ``hit`` that the peer offers too; say what
+        the peer offers beyond them (never downloaded: the index vouches for no digest)."""
+        extra = len(offered - {f.filename for f in hit.files})
+        if extra:
+            self.view.unlisted_offered(hit, extra)
+        where = _peer_where(hit)
+        for entry in listed:
+            if entry.filename not in offered:
+                self.view.info(f"{hit.domain_name} no longer lists {entry.filename}: skipped")
+                continue
+            try:
+                await self._fetch_and_show(peer, hit, keyword, entry.filename, overwrite=False)
+            except (P2PError, OSError) as exc:
+                log.debug("%s from %s failed", entry.filename, where, exc_info=True)
+                self.view.error(explain(exc, where))
+                if peer.closed or isinstance(exc, RemoteProtocolError):
+                    break  # nothing more from a peer that is gone or broke the protocol
 
     async def cmd_get(self, args: list[str]) -> None:
         """``get <keyword> <file> [--from <peer>] [--overwrite]``: one file, verified."""
@@ -632,9 +728,14 @@ async def run_shell_session(session: PeerSession, *, stdin_fd: int = 0) -> None:
 
 
 __all__ = [
+    "CONFIRM_PROMPT",
+    "DEFAULT_MENU_MAX_BYTES",
+    "DEFAULT_MENU_MAX_FILES",
     "KEYWORD_PROMPT",
     "PROMPT",
     "LineSource",
+    "MenuLimits",
+    "MenuPlan",
     "Shell",
     "StreamLines",
     "TerminalLines",

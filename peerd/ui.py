@@ -330,7 +330,10 @@ class ShellView:
         table.add_column()
         for key, label in MENU:
             if key == "2":
-                label += ": asks a keyword, downloads and shows every file found"
+                label += (
+                    ": asks a keyword, downloads and shows the files the index lists"
+                    " (a bounded number unless you confirm, or: 2 KEYWORD --all)"
+                )
             _add_row(table, key, label)
         for usage, what in COMMANDS:
             _add_row(table, usage, what)
@@ -428,6 +431,33 @@ class ShellView:
         self._emit(head, one_line=True)
         for name in names:
             self._emit(Text("  ").append(self._safe(name)), one_line=True)
+
+    def menu_over_limits(
+        self, files: int, size: int, peers: int, max_files: int, max_bytes: int
+    ) -> None:
+        """Menu 2 would download more than it does without asking (a question follows)."""
+        self.print(
+            f"the index lists {files} file(s), {human_size(size)}, on {peers} peer(s): more"
+            f" than menu 2 downloads without asking ({max_files} files, {human_size(max_bytes)})"
+        )
+
+    def menu_bounded(self, files: int, size: int, keyword: str) -> None:
+        """Menu 2 downloads only what fits its bounds."""
+        self.print(
+            f"downloading {files} of them ({human_size(size)}); ",
+            Text("2 ", "bold").append(self._safe(keyword, "bold")).append(" --all", "bold"),
+            " downloads every one",
+        )
+
+    def unlisted_offered(self, hit: SearchHit, count: int) -> None:
+        """A peer offers names the index does not list for it: never downloaded."""
+        self._emit(
+            self._safe(hit.domain_name, "cyan").append(
+                f" offers {count} file(s) the index does not list for it: not downloaded"
+                " (no listed size and digest to check them against)"
+            ),
+            one_line=True,
+        )
 
     def peers(self, peers: Sequence[KnownPeer], me: str, now: float) -> None:
         """The peers seen in searches this session."""

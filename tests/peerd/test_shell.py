@@ -7,11 +7,13 @@ is in test_shell_e2e.py."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import logging
 import os
 import re
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ from netproto.errors import (
 from netproto.operations import SearchHit
 from peerd.download import CheckOutcome
 from peerd.errors import DownloadRefused, IndexUnavailable, IndexUntrusted
-from peerd.shell import Shell, StreamLines, explain
+from peerd.shell import MenuLimits, Shell, StreamLines, explain
 from peerd.ui import ShellView, make_console
 from tests.support.fake_clock import FakeClock
 from tests.support.fake_session import FakePeer, FakeSession
@@ -150,6 +152,87 @@ async def test_menu_2_lists_each_peer_then_downloads_and_shows_every_file(
     assert "20 hours a day" in out and "a baby koala" in out
     assert len(re.findall(r"✓\s+signature", out)) == 2
     assert sorted(p.name for p in (share / "koala").iterdir()) == ["joey.txt", "sleep.txt"]
+
+
+@dataclass
+class LyingPeer(FakePeer):
+    """A peer whose ``list`` offers names it never listed at the index."""
+
+    unlisted: frozenset[str] = frozenset()
+
+    def hit(self, keyword: str) -> SearchHit | None:
+        hit = super().hit(keyword)
+        if hit is None:
+            return None
+        listed = tuple(f for f in hit.files if f.filename not in self.unlisted)
+        return dataclasses.replace(hit, files=listed)
+
+
+async def test_menu_2_downloads_only_the_files_the_index_lists_for_each_peer(
+    share: Path,
+) -> None:
+    extra = {f"extra-{i:03d}.txt": b"never listed\n" for i in range(300)}
+    liar = LyingPeer(
+        "peer1",
+        {"koala": {"sleep.txt": b"20 hours a day\n", **extra}},
+        port=7101,
+        unlisted=frozenset(extra),
+    )
+    session = FakeSession(share, [liar])
+    out = await run_script(session, "2 koala")
+    assert "peer1 offers 300 file(s) the index does not list for it: not downloaded" in out
+    assert session.downloads == ["peer1:koala/sleep.txt"]
+    assert sorted(p.name for p in (share / "koala").iterdir()) == ["sleep.txt"]
+
+
+def _many(session: FakeSession, count: int) -> None:
+    session.peers["peer1"].files["koala"] = {f"f{i:02d}.txt": b"x" * 100 for i in range(count)}
+
+
+async def test_menu_2_past_its_bounds_asks_and_without_a_yes_downloads_only_what_fits(
+    session: FakeSession,
+) -> None:
+    _many(session, 30)
+    out = await run_script(session, "2 koala", "n")
+    assert "the index lists 31 file(s), 3.0 kB, on 2 peer(s)" in out
+    assert "download them all? [y/N] n" in out
+    assert "downloading 25 of them (2.5 kB); 2 koala --all downloads every one" in out
+    assert len(session.downloads) == 25
+
+
+async def test_menu_2_past_its_bounds_downloads_everything_after_a_yes(
+    session: FakeSession,
+) -> None:
+    _many(session, 30)
+    await run_script(session, "2 koala", "y")
+    assert len(session.downloads) == 31
+
+
+async def test_menu_2_with_all_does_not_ask(session: FakeSession) -> None:
+    _many(session, 30)
+    out = await run_script(session, "2 koala --all")
+    assert "download them all" not in out
+    assert len(session.downloads) == 31
+
+
+async def test_menu_2_bounds_the_bytes_too(share: Path) -> None:
+    big = FakePeer("peer1", {"koala": {"a.bin": b"a" * 600, "b.bin": b"b" * 600}}, port=7101)
+    session = FakeSession(share, [big])
+    shell, out = plain_shell(session, ScriptLines("2 koala", ""))
+    shell.menu_limits = MenuLimits(max_files=10, max_bytes=1000)
+    await asyncio.wait_for(shell.run(), TIMEOUT)
+    assert "downloading 1 of them" in out.getvalue()
+    assert session.downloads == ["peer1:koala/a.bin"]
+
+
+async def test_menu_2_stops_asking_a_peer_that_broke_the_protocol(session: FakeSession) -> None:
+    _many(session, 3)
+    broken = RemoteProtocolError("the peer sent a chunk of 0 bytes (1 to 262144 allowed)")
+    session.peers["peer1"].download_errors["f00.txt"] = broken
+    out = await run_script(session, "2 koala")
+    assert "✗ peer1 at 127.0.0.1:7101 broke the protocol (the peer sent a chunk of 0" in out
+    assert [d for d in session.downloads if d.startswith("peer1:")] == ["peer1:koala/f00.txt"]
+    assert "peer2:koala/joey.txt" in session.downloads  # the other peer is still asked
 
 
 async def test_menu_2_skips_this_peers_own_hit(session: FakeSession) -> None:
