@@ -266,6 +266,6 @@ async def test_a_client_refuses_a_server_certificate_for_another_name(live: Live
 @pytest.mark.long
 async def test_the_tls_audit_of_live_daemons_passes() -> None:
     # `make audit` runs it with sslyze in its own venv; here sslyze is used only if installed.
-    import tls_audit
+    from tests.support import tls_audit
 
     assert await asyncio.to_thread(tls_audit.main, []) == 0

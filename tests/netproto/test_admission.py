@@ -89,4 +89,4 @@ def test_release_frees_both_counts_and_is_idempotent() -> None:
 
 
 def test_a_closing_server_answers_busy() -> None:
-    assert Admission(ServerLimits()).admit("c", "a", closing=True)[0] is Admit.BUSY
+    assert Admission[str](ServerLimits()).admit("c", "a", closing=True)[0] is Admit.BUSY

@@ -112,7 +112,8 @@ class Audit:
                 socket.create_connection((HOST, target.port), timeout=5) as raw,
                 ctx.wrap_socket(raw, server_hostname=target.name) as tls,
             ):
-                described = f"{tls.version()} {tls.cipher()[0]}"
+                cipher = tls.cipher()  # None only before the handshake
+                described = f"{tls.version()} {cipher[0] if cipher else '?'}"
                 compression = tls.compression()
                 # TLS 1.3 refuses a client certificate after the handshake: read to see it.
                 tls.settimeout(1.0)
