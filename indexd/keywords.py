@@ -123,6 +123,13 @@ class KeywordIndex:
         peer = self._peers.get(domain_name)
         return peer.record if peer is not None else None
 
+    def hits_of(self, domain_name: str) -> dict[str, bytes]:
+        """A listed peer's encoded hits by folded keyword (to replace only some of them)."""
+        peer = self._peers.get(domain_name)
+        if peer is None:
+            return {}
+        return {kw: self._by_keyword[kw][domain_name] for kw in peer.keywords}
+
     def apply(self, prepared: PeerHits, generation: int) -> bool:
         """Put a peer's new listing in place of its old one, unless a newer one is there."""
         name = prepared.record.domain_name

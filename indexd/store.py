@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from netproto.errors import P2PError
-from netproto.operations import ListedFile, SharedFile
+from netproto.operations import FileKey, ListedFile, SharedFile
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,10 @@ class UnknownUser(StoreError):
 
 class SchemaTooNew(StoreError):
     """The database was written by a newer indexd with a schema this one does not know."""
+
+
+class StaleListing(StoreError):
+    """The peer has no listing to change (never synced, or withdrawn): send it whole."""
 
 
 def keyword_key(keyword: str) -> str:
@@ -75,6 +79,24 @@ class Listing:
 
 
 @dataclass(frozen=True, slots=True)
+class ListingChange:
+    """Changes to a peer's listing, as one ``sync_delta`` makes them (PROTOCOL.md §4.3.1):
+    entries added or replaced whole, and entries removed by (keyword, file name)."""
+
+    owner: str
+    domain_name: str
+    files: tuple[SharedFile, ...]
+    removed: tuple[FileKey, ...]
+    seen_at: float
+
+    def keywords(self) -> set[str]:
+        """The folded keywords the change touches."""
+        return {keyword_key(f.keyword) for f in self.files} | {
+            keyword_key(k.keyword) for k in self.removed
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class StoredHit:
     """Files of one peer under one keyword, as the store's own search returns them."""
 
@@ -105,6 +127,16 @@ class IndexStore(Protocol):
         """Drop the peer's listing (ownership stays); False if the peer is unknown.
 
         Raises :class:`PeerOwned` if another user owns the domain name.
+        """
+        ...
+
+    def update_listing(self, change: ListingChange) -> tuple[int, dict[str, list[SharedFile]]]:
+        """Apply ``change`` atomically: removals first, then the entries put (a later entry for
+        the same file wins). Returns the files now listed and, for each folded keyword the
+        change touched, the peer's files under it now (empty when none are left).
+
+        Raises :class:`StaleListing` if the peer has no listing, :class:`PeerOwned` if another
+        user owns the domain name.
         """
         ...
 
@@ -333,6 +365,50 @@ class SqliteIndexStore:
             db.execute("ROLLBACK")
             raise
         return len(files)
+
+    def update_listing(self, change: ListingChange) -> tuple[int, dict[str, list[SharedFile]]]:
+        """Change the peer's listing in one transaction; durable on return."""
+        db = self._write
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute(
+                "SELECT id, owner, withdrawn FROM peers WHERE domain_name = ?",
+                (change.domain_name,),
+            ).fetchone()
+            if row is None or row[2]:
+                raise StaleListing(change.domain_name)
+            if row[1] != change.owner:
+                raise PeerOwned(change.domain_name)
+            peer_id = row[0]
+            db.execute("UPDATE peers SET last_seen = ? WHERE id = ?", (change.seen_at, peer_id))
+            db.executemany(
+                "DELETE FROM files WHERE peer_id = ? AND kw = ? AND filename = ? AND keyword = ?",
+                ((peer_id, keyword_key(k.keyword), k.filename, k.keyword) for k in change.removed),
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO files (peer_id, kw, filename, keyword, size, sha256)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    (peer_id, keyword_key(f.keyword), f.filename, f.keyword, f.size, f.sha256)
+                    for f in change.files
+                ),
+            )
+            [(count,)] = db.execute(
+                "SELECT count(*) FROM files WHERE peer_id = ?", (peer_id,)
+            ).fetchall()
+            touched: dict[str, list[SharedFile]] = {}
+            for kw in sorted(change.keywords()):
+                rows = db.execute(
+                    "SELECT filename, keyword, size, sha256 FROM files"
+                    " WHERE peer_id = ? AND kw = ? ORDER BY filename, keyword",
+                    (peer_id, kw),
+                ).fetchall()
+                touched[kw] = [SharedFile(n, k, size, bytes(sha)) for n, k, size, sha in rows]
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return int(count), touched
 
     def withdraw(self, domain_name: str, owner: str) -> bool:
         """Drop the peer's files and mark it withdrawn; durable on return."""

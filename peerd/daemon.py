@@ -403,6 +403,18 @@ class PeerDaemon:
             )
         log.info("%s serving %d files on port %d", self.domain_name, len(self.shared), self.port)
 
+    async def _start_control(self, state_dir: Path) -> None:
+        """Open the control socket (PROTOCOL.md §9); without it the peer runs on, warned."""
+        control = ControlServer(ControlService(self), state_dir)
+        try:
+            await control.start()
+        except (OSError, ControlSocketInUse) as exc:
+            # The peer still serves and syncs; only the one-shot commands cannot reach it.
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            log.warning("no control socket, p2pshare cannot reach this peer: %s", reason)
+            return
+        self.control = control
+
     async def _sweep_stale_parts(self) -> None:
         """Remove partial downloads nobody touched for ``partial_max_age`` seconds."""
         config = self.config
