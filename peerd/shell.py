@@ -51,6 +51,7 @@ from netproto.errors import (
 from netproto.names import check_file_name, check_keyword
 from netproto.operations import ListedFile, SearchHit
 from peerd.clock import SYSTEM_CLOCK, Clock
+from peerd.completion import ShellCompleter
 from peerd.download import DownloadResult
 from peerd.errors import DownloadError, DownloadRefused, FileConflict, IndexUntrusted
 from peerd.index_session import certificate_untrusted
@@ -135,12 +136,20 @@ class _PendingRead:
 
 
 class TerminalLines:
-    """Lines typed on a terminal, with ``readline`` editing, history and completion of the
-    command names when available."""
+    """Lines typed on a terminal, with ``readline`` editing, history and Tab completion when
+    available: ``complete(line, begidx)`` lists the completions of the word starting at
+    ``begidx`` (:class:`peerd.completion.ShellCompleter`); without it, the command names."""
 
-    def __init__(self, history: Path | None = None, words: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        history: Path | None = None,
+        words: Sequence[str] = (),
+        complete: Callable[[str, int], list[str]] | None = None,
+    ) -> None:
         self.history = history
         self.words = sorted(words)
+        self.complete = complete
+        self._matches: list[str] = []
         self._pending = _PendingRead()
         self._readline: types.ModuleType | None = None
         try:
@@ -150,6 +159,8 @@ class TerminalLines:
         self._readline = readline
         readline.set_history_length(HISTORY_LENGTH)
         readline.set_completer(self._complete)
+        # Words are split at blanks only, so a file name's dots and dashes stay in the word.
+        readline.set_completer_delims(" \t\n")
         if "libedit" in (readline.__doc__ or ""):  # macOS's readline speaks another dialect
             readline.parse_and_bind("bind ^I rl_complete")
         else:
@@ -159,12 +170,24 @@ class TerminalLines:
                 readline.read_history_file(history)
 
     def _complete(self, text: str, state: int) -> str | None:
-        """The command names starting with ``text``, first word only."""
-        assert self._readline is not None
-        if self._readline.get_line_buffer()[: self._readline.get_begidx()].strip():
-            return None
-        matches = [w + " " for w in self.words if w.startswith(text) and not w.isdigit()]
-        return matches[state] if state < len(matches) else None
+        """The ``state``-th completion of the word ``text`` (readline asks 0, 1, 2, ...)."""
+        rl = self._readline
+        assert rl is not None
+        if state == 0:
+            line, begidx = rl.get_line_buffer()[: rl.get_endidx()], rl.get_begidx()
+            try:
+                self._matches = self._candidates(line, begidx, text)
+            except Exception:  # a completion must never break the prompt
+                log.debug("completion failed", exc_info=True)
+                self._matches = []
+        return self._matches[state] if state < len(self._matches) else None
+
+    def _candidates(self, line: str, begidx: int, text: str) -> list[str]:
+        if self.complete is not None:
+            return self.complete(line, begidx)
+        if line[:begidx].strip():
+            return []
+        return [w + " " for w in self.words if w.startswith(text) and not w.isdigit()]
 
     async def read(self, prompt: str) -> str | None:
         """The next line typed (``input`` in a thread); None on Ctrl-D."""
@@ -336,6 +359,8 @@ class Shell:
         self.echo = echo
         self.clock = clock
         self.known: dict[str, KnownPeer] = {}
+        #: The file names of the last search of each keyword (case-folded), for completion.
+        self.searched: dict[str, tuple[str, tuple[str, ...]]] = {}
         self.counts = TransferCounts()
         self._quit = False
         self._command: asyncio.Task[None] | None = None
@@ -468,8 +493,28 @@ class Shell:
             self.known[hit.domain_name] = KnownPeer(
                 hit.domain_name, hit.address, hit.port_number, keyword, len(hit.files), now
             )
+        names = tuple(sorted({f.filename for h in hits for f in h.files}))
+        self.searched[keyword.casefold()] = (keyword, names)
         self.view.search_results(keyword, hits, self.session.domain_name)
         return hits
+
+    def completer(self) -> ShellCompleter:
+        """Tab completion from what this shell knows: its commands, the keywords of the share
+        and of recent searches, the files each search found, and the peers seen."""
+
+        def keywords() -> set[str]:
+            found = {f.keyword for f in list(self.session.shared)}
+            found.update(keyword for keyword, _ in list(self.searched.values()))
+            with contextlib.suppress(OSError):
+                found.update(
+                    n for n in os.listdir(self.session.file_directory) if not n.startswith(".")
+                )
+            return found
+
+        def files(keyword: str) -> tuple[str, ...]:
+            return self.searched.get(keyword.casefold(), ("", ()))[1]
+
+        return ShellCompleter(list(self.commands), keywords, files, lambda: list(self.known))
 
     async def cmd_menu_search(self, args: list[str]) -> None:
         """``2 [keyword] [--all]``: search, list each peer, download and show what the index
@@ -707,7 +752,11 @@ async def run_shell_session(session: PeerSession, *, stdin_fd: int = 0) -> None:
     shell = Shell(session, view, lines, echo=not interactive)
     terminal: TerminalLines | None = None
     if interactive:
-        terminal = TerminalLines(history_path(session.file_directory), list(shell.commands))
+        terminal = TerminalLines(
+            history_path(session.file_directory),
+            list(shell.commands),
+            complete=shell.completer().candidates,
+        )
         shell.lines = terminal
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, shell.interrupt)

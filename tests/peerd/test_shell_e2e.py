@@ -341,3 +341,17 @@ def test_in_a_terminal_an_unknown_command_is_answered_with_the_help(terminal_she
     terminal_shell.expect(r"unknown command .*'frobnicate'")
     terminal_shell.expect_exact("search <keyword>")
     terminal_shell.expect_exact("p2pshare> ")
+
+
+def test_in_a_terminal_tab_completes_commands_keywords_files_and_peers(
+    terminal_shell: Any,
+) -> None:
+    # "sea<Tab>" becomes "search ": the search runs only if the command was completed.
+    terminal_shell.send("sea\tkoala\r")
+    terminal_shell.expect(r"│[^\n]*peer2[^\n]*│[^\n]*joey\.txt")
+    terminal_shell.expect_exact("p2pshare> ")
+    # The keyword from the last search, its file, and the peer it found, each by Tab.
+    terminal_shell.send("get ko\tjo\t--fr\tpe\t\r")
+    terminal_shell.expect(r"get koala joey\.txt --from peer2")
+    terminal_shell.expect(r"downloaded .*koala/joey\.txt.* from .*peer2")
+    terminal_shell.expect_exact("p2pshare> ")
