@@ -14,6 +14,7 @@ import asyncio
 import functools
 import itertools
 import logging
+import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,8 +27,25 @@ from indexd.keywords import MAX_HIT_FILES, KeywordIndex, PeerHits, prepare_hits
 from indexd.passwords import PasswordHasher
 from indexd.ratelimit import AttemptLimiter, BackoffPolicy
 from indexd.staging import StagingLimits, SyncStaging
-from indexd.store import IndexStore, Listing, PeerOwned, PeerRecord, StoreError, UnknownUser
-from netproto.errors import AuthFailed, Forbidden, Internal, NotFound, RequestError, UserExists
+from indexd.store import (
+    IndexStore,
+    Listing,
+    ListingChange,
+    PeerOwned,
+    PeerRecord,
+    StaleListing,
+    StoreError,
+    UnknownUser,
+)
+from netproto.errors import (
+    AuthFailed,
+    Forbidden,
+    Internal,
+    NotFound,
+    RequestError,
+    UserExists,
+    VersionMismatch,
+)
 from netproto.framing import DEFAULT_MAX_FRAME
 from netproto.names import check_password
 from netproto.operations import (
@@ -39,6 +57,7 @@ from netproto.operations import (
     PingReply,
     RegisterReply,
     SharedFile,
+    SyncDeltaRequest,
     SyncReply,
     SyncRequest,
 )
@@ -72,6 +91,8 @@ def wire_error(exc: StoreError) -> RequestError:
         return Forbidden("this domain_name belongs to another user")
     if isinstance(exc, UnknownUser):
         return Forbidden("the token's user is not registered")
+    if isinstance(exc, StaleListing):
+        return VersionMismatch("this peer has no listing to change; send it whole")
     return Internal()  # e.g. SchemaTooNew: refused at start-up, never reaches a handler
 
 
@@ -121,6 +142,9 @@ class IndexService:
         self.address_attempts = AttemptLimiter(self.settings.address_backoff)
         # Every domain name ever synced and its owner; withdrawn peers keep their owner.
         self.owners: dict[str, str] = {}
+        #: The version of each listing acknowledged since this index started (PROTOCOL.md
+        #: §4.3.1); in memory only, so after a restart every peer sends its listing whole once.
+        self.versions: dict[str, int] = {}
         self._writes = ThreadPoolExecutor(1, thread_name_prefix="indexd-store-write")
         self._reads = ThreadPoolExecutor(1, thread_name_prefix="indexd-store-read")
         # Numbered on the write thread, so the order of generations is the order of commits.
@@ -249,11 +273,57 @@ class IndexService:
         listing = Listing(
             user, req.domain_name, req.port_number, req.address or ctx.address, files, now
         )
+        self.versions.pop(req.domain_name, None)  # a delta racing this sync must not apply
         count, prepared, generation = await self._write(self._commit_listing, listing)
         self.owners[req.domain_name] = user
         self.index.apply(prepared, generation)
+        version = self.versions[req.domain_name] = _new_version()
         log.info("%s synced %s: %d files", user, req.domain_name, count)
-        return SyncReply(count)
+        return SyncReply(count, version)
+
+    async def handle_sync_delta(self, ctx: RequestContext, req: SyncDeltaRequest) -> SyncReply:
+        """Change the caller's listing at version ``req.base``: entries put and removed
+        (PROTOCOL.md §4.3.1); ``VERSION_MISMATCH`` unless that is the version listed now, at
+        the same port and address."""
+        user = ctx.subject
+        name = req.domain_name
+        self._check_certificate(ctx, name)
+        self._check_owner(user, name)
+        record = self.index.record(name)
+        address = req.address or ctx.address
+        if (
+            record is None
+            or self.versions.get(name) != req.base
+            or (record.port_number, record.address) != (req.port_number, address)
+        ):
+            raise VersionMismatch()
+        now = self.clock()
+        change = ListingChange(user, name, req.files, req.removed, now)
+        # The new version is taken now, so a second delta against the same base cannot apply.
+        version = self.versions[name] = _new_version()
+        try:
+            count, touched, generation = await self._write(self._commit_change, change)
+        except BaseException:
+            if self.versions.get(name) == version:
+                del self.versions[name]
+            raise
+        fresh = PeerRecord(name, user, req.port_number, address, now)
+        hits = {kw: hit for kw, hit in self.index.hits_of(name).items() if kw not in touched}
+        hits.update(self._prepare(fresh, [f for files in touched.values() for f in files]).hits)
+        self.index.apply(PeerHits(fresh, hits), generation)
+        log.info(
+            "%s changed %s: %d put, %d removed; %d files",
+            user,
+            name,
+            len(req.files),
+            len(req.removed),
+            count,
+        )
+        return SyncReply(count, version)
+
+    def _commit_change(self, change: ListingChange) -> tuple[int, dict[str, list[SharedFile]], int]:
+        count, touched = self.store.update_listing(change)
+        return count, touched, next(self._generations)
 
     def _commit_listing(self, listing: Listing) -> tuple[int, PeerHits, int]:
         count = self.store.replace_listing(listing)
@@ -289,6 +359,7 @@ class IndexService:
         if self._check_owner(ctx.subject, req.domain_name) is None:
             raise NotFound("no peer with this domain_name")
         generation = await self._write(self._commit_withdraw, req.domain_name, ctx.subject)
+        self.versions.pop(req.domain_name, None)
         self.index.remove(req.domain_name, generation)
         log.info("%s withdrew %s", ctx.subject, req.domain_name)
         return ByeReply(req.domain_name)
@@ -305,7 +376,13 @@ class IndexService:
                 Credentials.from_wire, self.handle_auth, needs_token=False, proves=True
             ),
             "sync": Operation(SyncRequest.from_wire, self.handle_sync),
+            "sync_delta": Operation(SyncDeltaRequest.from_wire, self.handle_sync_delta),
             "search": Operation(parse_search, self.handle_search, inline=True),
             "ping": Operation(PeerRequest.from_wire, self.handle_ping),
             "bye": Operation(PeerRequest.from_wire, self.handle_bye),
         }
+
+
+def _new_version() -> int:
+    """An opaque listing version: random, so one from before a restart never matches."""
+    return secrets.randbits(62) + 1

@@ -233,7 +233,7 @@ class Output:
 
     def json(self, document: Mapping[str, Any]) -> None:
         """Print one JSON document."""
-        json.dump(document, self.stdout, indent=2, sort_keys=False)
+        json.dump(document, self.stdout, indent=2, ensure_ascii=False)
         self.stdout.write("\n")
         self.stdout.flush()
 

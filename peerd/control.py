@@ -286,7 +286,7 @@ def checks_from_wire(value: Any) -> tuple[CheckOutcome, ...]:
 def result_to_wire(result: DownloadResult) -> dict[str, Any]:
     """A verified download as a map."""
     return {
-        "path": str(result.path),
+        "path": os.path.abspath(result.path),  # the caller may run in another folder
         "keyword": result.keyword,
         "file_name": result.file_name,
         "size": result.size,

@@ -34,6 +34,8 @@ DEFAULT_RESCAN_INTERVAL = 300.0
 DEFAULT_JITTER = 0.1
 #: How long to wait before watching again after the watcher itself failed.
 RETRY_WATCH = 5.0
+#: How soon a failed sync (the index away, or busy) is tried again.
+RETRY_SYNC = 10.0
 
 #: A source of change batches: given a stop event, yields sets of changed paths until it is set.
 ChangeSource = Callable[[asyncio.Event], AsyncIterator[set[str]]]
@@ -155,7 +157,9 @@ class ShareWatcher:
                     return
             else:
                 rescan_at = self._deadline()
-            await self._run_sync(reason)
+            if not await self._run_sync(reason):
+                retry_at = self.clock.monotonic() + RETRY_SYNC
+                rescan_at = retry_at if rescan_at is None else min(rescan_at, retry_at)
 
     async def _wait(self, timeout: float | None) -> str:
         """``"changes"`` once something changed, ``"rescan"`` after ``timeout`` seconds."""
@@ -178,15 +182,20 @@ class ShareWatcher:
         wait = self.next_rescan_in()
         return None if wait is None else self.clock.monotonic() + wait
 
-    async def _run_sync(self, reason: str) -> None:
+    async def _run_sync(self, reason: str) -> bool:
+        """Call ``sync``; False if it failed (it is then tried again in ``RETRY_SYNC`` s)."""
         self.syncs += 1
         try:
             await self._sync(reason)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # the index may be away: the next change or rescan retries
-            log.warning("automatic sync (%s) failed: %s", reason, exc)
+        except Exception as exc:  # the index may be away or busy: retried soon
+            log.warning(
+                "automatic sync (%s) failed: %s; retrying in %.0f s", reason, exc, RETRY_SYNC
+            )
             log.debug("automatic sync failed", exc_info=True)
+            return False
+        return True
 
 
 __all__ = [

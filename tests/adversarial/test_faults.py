@@ -85,7 +85,7 @@ async def test_kill_9_mid_upload_keeps_the_previous_listing_and_the_upload_start
             await conn.request("sync", parts[2].to_wire(), token)
         for part in split_sync("peer1", 7001, files, max_files_per_part=1000):
             reply = await conn.request("sync", part.to_wire(), token)
-        assert reply == {"files": 3000}
+        assert reply["files"] == 3000
         await conn.close()
 
 
@@ -349,7 +349,7 @@ async def test_a_handler_that_raises_answers_internal_and_everything_else_is_ser
         reply = await conn.request(
             "sync", {"domain_name": "boom2", "port_number": 7001, "files": []}, token
         )
-        assert reply == {"files": 0}
+        assert reply["files"] == 0
         await conn.close()
 
         # The peer: one keyword's listing raises, and a read fails in the middle of a stream.

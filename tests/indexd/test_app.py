@@ -530,5 +530,5 @@ async def test_broken_multi_part_uploads_are_refused_and_leave_the_listing(
         with pytest.raises(NotFound):
             await client.call("sync", part(1, upload=b"v" * 16), client.token)
         assert [f.filename for f in (await client.search("k"))[0].files] == ["old"]
-        assert await client.call("sync", part(1, final=True), client.token) == {"files": 2}
+        assert (await client.call("sync", part(1, final=True), client.token))["files"] == 2
         assert [f.filename for f in (await client.search("k"))[0].files] == ["new0", "new1"]

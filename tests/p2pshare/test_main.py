@@ -173,7 +173,9 @@ async def test_sync_json_reports_only_the_change_sent(
     assert status == ExitCode.OK
     doc = json.loads(out)
     assert (doc["files"], doc["added"], doc["changed"], doc["removed"]) == (2, 1, 0, 0)
-    assert doc["sent"] >= 1
+    assert doc["sent"] == 1 and doc["full"] is False
+    status, out = await p2pshare("sync", "--json", "--state-dir", str(state_dir))
+    assert json.loads(out)["sent"] == 0
 
 
 async def test_the_peer_is_found_by_its_hostname_under_the_state_home(
