@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -224,3 +225,41 @@ async def test_a_copied_file_is_in_another_peers_search_within_5_s_and_gone_with
         report = peer1.status().last_auto_sync
         assert report is not None and (report.removed, report.sent, report.full) == (1, 1, False)
         print(f"appeared in {appeared:.2f} s, gone in {disappeared:.2f} s")
+
+
+@pytest.mark.parametrize(
+    ("folders", "per_folder"),
+    [(20, 100), pytest.param(100, 1000, marks=pytest.mark.long, id="100000-files")],
+)
+async def test_a_share_on_disk_that_changes_one_file_hashes_one_and_sends_one_entry(
+    index_config: Any,
+    running_index: Any,
+    peer_config: Any,
+    running_peer: Any,
+    tmp_path: Path,
+    folders: int,
+    per_folder: int,
+) -> None:
+    share = tmp_path / "peer1-files"
+    long_ago = time.time() - 3600  # older than the digest cache's racy window
+    for k in range(folders):
+        folder = share / f"kw{k:02d}"
+        folder.mkdir(parents=True)
+        for i in range(per_folder):
+            path = folder / f"file-{i:03d}.dat"
+            path.write_bytes(f"{k}/{i}\n".encode())
+            os.utime(path, (long_ago, long_ago))
+    async with (
+        running_index(index_config()) as index,
+        running_peer(peer_config("peer1", index.port)) as peer1,
+    ):
+        total = folders * per_folder
+        assert len(peer1.shared) == total
+        hashed = peer1.share.hash_count
+        (share / "kw07" / "file-042.dat").write_bytes(b"new content\n")
+        started = time.perf_counter()
+        report = await peer1.sync_share()
+        elapsed = time.perf_counter() - started
+        assert peer1.share.hash_count - hashed == 1
+        assert (report.changed, report.sent, report.full, report.files) == (1, 1, False, total)
+        print(f"{total} files, one changed: 1 hashed, 1 entry sent, {elapsed:.2f} s")
