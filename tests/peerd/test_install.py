@@ -3,16 +3,18 @@ different one unless asked, and never leaves the partial file behind."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+import peerd.install
 from peerd.errors import DownloadError, FileConflict
-from peerd.install import FINAL_MODE, existing_size, install
+from peerd.install import FINAL_MODE, existing_size, hash_existing, install
 from peerd.staging import Staging
 
 CONTENT = b"a baby koala\n"
@@ -106,3 +108,61 @@ def test_a_symlink_under_the_name_is_a_conflict(tmp_path: Path) -> None:
         assert existing_size(dir_fd, "absent.txt", tmp_path / "absent.txt") is None
     finally:
         os.close(dir_fd)
+
+
+# --- file systems without hard links; failures moving into place --------------------------
+
+
+def _link_fails(code: int) -> Callable[..., None]:
+    def link(*args: object, **kwargs: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    return link
+
+
+@pytest.mark.parametrize("code", [errno.EPERM, errno.ENOTSUP, errno.EMLINK, errno.EXDEV])
+def test_without_hard_links_the_partial_file_is_renamed_into_place(
+    staging: tuple[Staging, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    monkeypatch.setattr(os, "link", _link_fails(code))
+    assert install(staging[0], staging[1], "joey.txt", DIGEST, overwrite=False) is False
+    assert (tmp_path / "joey.txt").read_bytes() == CONTENT
+    assert names(tmp_path) == ["joey.txt"]
+
+
+def test_without_hard_links_a_file_that_appeared_meanwhile_is_a_conflict_and_kept(
+    staging: tuple[Staging, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "link", _link_fails(errno.EPERM))
+    (tmp_path / "joey.txt").write_bytes(b"mine")
+    with pytest.raises(FileConflict, match="appeared meanwhile"):
+        install(staging[0], staging[1], "joey.txt", DIGEST, overwrite=False)
+    assert (tmp_path / "joey.txt").read_bytes() == b"mine"
+    assert names(tmp_path) == ["joey.txt"]
+
+
+def test_a_failure_moving_into_place_is_a_download_error_and_removes_the_partial(
+    staging: tuple[Staging, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "link", _link_fails(errno.EIO))
+    with pytest.raises(DownloadError, match="cannot move the download into"):
+        install(staging[0], staging[1], "joey.txt", DIGEST, overwrite=False)
+    assert names(tmp_path) == []
+
+
+def test_an_existing_file_is_hashed_and_an_absent_one_is_none(tmp_path: Path) -> None:
+    (tmp_path / "joey.txt").write_bytes(CONTENT)
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert hash_existing(dir_fd, "joey.txt") == (len(CONTENT), DIGEST)
+        assert hash_existing(dir_fd, "absent.txt") is None
+    finally:
+        os.close(dir_fd)
+
+
+def test_the_umask_is_found_without_proc_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_proc(*args: object, **kwargs: object) -> None:
+        raise FileNotFoundError("/proc/self/status")
+
+    monkeypatch.setattr(peerd.install, "open", no_proc, raising=False)
+    assert peerd.install._umask() == _process_umask()
