@@ -23,6 +23,7 @@ from peerd.staging import (
     check_room,
     hash_prefix,
     open_keyword_folder,
+    open_share_root,
     part_names,
     sweep_stale_parts,
     write_hashed,
@@ -306,3 +307,110 @@ def test_a_keyword_folder_of_another_user_is_refused(tmp_path: Path) -> None:
             open_keyword_folder(root_fd, tmp_path, "koala")
     finally:
         os.close(root_fd)
+
+
+# --- the share folder, keyword folders, odd partial files, the sweep's skips ----------------
+
+
+def test_the_share_folder_is_made_if_missing(tmp_path: Path) -> None:
+    fd = open_share_root(tmp_path / "new" / "share")
+    os.close(fd)
+    assert (tmp_path / "new" / "share").is_dir()
+
+
+def test_a_share_folder_that_cannot_be_made_is_a_download_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"not a folder")
+    with pytest.raises(DownloadError, match=r"cannot use .* for downloads"):
+        open_share_root(tmp_path / "file" / "share")
+
+
+def test_a_share_folder_others_may_write_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "share").mkdir()
+    (tmp_path / "share").chmod(0o777)
+    with pytest.raises(UnsafeLocalFile, match="may be written by other users"):
+        open_share_root(tmp_path / "share")
+
+
+def test_a_new_keyword_folder_is_made_and_marked_created(tmp_path: Path) -> None:
+    root_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        folder = open_keyword_folder(root_fd, tmp_path, "koala")
+        os.close(folder.fd)
+    finally:
+        os.close(root_fd)
+    assert (folder.name, folder.created) == ("koala", True)
+    assert (tmp_path / "koala").is_dir()
+
+
+def test_a_keyword_folder_made_meanwhile_by_another_download_is_used_not_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_mkdir = os.mkdir
+
+    def racing_mkdir(name: str, mode: int = 0o777, *, dir_fd: int | None = None) -> None:
+        real_mkdir(name, mode, dir_fd=dir_fd)  # the other download wins the race
+        raise FileExistsError(name)
+
+    monkeypatch.setattr(os, "mkdir", racing_mkdir)
+    root_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        folder = open_keyword_folder(root_fd, tmp_path, "koala")
+        os.close(folder.fd)
+    finally:
+        os.close(root_fd)
+    assert (folder.name, folder.created) == ("koala", False)
+
+
+def test_a_keyword_folder_that_cannot_be_made_is_a_download_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_room(name: str, mode: int = 0o777, *, dir_fd: int | None = None) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "mkdir", no_room)
+    root_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(DownloadError, match=r"cannot make the folder .*No space left"):
+            open_keyword_folder(root_fd, tmp_path, "koala")
+    finally:
+        os.close(root_fd)
+
+
+def test_a_sidecar_with_a_digest_that_is_not_hex_is_none() -> None:
+    doc = b'{"peer":"p","keyword":"k","file_name":"f","size":1,"sha256":"not hex"}'
+    assert Sidecar.from_json(doc) is None
+
+
+def test_a_fifo_in_place_of_the_partial_file_is_refused(folder: tuple[Path, int]) -> None:
+    path, fd = folder
+    staging = Staging(fd, "joey.txt", path / "joey.txt")
+    os.mkfifo(path / staging.part, 0o600)
+    with pytest.raises(DownloadError, match="is not a regular file"):
+        staging.open(WANTED, None)
+
+
+def test_the_sweep_of_a_missing_share_removes_nothing(tmp_path: Path) -> None:
+    assert sweep_stale_parts(tmp_path / "absent", time.time(), 0) == []
+
+
+def test_the_sweep_skips_hidden_folders_and_folders_others_may_write(tmp_path: Path) -> None:
+    part = part_names("old.bin")[0]
+    for folder in (".hidden", "shared"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / part).write_bytes(b"x")
+        _age(tmp_path / folder / part, 4)
+    (tmp_path / "shared").chmod(0o777)
+    assert sweep_stale_parts(tmp_path, time.time(), 3 * 86400) == []
+    assert (tmp_path / ".hidden" / part).exists() and (tmp_path / "shared" / part).exists()
+
+
+def test_a_partial_file_shorter_than_its_recorded_prefix_is_an_io_error(
+    folder: tuple[Path, int],
+) -> None:
+    staging = staged(folder, b"a baby", None)
+    part = staging.open(WANTED, None)
+    try:
+        with pytest.raises(OSError, match="shorter than expected"):
+            hash_prefix(hashlib.sha256(), part.fd, 13)
+    finally:
+        part.close()
