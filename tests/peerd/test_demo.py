@@ -13,6 +13,9 @@ import time
 from pathlib import Path
 
 import pexpect
+import pytest
+
+from peerd.demo import Background, Demo, DemoError
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 40.0
@@ -189,3 +192,59 @@ def test_the_demo_in_a_terminal_opens_the_rich_shell_and_quits_cleanly(tmp_path:
             child.terminate(force=True)
     assert child.exitstatus == 0
     assert "Traceback" not in (child.before or "")
+
+
+# --- the pieces: a background daemon's ready line, its early exit, the narration ------------
+
+
+def _background(tmp_path: Path, program: str) -> Background:
+    log = tmp_path / "daemon.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", program], stdout=out, stderr=out)
+    return Background("indexd", proc, log)
+
+
+def test_a_background_daemon_is_ready_when_its_log_shows_the_ready_line(tmp_path: Path) -> None:
+    bg = _background(
+        tmp_path, "import time; print('listening on 7123', flush=True); time.sleep(30)"
+    )
+    try:
+        assert bg.wait_ready(r"listening on (\d+)", timeout=TIMEOUT).group(1) == "7123"
+    finally:
+        bg.proc.kill()
+        bg.proc.wait()
+
+
+def test_a_background_daemon_that_exits_first_is_a_demo_error_with_its_log(
+    tmp_path: Path,
+) -> None:
+    bg = _background(tmp_path, "print('cannot read the certificate'); raise SystemExit(3)")
+    with pytest.raises(DemoError, match="indexd exited with status 3:\ncannot read the cert"):
+        bg.wait_ready("listening", timeout=TIMEOUT)
+
+
+def test_a_background_daemon_that_never_gets_ready_is_a_demo_error(tmp_path: Path) -> None:
+    bg = _background(tmp_path, "import time; print('starting', flush=True); time.sleep(30)")
+    try:
+        with pytest.raises(DemoError, match="indexd did not start in 0 s:\nstarting"):
+            bg.wait_ready("listening", timeout=0.3)
+    finally:
+        bg.proc.kill()
+        bg.proc.wait()
+
+
+def test_the_log_tail_of_a_missing_log_is_empty(tmp_path: Path) -> None:
+    bg = _background(tmp_path, "pass")
+    bg.proc.wait()
+    bg.log.unlink()
+    assert bg.log_tail() == ""
+
+
+def test_the_narration_carries_on_after_its_reader_went_away(tmp_path: Path) -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # as `make demo | head -1` does after one line
+    with os.fdopen(write_end, "w") as out:
+        demo = Demo(tmp_path, 1, out)
+        demo.say("first")  # EPIPE: the output now goes nowhere
+        demo.say("second")
+        assert os.readlink(f"/proc/self/fd/{out.fileno()}") == os.devnull
