@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import io
 import logging
 import os
@@ -20,13 +21,18 @@ from typing import Any
 import pytest
 
 from netproto.errors import (
+    AuthRequired,
     Busy,
     ConnectionClosed,
+    Forbidden,
+    Internal,
     NotFound,
     RateLimited,
     RemoteProtocolError,
     Timeout,
     TokenExpired,
+    TokenInvalid,
+    VerificationFailed,
 )
 from netproto.operations import SearchHit
 from peerd.download import CheckOutcome
@@ -457,6 +463,47 @@ def test_each_wire_error_reads_as_a_sentence(error: Exception, message: str) -> 
 def test_an_untrusted_index_reads_as_such_wherever_it_is_raised() -> None:
     error = IndexUntrusted("the index at x:1 presented a certificate we do not trust")
     assert explain(error, "peer1").startswith("the index presented a certificate we do not trust")
+
+
+@pytest.mark.parametrize(
+    "error, message",
+    [
+        (
+            TokenInvalid("bad signature"),
+            "peer1 refused our token (bad signature); does it use the same index?",
+        ),
+        (
+            AuthRequired("no token"),
+            "peer1 refused our token (no token); does it use the same index?",
+        ),
+        (Forbidden("not your file"), "peer1 refused: not your file"),
+        (Busy("full"), "peer1 is busy (full); try again"),
+        (Internal(), "peer1: INTERNAL: internal error"),
+        (
+            VerificationFailed("digest", "SHA-256 differs"),
+            "verification failed: digest: SHA-256 differs",
+        ),
+        (
+            OSError(errno.ENOSPC, "No space left on device", "/share/x"),
+            "No space left on device: /share/x",
+        ),
+        (OSError("no detail"), "no detail"),
+    ],
+)
+def test_other_failures_read_as_a_sentence_too(error: Exception, message: str) -> None:
+    assert explain(error, "peer1") == message
+
+
+async def test_input_that_cannot_be_read_ends_the_shell_with_the_reason(
+    session: FakeSession, tmp_path: Path
+) -> None:
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)  # read() fails: EISDIR
+    try:
+        shell, out = plain_shell(session, StreamLines(fd))
+        await asyncio.wait_for(shell.run(), TIMEOUT)
+    finally:
+        os.close(fd)
+    assert "cannot read input: Is a directory" in out.getvalue()
 
 
 # --- input, signals ------------------------------------------------------------------------
