@@ -172,7 +172,9 @@ async def _client(pki: Path, index: str, peer: str, keyword: str, warm: str, nam
     async with await IndexClient.connect(
         index_host, int(index_port), ctx, server_hostname="indexd"
     ) as conn:
-        token = (await conn.auth(fixtures.BENCH_USER, fixtures.PASSWORD)).token
+        # The token for peers (PROTOCOL.md §8), bound to the certificate this client presents.
+        token = (await conn.auth(fixtures.BENCH_USER, fixtures.PASSWORD)).peer_token
+        assert token is not None
     async with await PeerClient.connect(
         peer_host, int(peer_port), "peer1", ctx, token=token, requester=fixtures.BENCH_USER
     ) as client:

@@ -454,8 +454,12 @@ class Bench:
 
     async def fetches(self, index_port: int) -> None:
         """Fetch through peerd against the bare stream; peerd's peak RSS growth."""
-        index = await self.connect(index_port)
-        token = await self.login(index)
+        # Logged in with the certificate it fetches with: the token for peers is bound to it.
+        index = await self.connect(index_port, cert=True)
+        reply = await index.request(
+            "auth", {"username": fixtures.BENCH_USER, "password": fixtures.PASSWORD}
+        )
+        token = str(reply["peer_token"])
         await index.close()
         stream_args = [
             "-m", "bench.baseline", "stream", "--pki", str(self.pki), "--name", "peer1",

@@ -13,9 +13,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from indexd.app import DEFAULT_PORT, DEFAULT_TOKEN_TTL, IndexConfig, IndexDaemon
-from indexd.handlers import DEFAULT_PEER_TTL
+from indexd.handlers import (
+    DEFAULT_MAX_DOMAINS_PER_USER,
+    DEFAULT_MAX_FILES_PER_USER,
+    DEFAULT_PEER_TTL,
+)
 from indexd.passwords import DEFAULT_COST
-from indexd.ratelimit import BackoffPolicy
+from indexd.ratelimit import BackoffPolicy, BucketPolicy
 from runner import (
     ExitCode,
     add_daemon_flags,
@@ -77,6 +81,35 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="bcrypt work factor for new passwords (%(default)s)",
     )
+    parser.add_argument(
+        "--max-domains-per-user",
+        type=_number(int, 1, 10**6),
+        default=DEFAULT_MAX_DOMAINS_PER_USER,
+        metavar="N",
+        help="domain names one user may own (%(default)s)",
+    )
+    parser.add_argument(
+        "--max-files-per-user",
+        type=_number(int, 1, 10**9),
+        default=DEFAULT_MAX_FILES_PER_USER,
+        metavar="N",
+        help="files one user may list, staged parts of uploads included (%(default)s)",
+    )
+    rate = BucketPolicy()
+    parser.add_argument(
+        "--sync-burst",
+        type=_number(int, 1, 10**6),
+        default=rate.burst,
+        metavar="N",
+        help="syncs one user may make at once (%(default)s)",
+    )
+    parser.add_argument(
+        "--sync-interval",
+        type=_number(float, 0.001, 86400),
+        default=rate.interval,
+        metavar="S",
+        help="after a burst, one more sync per user every S seconds (%(default)s)",
+    )
     group = parser.add_argument_group("login attempt limits")
     d = BackoffPolicy()
     group.add_argument(
@@ -84,7 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_number(int, 1, 10**6),
         default=d.free,
         metavar="N",
-        help="attempts per username before backing off (%(default)s)",
+        help="attempts per username from one client address before backing off (%(default)s)",
+    )
+    group.add_argument(
+        "--auth-user-free-attempts",
+        type=_number(int, 1, 10**6),
+        default=100,
+        metavar="N",
+        help="attempts per username from all addresses together before backing off (%(default)s)",
     )
     group.add_argument(
         "--auth-address-free-attempts",
@@ -92,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=100,
         metavar="N",
         help="attempts per client address before backing off (%(default)s)",
+    )
+    group.add_argument(
+        "--register-free-attempts",
+        type=_number(int, 1, 10**6),
+        default=20,
+        metavar="N",
+        help="registrations per client address before backing off (%(default)s)",
     )
     group.add_argument(
         "--auth-backoff",
@@ -114,16 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> IndexConfig:
     """The :class:`IndexConfig` the parsed flags describe."""
-    user = BackoffPolicy(
-        free=args.auth_free_attempts,
-        base_delay=args.auth_backoff,
-        max_delay=args.auth_max_backoff,
-    )
-    address = BackoffPolicy(
-        free=args.auth_address_free_attempts,
-        base_delay=args.auth_backoff,
-        max_delay=args.auth_max_backoff,
-    )
+
+    def policy(free: int) -> BackoffPolicy:
+        return BackoffPolicy(
+            free=free, base_delay=args.auth_backoff, max_delay=args.auth_max_backoff
+        )
+
     return IndexConfig(
         cert=args.cert,
         key=args.key,
@@ -135,8 +178,13 @@ def config_from_args(args: argparse.Namespace) -> IndexConfig:
         peer_ttl=args.peer_ttl,
         bcrypt_cost=args.bcrypt_cost,
         limits=limits_from_args(args),
-        user_backoff=user,
-        address_backoff=address,
+        login_backoff=policy(args.auth_free_attempts),
+        user_backoff=policy(args.auth_user_free_attempts),
+        address_backoff=policy(args.auth_address_free_attempts),
+        register_backoff=policy(args.register_free_attempts),
+        max_domains_per_user=args.max_domains_per_user,
+        max_files_per_user=args.max_files_per_user,
+        sync_rate=BucketPolicy(burst=args.sync_burst, interval=args.sync_interval),
     )
 
 

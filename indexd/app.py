@@ -22,14 +22,20 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import certs
-from indexd.handlers import DEFAULT_PEER_TTL, IndexService, IndexSettings
+from indexd.handlers import (
+    DEFAULT_MAX_DOMAINS_PER_USER,
+    DEFAULT_MAX_FILES_PER_USER,
+    DEFAULT_PEER_TTL,
+    IndexService,
+    IndexSettings,
+)
 from indexd.passwords import DEFAULT_COST, PasswordHasher
-from indexd.ratelimit import BackoffPolicy
+from indexd.ratelimit import BackoffPolicy, BucketPolicy
 from indexd.staging import StagingLimits
 from indexd.store import SchemaTooNew, SqliteIndexStore
 from netproto.server import Server, ServerLimits
 from netproto.tls import certificate_dns_names, server_context
-from netproto.tokens import TokenIssuer, TokenVerifier
+from netproto.tokens import INDEX_AUDIENCE, TokenIssuer, TokenVerifier
 from runner import StartupError
 
 log = logging.getLogger(__name__)
@@ -54,8 +60,13 @@ class IndexConfig:
     bcrypt_cost: int = DEFAULT_COST
     bcrypt_threads: int | None = None
     limits: ServerLimits = field(default_factory=ServerLimits)
-    user_backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
+    login_backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
+    user_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(free=100))
     address_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(free=100))
+    register_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(free=20))
+    max_domains_per_user: int = DEFAULT_MAX_DOMAINS_PER_USER
+    max_files_per_user: int = DEFAULT_MAX_FILES_PER_USER
+    sync_rate: BucketPolicy = field(default_factory=BucketPolicy)
     staging: StagingLimits = field(default_factory=StagingLimits)
 
 
@@ -132,15 +143,21 @@ class IndexDaemon:
             settings = IndexSettings(
                 peer_ttl=config.peer_ttl,
                 max_frame=limits.max_frame,
+                login_backoff=config.login_backoff,
                 user_backoff=config.user_backoff,
                 address_backoff=config.address_backoff,
+                register_backoff=config.register_backoff,
+                max_domains_per_user=config.max_domains_per_user,
+                max_files_per_user=config.max_files_per_user,
+                sync_rate=config.sync_rate,
                 staging=config.staging,
             )
             hasher = PasswordHasher(config.bcrypt_cost, concurrency=config.bcrypt_threads)
             issuer = TokenIssuer(identity.key, identity.name, config.token_ttl)
             self.service = IndexService(self._store, issuer, hasher, settings, clock=self.clock)
             await self.service.open()
-            verifier = TokenVerifier(identity.cert)
+            # Index tokens only; bindings and ended sessions are checked by the handlers.
+            verifier = TokenVerifier(identity.cert, audience=INDEX_AUDIENCE)
             self._server = Server(
                 self.service.operations(),
                 identity.ssl_context,

@@ -1,11 +1,13 @@
-"""The index's operations (PROTOCOL.md §4): register, auth, sync, search, ping, bye.
+"""The index's operations (PROTOCOL.md §4): register, auth, renew, sync, search, listing,
+ping, bye.
 
 :class:`IndexService` holds the state the handlers share — the injected :class:`IndexStore`,
-the in-memory :class:`KeywordIndex`, the password hasher, the login limits and the staged
-uploads — and :meth:`IndexService.operations` gives the handler table for
-:class:`netproto.server.Server`. Handlers do no socket I/O. Store calls run on two
-single-thread executors: one for writes, so they are serialized and commit in the order they
-were made, and one for reads, which WAL lets run beside a write.
+the in-memory :class:`KeywordIndex`, the password hashers, the attempt and rate limits, the
+staged uploads, the per-user quotas and the deny-list of ended sessions — and
+:meth:`IndexService.operations` gives the handler table for :class:`netproto.server.Server`.
+Handlers do no socket I/O. Store calls run on two single-thread executors: one for writes, so
+they are serialized and commit in the order they were made, and one for reads, which WAL lets
+run beside a write.
 """
 
 from __future__ import annotations
@@ -14,18 +16,20 @@ import asyncio
 import functools
 import itertools
 import logging
+import math
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from cryptography import x509
 
-from indexd.keywords import MAX_HIT_FILES, KeywordIndex, PeerHits, prepare_hits
-from indexd.passwords import PasswordHasher
-from indexd.ratelimit import AttemptLimiter, BackoffPolicy
+from indexd.keywords import KeywordIndex, PeerHits, prepare_hits
+from indexd.passwords import REGISTER_NICENESS, PasswordHasher
+from indexd.ratelimit import AttemptLimiter, BackoffPolicy, BucketPolicy, RateBucket
 from indexd.staging import StagingLimits, SyncStaging
 from indexd.store import (
     IndexStore,
@@ -37,39 +41,51 @@ from indexd.store import (
     StoreError,
     UnknownUser,
 )
+from netproto.admission import address_key
 from netproto.errors import (
     AuthFailed,
     Forbidden,
     Internal,
     NotFound,
+    RateLimited,
     RequestError,
+    TokenInvalid,
     UserExists,
     VersionMismatch,
 )
 from netproto.framing import DEFAULT_MAX_FRAME
 from netproto.names import check_password
 from netproto.operations import (
+    MAX_HIT_FILES,
+    MAX_LISTING_FILES,
     AuthReply,
     ByeReply,
     Credentials,
-    KeywordRequest,
+    ListingReply,
+    ListingRequest,
     PeerRequest,
     PingReply,
     RegisterReply,
+    SearchRequest,
     SharedFile,
     SyncDeltaRequest,
     SyncReply,
     SyncRequest,
+    parse_empty,
 )
 from netproto.server import Operation, PackedReply, RequestContext
 from netproto.tls import certificate_dns_names
-from netproto.tokens import TokenIssuer
+from netproto.tokens import LEEWAY, BindingChecker, Principal, SessionTokens, TokenIssuer
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 DEFAULT_PEER_TTL = 120.0
+DEFAULT_MAX_DOMAINS_PER_USER = 4
+DEFAULT_MAX_FILES_PER_USER = 200_000
+#: Bytes a file of a ``listing`` reply may take at most (a 255-byte name, size and digest).
+_LISTED_FILE_BYTES = 330
 
 
 @dataclass(frozen=True)
@@ -79,9 +95,19 @@ class IndexSettings:
     peer_ttl: float = DEFAULT_PEER_TTL
     max_frame: int = DEFAULT_MAX_FRAME
     max_hit_files: int = MAX_HIT_FILES
-    user_backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
+    #: Logins per (username, client address): a stranger's guesses slow down only their own.
+    login_backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
+    #: Logins per username from all addresses together: a high ceiling, so that many
+    #: addresses together cannot guess a password either.
+    user_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(free=100))
     # An address may be shared by many users (NAT): more free attempts before backing off.
     address_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(free=100))
+    #: Registrations per client address (an IPv6 /64).
+    register_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(free=20))
+    max_domains_per_user: int = DEFAULT_MAX_DOMAINS_PER_USER
+    max_files_per_user: int = DEFAULT_MAX_FILES_PER_USER
+    #: ``sync`` per user: one-shot syncs and first parts of uploads (PROTOCOL.md §4.3).
+    sync_rate: BucketPolicy = field(default_factory=BucketPolicy)
     staging: StagingLimits = field(default_factory=StagingLimits)
 
 
@@ -97,21 +123,21 @@ def wire_error(exc: StoreError) -> RequestError:
 
 
 @functools.lru_cache(maxsize=4096)
-def _keyword_request(keyword: str) -> KeywordRequest:
-    return KeywordRequest.from_wire({"keyword": keyword})
+def _search_request(keyword: str) -> SearchRequest:
+    return SearchRequest.from_wire({"keyword": keyword})
 
 
-def parse_search(body: dict[str, Any]) -> KeywordRequest:
-    """:meth:`KeywordRequest.from_wire`, remembering recent valid keywords.
+def parse_search(body: dict[str, Any]) -> SearchRequest:
+    """:meth:`SearchRequest.from_wire`, remembering recent valid keywords.
 
     Checking a keyword (Unicode categories, NFKC look-alikes, device names) costs more than
     the rest of a cached search; a search for a keyword checked before skips it (BENCHMARKS.md).
-    Invalid keywords are not remembered, and any other body goes the full way.
+    Invalid keywords are not remembered, and any other body (a cursor) goes the full way.
     """
     keyword = body.get("keyword")
     if type(keyword) is str and len(body) == 1:
-        return _keyword_request(keyword)
-    return KeywordRequest.from_wire(body)
+        return _search_request(keyword)
+    return SearchRequest.from_wire(body)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -129,22 +155,40 @@ class IndexService:
         hasher: PasswordHasher,
         settings: IndexSettings | None = None,
         *,
+        register_hasher: PasswordHasher | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.issuer = issuer
         self.hasher = hasher
-        self.settings = settings or IndexSettings()
+        # Registrations hash apart from logins: their own thread, queue and lower priority.
+        self.register_hasher = register_hasher or PasswordHasher(
+            hasher.cost,
+            concurrency=1,
+            max_waiting=16,
+            niceness=REGISTER_NICENESS,
+            name="indexd-bcrypt-register",
+        )
+        self.settings = s = settings or IndexSettings()
         self.clock = clock
-        self.index = KeywordIndex(self.settings.peer_ttl, self.settings.max_frame)
-        self.staging = SyncStaging(self.settings.staging)
-        self.user_attempts = AttemptLimiter(self.settings.user_backoff)
-        self.address_attempts = AttemptLimiter(self.settings.address_backoff)
+        self.index = KeywordIndex(s.peer_ttl, s.max_frame)
+        self.staging = SyncStaging(s.staging)
+        self.login_attempts = AttemptLimiter(s.login_backoff)
+        self.user_attempts = AttemptLimiter(s.user_backoff)
+        self.address_attempts = AttemptLimiter(s.address_backoff)
+        self.register_attempts = AttemptLimiter(s.register_backoff)
+        self.sync_rate = RateBucket(s.sync_rate)
+        self.binding = BindingChecker()
         # Every domain name ever synced and its owner; withdrawn peers keep their owner.
         self.owners: dict[str, str] = {}
+        self.domains: dict[str, set[str]] = {}  # the other way round
+        self.listed: dict[str, int] = {}  # files listed per domain name
         #: The version of each listing acknowledged since this index started (PROTOCOL.md
         #: §4.3.1); in memory only, so after a restart every peer sends its listing whole once.
         self.versions: dict[str, int] = {}
+        self._committing: Counter[str] = Counter()  # files per user in commits under way
+        #: Sessions ended by ``bye``, until their last token expires (PROTOCOL.md §8).
+        self.revoked: dict[str, float] = {}
         self._writes = ThreadPoolExecutor(1, thread_name_prefix="indexd-store-write")
         self._reads = ThreadPoolExecutor(1, thread_name_prefix="indexd-store-read")
         # Numbered on the write thread, so the order of generations is the order of commits.
@@ -153,21 +197,27 @@ class IndexService:
     # -- life cycle ---------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Load owners and listings from the store into memory; make the dummy hash."""
-        peers, listings = await self._write(self._load)
-        self.owners = {p.domain_name: p.owner for p in peers}
-        for prepared, generation in listings:
+        """Load owners, listings and ended sessions into memory; make the dummy hash."""
+        peers, listings, revoked = await self._write(self._load, self.clock())
+        for p in peers:
+            self._own(p.domain_name, p.owner)
+        for prepared, generation, count in listings:
             self.index.apply(prepared, generation)
+            self.listed[prepared.record.domain_name] = count
+        self.revoked = revoked
         await self.hasher.start()
         log.info("index loaded: %d peers known, %d listed", len(self.owners), len(self.index))
 
-    def _load(self) -> tuple[list[PeerRecord], list[tuple[PeerHits, int]]]:
+    def _load(
+        self, now: float
+    ) -> tuple[list[PeerRecord], list[tuple[PeerHits, int, int]], dict[str, float]]:
         peers = self.store.peers()
         listings = [
-            (self._prepare(record, files), next(self._generations))
+            (self._prepare(record, files), next(self._generations), len(files))
             for record, files in self.store.iter_listings()
         ]
-        return peers, listings
+        self.store.prune_revoked(now)
+        return peers, listings, self.store.revoked_sessions(now)
 
     async def close(self) -> None:
         """Finish store work in progress and stop the worker threads."""
@@ -178,13 +228,25 @@ class IndexService:
         self._reads.shutdown(wait=True)
         self._writes.shutdown(wait=True)
         self.hasher.close()
+        self.register_hasher.close()
 
     def sweep(self) -> None:
-        """Drop expired staged uploads and decayed login counters (called now and then)."""
+        """Drop expired uploads, decayed counters and ended sessions' expired entries."""
         now = self.clock()
         self.staging.expire(now)
-        self.user_attempts.prune(now)
-        self.address_attempts.prune(now)
+        for limiter in (
+            self.login_attempts,
+            self.user_attempts,
+            self.address_attempts,
+            self.register_attempts,
+        ):
+            limiter.prune(now)
+        self.sync_rate.prune(now)
+        expired = [s for s, until in self.revoked.items() if until <= now]
+        for session in expired:
+            del self.revoked[session]
+        if expired:
+            self._writes.submit(self.store.prune_revoked, now).add_done_callback(_log_failure)
 
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
         return await self._in_store(self._writes, fn, *args)
@@ -204,12 +266,36 @@ class IndexService:
         s = self.settings
         return prepare_hits(record, files, max_hit_files=s.max_hit_files, max_frame=s.max_frame)
 
+    def _own(self, domain_name: str, user: str) -> None:
+        self.owners[domain_name] = user
+        self.domains.setdefault(user, set()).add(domain_name)
+
+    def _disown(self, domain_name: str, user: str) -> None:
+        if self.owners.get(domain_name) == user:
+            del self.owners[domain_name]
+            names = self.domains.get(user, set())
+            names.discard(domain_name)
+            if not names:
+                self.domains.pop(user, None)
+
     # -- checks -------------------------------------------------------------------------
+
+    def _authorize(self, ctx: RequestContext) -> Principal:
+        """The request's principal, once its token is bound to the certificate presented (if
+        it is bound at all) and its session has not ended (PROTOCOL.md §8)."""
+        principal = ctx.principal
+        assert principal is not None, "only for operations that need a token"
+        self.binding.check(principal, ctx.peer_cert)
+        if self.revoked and principal.session_id in self.revoked:
+            raise TokenInvalid("this session has ended (bye); log in again")
+        return principal
 
     @staticmethod
     def _check_certificate(ctx: RequestContext, domain_name: str) -> None:
-        """A client certificate, when presented, must name the domain name (PROTOCOL.md §4)."""
-        if ctx.peer_cert is not None and domain_name not in _certificate_names(ctx.peer_cert):
+        """A client certificate naming the domain name is required (PROTOCOL.md §4.5)."""
+        if ctx.peer_cert is None:
+            raise Forbidden("sync, ping and bye need a client certificate naming the domain_name")
+        if domain_name not in _certificate_names(ctx.peer_cert):
             raise Forbidden("the client certificate does not name this domain_name")
 
     def _check_owner(self, user: str, domain_name: str) -> str | None:
@@ -218,50 +304,92 @@ class IndexService:
             raise Forbidden("this domain_name belongs to another user")
         return owner
 
+    def _files_in_use(self, user: str, domain_name: str) -> int:
+        """Files ``user`` lists under its other names, stages, or is committing now."""
+        listed = sum(self.listed.get(d, 0) for d in self.domains.get(user, ()) if d != domain_name)
+        return listed + self.staging.user_files(user) + self._committing[user]
+
     # -- handlers -----------------------------------------------------------------------
 
     async def handle_register(self, ctx: RequestContext, req: Credentials) -> RegisterReply:
         """Create a user: password 8–72 UTF-8 bytes, name unique case-insensitively."""
+        now, where = self.clock(), address_key(ctx.address)
+        self.register_attempts.check(where, now)
+        self.register_attempts.charge(where, now)
         password = check_password(req.password)
         if await self._read(self.store.password_hash, req.username) is not None:
             raise UserExists()
-        hashed = await self.hasher.hash(password)
+        hashed = await self.register_hasher.hash(password)
         if not await self._write(self.store.add_user, req.username, hashed, self.clock()):
             raise UserExists()
         log.info("registered user %s from %s", req.username, ctx.address)
         return RegisterReply(req.username)
 
     async def handle_auth(self, ctx: RequestContext, req: Credentials) -> AuthReply:
-        """Check a password and issue a token; unknown user and wrong password look alike."""
+        """Check a password and issue the session's tokens; unknown user and wrong password
+        look alike."""
         now = self.clock()
-        user, address = req.username, ctx.address
-        self.user_attempts.check(user, now)
-        self.address_attempts.check(address, now)
+        user, where = req.username, address_key(ctx.address)
+        limits = (
+            (self.login_attempts, f"{user} {where}"),
+            (self.user_attempts, user),
+            (self.address_attempts, where),
+        )
+        wait = max(limiter.retry_after(key, now) for limiter, key in limits)
+        if wait > 0:
+            raise RateLimited(retry_after=math.ceil(wait * 1000) / 1000)
+        for limiter, key in limits:
+            limiter.admit(key, now)  # a full table refuses before anything is charged
         # Charged before the check, so parallel guesses are limited like sequential ones.
-        self.user_attempts.charge(user, now)
-        self.address_attempts.charge(address, now)
+        for limiter, key in limits:
+            limiter.charge(key, now)
         try:
             hashed = await self._read(self.store.password_hash, user)
             ok = await self.hasher.verify(req.password.encode("utf-8", "surrogatepass"), hashed)
         except BaseException:
-            self.user_attempts.refund(user, now)
-            self.address_attempts.refund(address, now)
+            for limiter, key in limits:
+                limiter.refund(key, now)
             raise
         if not ok:
-            log.info("failed login for %s from %s", user, address)
+            log.info("failed login for %s from %s", user, ctx.address)
             raise AuthFailed()
-        self.user_attempts.reset(user)
-        self.address_attempts.refund(address, self.clock())
-        token, expires_at = self.issuer.issue(user)
-        log.info("user %s logged in from %s", user, address)
-        return AuthReply(token, expires_at)
+        now = self.clock()
+        self.login_attempts.reset(limits[0][1])
+        self.user_attempts.refund(user, now)
+        self.address_attempts.refund(where, now)
+        tokens = self.issuer.issue_session(user, ctx.peer_cert)
+        log.info("user %s logged in from %s", user, ctx.address)
+        return _auth_reply(tokens)
+
+    async def handle_renew(self, ctx: RequestContext, req: None) -> AuthReply:
+        """Fresh tokens of the same session for a certificate-bound token: a running peer
+        stays logged in without its password (so a login lockout cannot knock it off)."""
+        principal = self._authorize(ctx)
+        if principal.thumbprint is None:
+            raise Forbidden("renew needs a token bound to a client certificate; log in again")
+        if await self._read(self.store.password_hash, principal.subject) is None:
+            raise Forbidden("the token's user is not registered")
+        tokens = self.issuer.issue_session(
+            principal.subject, ctx.peer_cert, session=principal.session_id
+        )
+        return _auth_reply(tokens)
 
     async def handle_sync(self, ctx: RequestContext, req: SyncRequest) -> SyncReply:
         """Replace the caller's listing for a domain name (one-shot, or the final part)."""
-        user = ctx.subject
-        self._check_certificate(ctx, req.domain_name)
-        self._check_owner(user, req.domain_name)
+        user = self._authorize(ctx).subject
+        name = req.domain_name
+        self._check_certificate(ctx, name)
+        s = self.settings
+        claiming = self._check_owner(user, name) is None
+        if claiming and len(self.domains.get(user, ())) >= s.max_domains_per_user:
+            raise Forbidden(f"a user may own at most {s.max_domains_per_user} domain names")
+        if self._files_in_use(user, name) + len(req.files) > s.max_files_per_user:
+            if req.part is not None:
+                self.staging.discard(user, req.part.upload)
+            raise Forbidden(f"a user may list at most {s.max_files_per_user} files")
         now = self.clock()
+        if req.part is None or req.part.seq == 0:
+            self.sync_rate.take(user, now)
         files: tuple[SharedFile, ...]
         if req.part is None:
             files = req.files
@@ -270,22 +398,35 @@ class IndexService:
             if staged.files is None:
                 return SyncReply(staged.received)
             files = staged.files
-        listing = Listing(
-            user, req.domain_name, req.port_number, req.address or ctx.address, files, now
-        )
-        self.versions.pop(req.domain_name, None)  # a delta racing this sync must not apply
-        count, prepared, generation = await self._write(self._commit_listing, listing)
-        self.owners[req.domain_name] = user
+        listing = Listing(user, name, req.port_number, req.address or ctx.address, files, now)
+        # Claimed and counted before the commit, so concurrent syncs cannot pass the limits
+        # together.
+        if claiming:
+            self._own(name, user)
+        self._committing[user] += len(files)
+        self.versions.pop(name, None)  # a delta racing this sync must not apply
+        try:
+            count, prepared, generation = await self._write(self._commit_listing, listing)
+        except BaseException:
+            if claiming and name not in self.index:
+                self._disown(name, user)
+            raise
+        finally:
+            self._committing[user] -= len(files)
+            if self._committing[user] <= 0:
+                del self._committing[user]
+        self._own(name, user)
+        self.listed[name] = count
         self.index.apply(prepared, generation)
-        version = self.versions[req.domain_name] = _new_version()
-        log.info("%s synced %s: %d files", user, req.domain_name, count)
+        version = self.versions[name] = _new_version()
+        log.info("%s synced %s: %d files", user, name, count)
         return SyncReply(count, version)
 
     async def handle_sync_delta(self, ctx: RequestContext, req: SyncDeltaRequest) -> SyncReply:
         """Change the caller's listing at version ``req.base``: entries put and removed
         (PROTOCOL.md §4.3.1); ``VERSION_MISMATCH`` unless that is the version listed now, at
         the same port and address."""
-        user = ctx.subject
+        user = self._authorize(ctx).subject
         name = req.domain_name
         self._check_certificate(ctx, name)
         self._check_owner(user, name)
@@ -297,6 +438,11 @@ class IndexService:
             or (record.port_number, record.address) != (req.port_number, address)
         ):
             raise VersionMismatch()
+        s = self.settings
+        if self._files_in_use(user, name) + self.listed.get(name, 0) + len(req.files) > (
+            s.max_files_per_user
+        ):
+            raise Forbidden(f"a user may list at most {s.max_files_per_user} files")
         now = self.clock()
         change = ListingChange(user, name, req.files, req.removed, now)
         # The new version is taken now, so a second delta against the same base cannot apply.
@@ -310,6 +456,7 @@ class IndexService:
         fresh = PeerRecord(name, user, req.port_number, address, now)
         hits = {kw: hit for kw, hit in self.index.hits_of(name).items() if kw not in touched}
         hits.update(self._prepare(fresh, [f for files in touched.values() for f in files]).hits)
+        self.listed[name] = count
         self.index.apply(PeerHits(fresh, hits), generation)
         log.info(
             "%s changed %s: %d put, %d removed; %d files",
@@ -337,15 +484,32 @@ class IndexService:
         )
         return count, self._prepare(record, listing.unique_files()), generation
 
-    def handle_search(self, ctx: RequestContext, req: KeywordRequest) -> PackedReply:
-        """Live peers' files under a keyword, matched case-insensitively, from memory (an
-        inline operation: answered as the request is read)."""
-        return PackedReply(self.index.search(req.keyword, self.clock()))
+    def handle_search(self, ctx: RequestContext, req: SearchRequest) -> PackedReply:
+        """A page of live peers' hits under a keyword, matched case-insensitively, from
+        memory (an inline operation: answered as the request is read)."""
+        self._authorize(ctx)
+        return PackedReply(self.index.search(req.keyword, self.clock(), req.cursor))
+
+    async def handle_listing(self, ctx: RequestContext, req: ListingRequest) -> ListingReply:
+        """A page of one live peer's files under a keyword: the rest of a search hit."""
+        self._authorize(ctx)
+        if not self.index.is_live(req.domain_name, self.clock()):
+            raise NotFound("no live peer with this domain_name")
+        limit = min(
+            MAX_LISTING_FILES, max(1, (self.settings.max_frame - 1024) // _LISTED_FILE_BYTES)
+        )
+        total, files = await self._read(
+            self.store.listing_page, req.domain_name, req.keyword, req.offset, limit
+        )
+        if not total:
+            raise NotFound("this peer lists no file under this keyword")
+        return ListingReply(req.domain_name, req.keyword, total, req.offset, tuple(files))
 
     async def handle_ping(self, ctx: RequestContext, req: PeerRequest) -> PingReply:
         """Refresh the liveness of one of the caller's listed peers."""
+        user = self._authorize(ctx).subject
         self._check_certificate(ctx, req.domain_name)
-        if self._check_owner(ctx.subject, req.domain_name) is None:
+        if self._check_owner(user, req.domain_name) is None:
             raise NotFound("no peer with this domain_name; sync first")
         # Liveness is soft state, kept in memory only, so a ping costs no disk write; after a
         # restart a peer counts as last seen at its last sync until it pings again.
@@ -354,18 +518,27 @@ class IndexService:
         return PingReply(req.domain_name, self.settings.peer_ttl)
 
     async def handle_bye(self, ctx: RequestContext, req: PeerRequest) -> ByeReply:
-        """Withdraw one of the caller's peers from search (it keeps owning the name)."""
+        """Withdraw one of the caller's peers from search (it keeps owning the name) and end
+        the session: its tokens are refused from now on, also after a restart."""
+        principal = self._authorize(ctx)
+        user = principal.subject
         self._check_certificate(ctx, req.domain_name)
-        if self._check_owner(ctx.subject, req.domain_name) is None:
+        if self._check_owner(user, req.domain_name) is None:
             raise NotFound("no peer with this domain_name")
-        generation = await self._write(self._commit_withdraw, req.domain_name, ctx.subject)
+        # Every token of the session expires by then: renew is refused once it has ended.
+        until = self.clock() + self.issuer.ttl + LEEWAY
+        session = principal.session_id
+        generation = await self._write(self._commit_withdraw, req.domain_name, user, session, until)
+        self.revoked[session] = max(until, self.revoked.get(session, until))
+        self.listed[req.domain_name] = 0
         self.versions.pop(req.domain_name, None)
         self.index.remove(req.domain_name, generation)
-        log.info("%s withdrew %s", ctx.subject, req.domain_name)
+        log.info("%s withdrew %s and ended its session", user, req.domain_name)
         return ByeReply(req.domain_name)
 
-    def _commit_withdraw(self, domain_name: str, owner: str) -> int:
+    def _commit_withdraw(self, domain_name: str, owner: str, session: str, until: float) -> int:
         self.store.withdraw(domain_name, owner)
+        self.store.revoke_session(session, until)
         return next(self._generations)
 
     def operations(self) -> dict[str, Operation[Any]]:
@@ -375,9 +548,11 @@ class IndexService:
             "auth": Operation(
                 Credentials.from_wire, self.handle_auth, needs_token=False, proves=True
             ),
+            "renew": Operation(parse_empty, self.handle_renew),
             "sync": Operation(SyncRequest.from_wire, self.handle_sync),
             "sync_delta": Operation(SyncDeltaRequest.from_wire, self.handle_sync_delta),
             "search": Operation(parse_search, self.handle_search, inline=True),
+            "listing": Operation(ListingRequest.from_wire, self.handle_listing),
             "ping": Operation(PeerRequest.from_wire, self.handle_ping),
             "bye": Operation(PeerRequest.from_wire, self.handle_bye),
         }
@@ -386,3 +561,12 @@ class IndexService:
 def _new_version() -> int:
     """An opaque listing version: random, so one from before a restart never matches."""
     return secrets.randbits(62) + 1
+
+
+def _auth_reply(tokens: SessionTokens) -> AuthReply:
+    return AuthReply(tokens.token, tokens.expires_at, tokens.peer_token)
+
+
+def _log_failure(future: Future[int]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("could not prune the deny-list: %s", future.exception())

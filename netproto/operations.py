@@ -20,6 +20,7 @@ from netproto.framing import DEFAULT_MAX_FRAME
 from netproto.names import (
     canonical_domain_name,
     canonical_username,
+    check_address,
     check_file_name,
     check_keyword,
 )
@@ -33,6 +34,12 @@ MAX_LISTING_VERSION = 2**63 - 1  # listing versions are opaque ints (PROTOCOL.md
 UPLOAD_ID_SIZE = 16
 MAX_SIGNATURE = 64  # Ed25519
 MAX_ADDRESS = 255
+#: Files of one hit in one search reply; the rest are counted (``total``) and reachable with
+#: ``listing`` (PROTOCOL.md §4.2).
+MAX_HIT_FILES = 100
+#: Files in one ``listing`` reply.
+MAX_LISTING_FILES = 1000
+MAX_CURSOR = 1024  # bytes of an opaque search cursor
 
 
 def _map(value: Any, name: str) -> dict[str, Any]:
@@ -119,20 +126,31 @@ class RegisterReply:
 
 @dataclass(frozen=True, slots=True)
 class AuthReply:
-    """Reply of ``auth``: a JWT and its expiry in Unix seconds."""
+    """Reply of ``auth`` and ``renew``: the index token, its expiry in Unix seconds, and the
+    token for peers (only to a client that presented a certificate; PROTOCOL.md §8)."""
 
     token: str = field(repr=False)
     expires_at: int
+    peer_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_wire(cls, body: Any) -> Self:
-        """Validate an auth reply."""
+        """Validate an auth or renew reply."""
         body = _map(body, "reply")
-        return cls(_str(body, "token", 8192), _int(body, "expires_at", 0, 2**63 - 1))
+        peer_token = _str(body, "peer_token", 8192) if "peer_token" in body else None
+        return cls(_str(body, "token", 8192), _int(body, "expires_at", 0, 2**63 - 1), peer_token)
 
     def to_wire(self) -> dict[str, Any]:
         """The body map."""
-        return {"token": self.token, "expires_at": self.expires_at}
+        body: dict[str, Any] = {"token": self.token, "expires_at": self.expires_at}
+        if self.peer_token is not None:
+            body["peer_token"] = self.peer_token
+        return body
+
+
+def parse_empty(body: dict[str, Any]) -> None:
+    """The body of an operation that takes no fields (``renew``): any map."""
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,8 +220,8 @@ class SyncRequest:
         """Validate a sync body."""
         files = _list(body, "files", MAX_SYNC_FILES_PER_PART)
         address = body.get("address")
-        if address is not None and (type(address) is not str or not 0 < len(address) <= 255):
-            raise BadRequest("address: expected a host name or IP address")
+        if address is not None:
+            address = check_address(address)
         part = body.get("part")
         return cls(
             canonical_domain_name(body.get("domain_name")),
@@ -417,40 +435,160 @@ class ListedFile:
 
 
 @dataclass(frozen=True, slots=True)
+class SearchRequest:
+    """Body of ``search``: a keyword, and the cursor of the page to continue from."""
+
+    keyword: str
+    cursor: bytes | None = None
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> Self:
+        """Validate a search body."""
+        keyword = check_keyword(body.get("keyword"))
+        cursor = body.get("cursor")
+        if cursor is not None and (type(cursor) is not bytes or not 0 < len(cursor) <= MAX_CURSOR):
+            raise BadRequest(f"cursor: expected 1 to {MAX_CURSOR} bytes as msgpack bin")
+        return cls(keyword, cursor)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The body map."""
+        body: dict[str, Any] = {"keyword": self.keyword}
+        if self.cursor is not None:
+            body["cursor"] = self.cursor
+        return body
+
+
+@dataclass(frozen=True, slots=True)
 class SearchHit:
-    """One peer holding files under the searched keyword."""
+    """One peer holding files under the searched keyword: the first files in file-name
+    order, and how many it lists in all (``total``; the rest through ``listing``)."""
 
     domain_name: str
     port_number: int
     address: str
     files: tuple[ListedFile, ...]
+    total: int | None = None
+
+    @property
+    def complete(self) -> bool:
+        """True when ``files`` holds every file the peer lists under the keyword."""
+        return self.total is None or len(self.files) >= self.total
 
     @classmethod
     def from_wire(cls, entry: Any) -> Self:
         """Validate one hit of a search reply."""
         entry = _map(entry, "hit")
+        files = tuple(ListedFile.from_wire(f) for f in _list(entry, "files", 10**6))
+        total = _int(entry, "total", len(files), 2**63 - 1) if "total" in entry else None
         return cls(
             canonical_domain_name(entry.get("domain_name")),
             _int(entry, "port_number", 1, 65535),
-            _str(entry, "address", MAX_ADDRESS),
-            tuple(ListedFile.from_wire(f) for f in _list(entry, "files", 10**6)),
+            check_address(entry.get("address")),
+            files,
+            total,
         )
 
     def to_wire(self) -> dict[str, Any]:
         """The hit map."""
-        return {
+        hit: dict[str, Any] = {
             "domain_name": self.domain_name,
             "port_number": self.port_number,
             "address": self.address,
-            "files": [f.to_wire() for f in self.files],
         }
+        if self.total is not None:
+            hit["total"] = self.total
+        hit["files"] = [f.to_wire() for f in self.files]
+        return hit
+
+
+@dataclass(frozen=True, slots=True)
+class SearchReply:
+    """Reply of ``search``: a page of hits, how many more follow, and the cursor to them."""
+
+    hits: tuple[SearchHit, ...]
+    more: int = 0
+    cursor: bytes | None = None
+
+    @classmethod
+    def from_wire(cls, body: Any) -> Self:
+        """Validate a search reply."""
+        body = _map(body, "reply")
+        hits = tuple(SearchHit.from_wire(hit) for hit in _list(body, "hits", 10**6))
+        more = _int(body, "more", 0, 2**63 - 1)
+        cursor = body.get("cursor")
+        if more and (type(cursor) is not bytes or not 0 < len(cursor) <= MAX_CURSOR):
+            raise BadRequest("cursor: expected with more hits to come, as msgpack bin")
+        return cls(hits, more, cursor if more else None)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The body map."""
+        body: dict[str, Any] = {"hits": [h.to_wire() for h in self.hits], "more": self.more}
+        if self.cursor is not None:
+            body["cursor"] = self.cursor
+        return body
 
 
 def search_reply_from_wire(body: Any) -> list[SearchHit]:
-    """Validate a search reply: a list of hits."""
-    if type(body) is not list:
-        raise BadRequest("reply: expected an array of hits")
-    return [SearchHit.from_wire(hit) for hit in body]
+    """The hits of one search reply page (see :class:`SearchReply` for the cursor)."""
+    return list(SearchReply.from_wire(body).hits)
+
+
+@dataclass(frozen=True, slots=True)
+class ListingRequest:
+    """Body of ``listing``: one live peer's files under a keyword, from ``offset`` on."""
+
+    domain_name: str
+    keyword: str
+    offset: int = 0
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> Self:
+        """Validate a listing body."""
+        return cls(
+            canonical_domain_name(body.get("domain_name")),
+            check_keyword(body.get("keyword")),
+            _int(body, "offset", 0, 2**31 - 1) if "offset" in body else 0,
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The body map."""
+        body: dict[str, Any] = {"domain_name": self.domain_name, "keyword": self.keyword}
+        if self.offset:
+            body["offset"] = self.offset
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class ListingReply:
+    """Reply of ``listing``: a page of a peer's files under a keyword, in file-name order."""
+
+    domain_name: str
+    keyword: str
+    total: int
+    offset: int
+    files: tuple[ListedFile, ...]
+
+    @classmethod
+    def from_wire(cls, body: Any) -> Self:
+        """Validate a listing reply."""
+        body = _map(body, "reply")
+        return cls(
+            canonical_domain_name(body.get("domain_name")),
+            check_keyword(body.get("keyword")),
+            _int(body, "total", 0, 2**63 - 1),
+            _int(body, "offset", 0, 2**63 - 1),
+            tuple(ListedFile.from_wire(f) for f in _list(body, "files", MAX_LISTING_FILES)),
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The body map."""
+        return {
+            "domain_name": self.domain_name,
+            "keyword": self.keyword,
+            "total": self.total,
+            "offset": self.offset,
+            "files": [f.to_wire() for f in self.files],
+        }
 
 
 @dataclass(frozen=True, slots=True)

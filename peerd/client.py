@@ -26,6 +26,7 @@ from netproto.errors import (
     AuthRequired,
     BadRequest,
     LocalProtocolError,
+    NotFound,
     RemoteProtocolError,
     RequestError,
 )
@@ -38,15 +39,18 @@ from netproto.operations import (
     FetchRequest,
     FetchTrailer,
     KeywordRequest,
+    ListingReply,
+    ListingRequest,
     PeerRequest,
     PingReply,
     RegisterReply,
     SearchHit,
+    SearchReply,
+    SearchRequest,
     SharedFile,
     SyncDeltaRequest,
     SyncReply,
     list_reply_from_wire,
-    search_reply_from_wire,
     split_sync,
 )
 from netproto.tls import client_context
@@ -57,6 +61,10 @@ DEFAULT_INDEX_PORT = 7000  # indexd's default --port
 DEFAULT_INDEX_NAME = "indexd"  # the index's certificate name when it is dialled by address
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_REQUEST_TIMEOUT = 30.0
+#: How far :meth:`IndexClient.search` follows the index's pages (PROTOCOL.md §4.2): pages of
+#: hits, and files per hit (the first ones come with the hit, the rest through ``listing``).
+MAX_SEARCH_PAGES = 16
+MAX_FILES_PER_HIT = 1000
 
 #: Where a token comes from: a fixed string, or a function returning the current one (the
 #: daemon re-authenticates before expiry, so long-lived peer connections ask it each time).
@@ -147,13 +155,14 @@ def _token(source: TokenSource | None) -> str:
 
 
 class IndexClient:
-    """A connection to the index: register, auth, sync, search, ping, bye."""
+    """A connection to the index: register, auth, renew, sync, search, listing, ping, bye."""
 
     def __init__(self, conn: Connection, server_hostname: str) -> None:
         self.conn = conn
         self.server_hostname = server_hostname
         self.username: str | None = None
         self.token: str | None = None
+        self.peer_token: str | None = None
         self.expires_at: int | None = None
 
     @classmethod
@@ -201,7 +210,24 @@ class IndexClient:
         creds = Credentials(username.lower(), password)
         body = await self.conn.request("auth", creds.to_wire())
         reply = parse_reply(AuthReply.from_wire, body, "the index's auth reply")
-        self.username, self.token, self.expires_at = creds.username, reply.token, reply.expires_at
+        self.username = creds.username
+        self.token, self.peer_token, self.expires_at = (
+            reply.token,
+            reply.peer_token,
+            reply.expires_at,
+        )
+        return reply
+
+    async def renew(self, token: str | None = None) -> AuthReply:
+        """Fresh tokens for this session, with a certificate-bound index token (``token``, or
+        the one kept) instead of the password (PROTOCOL.md §8); they replace the ones kept."""
+        body = await self.conn.request("renew", {}, _token(token or self.token))
+        reply = parse_reply(AuthReply.from_wire, body, "the index's renew reply")
+        self.token, self.peer_token, self.expires_at = (
+            reply.token,
+            reply.peer_token,
+            reply.expires_at,
+        )
         return reply
 
     async def sync(
@@ -236,11 +262,50 @@ class IndexClient:
         reply = await self.conn.request("sync_delta", request.to_wire(), _token(self.token))
         return parse_reply(SyncReply.from_wire, reply, "the index's sync_delta reply")
 
-    async def search(self, keyword: str) -> list[SearchHit]:
-        """Peers holding files under ``keyword`` (case-insensitive), live ones only."""
-        body = KeywordRequest(keyword).to_wire()
-        reply = await self.conn.request("search", body, _token(self.token))
-        return parse_reply(search_reply_from_wire, reply, "the index's search reply")
+    async def search(
+        self,
+        keyword: str,
+        *,
+        max_pages: int = MAX_SEARCH_PAGES,
+        max_files_per_hit: int = MAX_FILES_PER_HIT,
+    ) -> list[SearchHit]:
+        """Peers holding files under ``keyword`` (case-insensitive), live ones only.
+
+        Follows the index's pages (PROTOCOL.md §4.2) up to ``max_pages``, and completes each
+        hit with ``listing`` up to ``max_files_per_hit`` files; a hit's ``total`` still says
+        how many it lists when that is more.
+        """
+        token = _token(self.token)
+        hits: list[SearchHit] = []
+        cursor: bytes | None = None
+        for _ in range(max_pages):
+            body = SearchRequest(keyword, cursor).to_wire()
+            reply = await self.conn.request("search", body, token)
+            page = parse_reply(SearchReply.from_wire, reply, "the index's search reply")
+            hits += page.hits
+            cursor = page.cursor
+            if cursor is None:
+                break
+        return [await self._complete(hit, keyword, max_files_per_hit) for hit in hits]
+
+    async def _complete(self, hit: SearchHit, keyword: str, max_files: int) -> SearchHit:
+        """``hit`` with its files fetched through ``listing`` up to ``max_files``."""
+        files = list(hit.files)
+        while len(files) < min(max_files, hit.total or 0):
+            try:
+                page = await self.listing(hit.domain_name, keyword, len(files))
+            except NotFound:  # the peer went stale or changed its listing meanwhile
+                break
+            if not page.files:
+                break
+            files += page.files[: max_files - len(files)]
+        return SearchHit(hit.domain_name, hit.port_number, hit.address, tuple(files), hit.total)
+
+    async def listing(self, domain_name: str, keyword: str, offset: int = 0) -> ListingReply:
+        """A page of one live peer's files under ``keyword``, from ``offset`` on."""
+        body = ListingRequest(domain_name, keyword, offset).to_wire()
+        reply = await self.conn.request("listing", body, _token(self.token))
+        return parse_reply(ListingReply.from_wire, reply, "the index's listing reply")
 
     async def ping(self, domain_name: str) -> PingReply:
         """Refresh this peer's liveness; the reply says how long it now lasts (``ttl``)."""

@@ -240,6 +240,13 @@ class PeerDaemon:
         return self.session.token
 
     @property
+    def peer_token(self) -> str:
+        """The current token for peers (PROTOCOL.md §8), renewed with the index token."""
+        if self.session.peer_token is None:
+            raise RuntimeError("the daemon holds no token for peers")
+        return self.session.peer_token
+
+    @property
     def index(self) -> IndexLink | None:
         """The connection to the index, if there is one."""
         return self.session.index
@@ -312,7 +319,7 @@ class PeerDaemon:
         return await PeerClient.for_hit(
             hit,
             self.client_context,
-            token=lambda: self.token,
+            token=lambda: self.peer_token,
             requester=self.username,
             connect_timeout=self.config.connect_timeout,
             request_timeout=self.config.request_timeout,

@@ -88,6 +88,10 @@ class IndexLink(Protocol):
         """Log in."""
         ...
 
+    async def renew(self, token: str) -> AuthReply:
+        """Fresh tokens for the session, with its current certificate-bound ``token``."""
+        ...
+
     async def sync(
         self,
         domain_name: str,
@@ -169,6 +173,9 @@ class IndexSession:
         self.index: IndexLink | None = None
         self.verifier: TokenVerifier | None = None
         self.token: str | None = None
+        #: The token for peers (bound to our certificate, like the index token): what
+        #: ``list`` and ``fetch`` carry (PROTOCOL.md §8).
+        self.peer_token: str | None = None
         self.expires_at: float | None = None
         self.reauth_at = 0.0
         #: What the index lists for this peer, as of the last successful sync.
@@ -239,11 +246,33 @@ class IndexSession:
             ) from exc
         except RequestError as exc:
             raise LoginRefused(f"the index refused the login: {exc.message}") from exc
+        self._accept(reply)
+        log.info("logged in as %s", self.username)
+
+    async def renew(self, index: IndexLink) -> None:
+        """Renew the session with its certificate-bound token, not the password, so a login
+        lockout cannot knock a running peer off the index (PROTOCOL.md §8); log in with the
+        password only without such a token, or when the index refuses it (expired, session
+        ended, an index without ``renew``)."""
+        if self.token is None or self.peer_token is None:
+            await self.auth(index)  # no bound session (the index gave no peer token)
+            return
+        try:
+            reply = await index.renew(self.token)
+        except (TokenExpired, TokenInvalid, Forbidden, UnknownOp) as exc:
+            log.info("the index would not renew the session (%s); logging in again", exc)
+            await self.auth(index)
+            return
+        self._accept(reply)
+
+    def _accept(self, reply: AuthReply) -> None:
+        """Keep a login's or renewal's tokens; plan the next renewal."""
         now = self.clock.time()
         lifetime = max(reply.expires_at - now, 2.0)
-        self.token, self.expires_at = reply.token, float(reply.expires_at)
+        self.token, self.peer_token = reply.token, reply.peer_token
+        self.expires_at = float(reply.expires_at)
         self.reauth_at = now + self.reauth_fraction * lifetime
-        log.info("logged in as %s; token renewed in %.0f s", self.username, self.reauth_at - now)
+        log.info("token renewed in %.0f s", self.reauth_at - now)
 
     async def sync(self, index: IndexLink, files: Sequence[SharedFile], port: int) -> int:
         """Replace this peer's listing at the index with ``files``; the count listed."""
@@ -341,7 +370,7 @@ class IndexSession:
         if self.index is not None and not self.index.closed:
             return self.index
         index = await self.connect()
-        await self.auth(index)
+        await self.renew(index)
         return index
 
     async def fresh_index(self) -> IndexLink:
@@ -349,7 +378,7 @@ class IndexSession:
         async with self.lock:
             index = await self.connected_index()
             if self.clock.time() >= self.reauth_at:
-                await self.auth(index)
+                await self.renew(index)
             return index
 
     async def search(self, keyword: str) -> list[SearchHit]:
@@ -387,7 +416,7 @@ class IndexSession:
                     if reconnect:
                         await resync(index)
                     elif self.clock.time() >= self.reauth_at:
-                        await self.auth(index)
+                        await self.renew(index)
                     if self.clock.time() >= (self.last_ping or 0) + self._interval:
                         await self.ping(index, resync)
                 backoff = 1.0

@@ -43,6 +43,7 @@ from tests.support.adversary import (
     request_frame,
     wait_until,
 )
+from tests.support.leaves import client_ctx_for
 
 KINDS = ("index", "peer")
 
@@ -139,9 +140,9 @@ async def test_a_peer_closes_a_tls_connection_that_shows_no_token_within_the_pen
         # A client that shows its token in time stays: it is still served past the timeout.
         conn = await open_conn(port, name, ctx)
         body = {"keyword": HEALTH_KEYWORD}
-        assert await conn.request("list", body, live.token("peer2")) == [HEALTH_FILE]
+        assert await conn.request("list", body, live.peer_token("peer2")) == [HEALTH_FILE]
         await asyncio.sleep(1.5)
-        assert await conn.request("list", body, live.token("peer2")) == [HEALTH_FILE]
+        assert await conn.request("list", body, live.peer_token("peer2")) == [HEALTH_FILE]
         await conn.close()
 
 
@@ -295,7 +296,7 @@ async def test_a_reader_stalled_on_a_large_fetch_is_cut_off_with_bounded_server_
             STEP,
         )
         body = {"keyword": "bulk", "file_name": "big.bin", "nonce": b"n" * 32}
-        writer.write(request_frame(1, "fetch", body, live.token()))
+        writer.write(request_frame(1, "fetch", body, live.peer_token()))
         await writer.drain()
         started = time.monotonic()
         stalled = list(server.admission.connections)
@@ -329,17 +330,21 @@ def _long_listing(domain: int) -> list[SharedFile]:
 async def test_pipelined_requests_with_large_replies_never_read_keep_the_index_memory_bounded(
     pki: Any, tmp_path: Path
 ) -> None:
-    async with indexd_process(pki, tmp_path / "index") as daemon:
+    limits = ("--max-domains-per-user", "100", "--sync-burst", "100")
+    async with indexd_process(pki, tmp_path / "index", *limits) as daemon:
         conn = await open_conn(daemon.port, "indexd", pki.client_ctx())
         await conn.request("register", {"username": "eve", "password": "eve's password"})
         token = (await conn.request("auth", {"username": "eve", "password": "eve's password"}))[
             "token"
         ]
-        for d in range(5):  # ~1 MiB of search reply for one keyword
+        for d in range(32):  # ~1 MiB of search reply for one keyword: 100 files of 32 peers
+            # Each listing needs a certificate naming its peer (PROTOCOL.md §4.5).
+            owner = await open_conn(daemon.port, "indexd", client_ctx_for(pki, f"eve{d}"))
             for part in split_sync(f"eve{d}", 7001, _long_listing(d)):
-                await conn.request("sync", part.to_wire(), token)
+                await owner.request("sync", part.to_wire(), token)
+            await owner.close()
         reply = await conn.request("search", {"keyword": HEALTH_KEYWORD}, token)
-        assert sum(len(hit["files"]) for hit in reply) >= 3000
+        assert sum(len(hit["files"]) for hit in reply["hits"]) >= 3000
         baseline = daemon.memory_kib("VmRSS")
         daemon.reset_peak()
         # 3,000 searches (~1 MiB of requests, ~3 GiB of replies) in one go, never read.
@@ -349,7 +354,10 @@ async def test_pipelined_requests_with_large_replies_never_read_keep_the_index_m
         await asyncio.sleep(2.0)
         growth_mib = (daemon.memory_kib("VmHWM") - baseline) / 1024
         # Meanwhile another client is answered.
-        assert await conn.request("search", {"keyword": "nothing"}, token) == []
+        assert await conn.request("search", {"keyword": "nothing"}, token) == {
+            "hits": [],
+            "more": 0,
+        }
         close_writer(writer)
         await conn.close()
         assert daemon.proc.returncode is None
@@ -365,7 +373,8 @@ async def test_sync_lists_over_the_limits_are_refused_and_the_listing_stays(
 ) -> None:
     staging = StagingLimits(max_upload_files=2500, max_user_uploads=2)
     async with live_daemons(pki, tmp_path, index_overrides={"staging": staging}) as live:
-        conn = await open_conn(live.index_port, "indexd", live.pki.client_ctx())
+        # A client certificate naming the peer it lists (PROTOCOL.md §4.5).
+        conn = await open_conn(live.index_port, "indexd", live.pki.client_ctx("peer3"))
         await conn.request("register", {"username": "hoarder", "password": "hoarder's pw"})
         token = (await conn.request("auth", {"username": "hoarder", "password": "hoarder's pw"}))[
             "token"
@@ -376,14 +385,14 @@ async def test_sync_lists_over_the_limits_are_refused_and_the_listing_stays(
 
         # One part listing more than 20,000 entries: refused before any entry is looked at.
         with pytest.raises(BadRequest, match="files"):
-            await sync({"domain_name": "hoard", "port_number": 7001, "files": [None] * 20_001})
+            await sync({"domain_name": "peer3", "port_number": 7001, "files": [None] * 20_001})
         # A part number past the most an upload may have.
         part = {"upload": b"u" * 16, "seq": 10_001, "final": False}
         with pytest.raises(BadRequest, match="seq"):
-            await sync({"domain_name": "hoard", "port_number": 7001, "files": [], "part": part})
+            await sync({"domain_name": "peer3", "port_number": 7001, "files": [], "part": part})
         # An upload growing past max_upload_files is refused and dropped.
         files = [SharedFile(f"f{i:05d}", "k", 1, b"s" * 32) for i in range(3000)]
-        parts = split_sync("hoard", 7001, files, max_files_per_part=1000)
+        parts = split_sync("peer3", 7001, files, max_files_per_part=1000)
         await sync(parts[0].to_wire())
         await sync(parts[1].to_wire())
         with pytest.raises(BadRequest, match="at most 2500"):
@@ -392,7 +401,7 @@ async def test_sync_lists_over_the_limits_are_refused_and_the_listing_stays(
             await sync(parts[2].to_wire())
         # More uploads in progress than a user may have: BUSY, and the staged ones stay.
         uploads = [
-            SyncRequest("hoard", 7001, (files[0],), None, SyncPart(bytes([i]) * 16, 0, False))
+            SyncRequest("peer3", 7001, (files[0],), None, SyncPart(bytes([i]) * 16, 0, False))
             for i in range(3)
         ]
         await sync(uploads[0].to_wire())
@@ -466,7 +475,7 @@ async def test_peerd_out_of_file_descriptors_keeps_running_and_serves_once_they_
 
             client = await PeerClient.connect(
                 HOST, peer.port, "peer2", pki.client_ctx("peer3"),
-                token=live.token("peer3"), requester="peer3",
+                token=live.peer_token("peer3"), requester="peer3",
             )  # fmt: skip
             assert await client.list("wombat") == ["w.txt"]
             await client.close()

@@ -62,7 +62,7 @@ async def test_kill_9_mid_upload_keeps_the_previous_listing_and_the_upload_start
     files = [SharedFile(f"v2-{i:05d}", "vault", 1, sha256(b"%d" % i)) for i in range(3000)]
     parts = split_sync("peer1", 7001, files, max_files_per_part=1000)
     async with indexd_process(pki, tmp_path / "index") as daemon:
-        conn = await open_conn(daemon.port, "indexd", pki.client_ctx())
+        conn = await open_conn(daemon.port, "indexd", pki.client_ctx("peer1"))
         await conn.request("register", {"username": "owner", "password": PASSWORD})
         token = (await conn.request("auth", {"username": "owner", "password": PASSWORD}))["token"]
         old = {"domain_name": "peer1", "port_number": 7001, "files": [
@@ -76,7 +76,7 @@ async def test_kill_9_mid_upload_keeps_the_previous_listing_and_the_upload_start
             await conn.request("sync", parts[2].to_wire(), token)
         await conn.close()
     async with indexd_process(pki, tmp_path / "index") as daemon:
-        conn = await open_conn(daemon.port, "indexd", pki.client_ctx())
+        conn = await open_conn(daemon.port, "indexd", pki.client_ctx("peer1"))
         token = (await conn.request("auth", {"username": "owner", "password": PASSWORD}))["token"]
         # The acknowledged one-shot sync survived; the interrupted upload left no trace.
         hits = search_reply_from_wire(await conn.request("search", {"keyword": "vault"}, token))
@@ -134,7 +134,7 @@ async def test_a_disk_filling_up_mid_download_is_a_readable_error_and_leaves_no_
                 assert await downloader.resync() == 1
                 peer = await PeerClient.connect(
                     HOST, downloader.port, "peer2", pki.client_ctx("peer3"),
-                    token=live.token("peer3"), requester="peer3",
+                    token=live.peer_token("peer3"), requester="peer3",
                 )  # fmt: skip
                 assert await peer.list("bulk") == ["small.bin"]
                 await peer.close()
@@ -323,33 +323,36 @@ async def test_a_handler_that_raises_answers_internal_and_everything_else_is_ser
             return real_lookup(username)
 
         def replace(listing: Any) -> Any:
-            if listing.domain_name == "boom":
+            if listing.domain_name == "peer3":
                 raise sqlite3.OperationalError("disk I/O error (secret)")
             return real_replace(listing)
 
         store.password_hash = lookup  # type: ignore[method-assign]
         store.replace_listing = replace  # type: ignore[method-assign]
-        conn = await open_conn(live.index_port, "indexd", pki.client_ctx())
+        # A client certificate naming the peer it lists (PROTOCOL.md §4.5).
+        conn = await open_conn(live.index_port, "indexd", pki.client_ctx("peer3"))
         await conn.request("register", {"username": "tester", "password": PASSWORD})
         token = live.token("tester")
         results = await asyncio.gather(
             conn.request("auth", {"username": "boom", "password": PASSWORD}),
             conn.request("search", {"keyword": HEALTH_KEYWORD}, token),
-            conn.request("sync", {"domain_name": "boom", "port_number": 7001, "files": []}, token),
+            conn.request("sync", {"domain_name": "peer3", "port_number": 7001, "files": []}, token),
             conn.request("auth", {"username": "tester", "password": PASSWORD}),
             return_exceptions=True,
         )
         assert isinstance(results[0], Internal) and results[0].message == "internal error"
         assert not isinstance(results[1], BaseException), results[1]
-        assert [h["domain_name"] for h in results[1]] == ["peer1"]
+        assert [h["domain_name"] for h in results[1]["hits"]] == ["peer1"]
         assert isinstance(results[2], Internal) and "secret" not in results[2].message
         assert not isinstance(results[3], BaseException), results[3]
         assert results[3]["token"]
         # The failed sync changed nothing: the name is still free, and the connection works.
-        reply = await conn.request(
-            "sync", {"domain_name": "boom2", "port_number": 7001, "files": []}, token
+        other = await open_conn(live.index_port, "indexd", pki.client_ctx("peer2"))
+        reply = await other.request(
+            "sync", {"domain_name": "peer2", "port_number": 7001, "files": []}, token
         )
         assert reply["files"] == 0
+        await other.close()
         await conn.close()
 
         # The peer: one keyword's listing raises, and a read fails in the middle of a stream.
@@ -364,7 +367,7 @@ async def test_a_handler_that_raises_answers_internal_and_everything_else_is_ser
         share.list_files = list_files  # type: ignore[method-assign]
         peer = await PeerClient.connect(
             HOST, live.peer_port, "peer1", pki.client_ctx("peer2"),
-            token=live.token(), requester="peer2",
+            token=live.peer_token(), requester="peer2",
         )  # fmt: skip
         with pytest.raises(Internal):
             await peer.list("boom")

@@ -63,7 +63,7 @@ async def live(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> AsyncItera
 def good_request(live: Live, kind: str, rid: int) -> bytes:
     """A valid request of the daemon's hot path (search at the index, list at the peer)."""
     op = "search" if kind == "index" else "list"
-    return request_frame(rid, op, {"keyword": HEALTH_KEYWORD}, live.token())
+    return request_frame(rid, op, {"keyword": HEALTH_KEYWORD}, live.token_for(kind))
 
 
 def assert_good_answer(kind: str, msg: dict[str, Any], rid: int) -> None:
@@ -71,7 +71,7 @@ def assert_good_answer(kind: str, msg: dict[str, Any], rid: int) -> None:
     if kind == "peer":
         assert msg["body"] == [HEALTH_FILE]
     else:
-        assert [hit["domain_name"] for hit in msg["body"]] == ["peer1"]
+        assert [hit["domain_name"] for hit in msg["body"]["hits"]] == ["peer1"]
 
 
 # --- every frame §2 says cannot be read: one id-0 error, then the connection closes ----------
@@ -210,7 +210,7 @@ async def test_a_bad_envelope_gets_its_error_with_its_id_and_the_connection_stay
     if change.get("op") == "__other__":
         change = {"op": "fetch" if kind == "index" else "search"}
     msg: dict[str, Any] = {"v": 1, "id": 41, "op": op, "body": {"keyword": HEALTH_KEYWORD}}
-    msg["token"] = live.token()
+    msg["token"] = live.token_for(kind)
     msg.update(change)
     msg = {k: v for k, v in msg.items() if v is not None}
     reader, writer = await open_raw(*live.target(kind))
@@ -306,7 +306,7 @@ async def test_a_bad_body_gets_the_documented_code_naming_the_field(
     live: Live, kind: str, op: str, body: dict[str, Any], code: str, named: str
 ) -> None:
     reader, writer = await open_raw(*live.target(kind))
-    writer.write(request_frame(9, op, body, live.token()))
+    writer.write(request_frame(9, op, body, live.token_for(kind)))
     answer = await read_message(reader)
     assert (answer["id"], error_code(answer)) == (9, code), answer
     assert named in answer["error"]["message"]
@@ -356,7 +356,7 @@ async def test_500_pipelined_requests_mixed_with_bad_ones_each_get_exactly_one_a
     live: Live, kind: str
 ) -> None:
     op = "search" if kind == "index" else "list"
-    token = live.token()
+    token = live.token_for(kind)
     frames = []
     expected: dict[int, str | None] = {}
     for rid in range(1, 501):
@@ -429,7 +429,7 @@ def _wide_but_valid(kind: str, token: str) -> bytes:
 async def test_a_valid_frame_of_a_million_entries_is_answered_and_the_daemon_keeps_serving(
     live: Live, kind: str
 ) -> None:
-    frame = _wide_but_valid(kind, live.token())
+    frame = _wide_but_valid(kind, live.token_for(kind))
     assert len(frame) - 4 <= MAX_FRAME
     reader, writer = await open_raw(*live.target(kind))
     writer.write(frame)
@@ -601,7 +601,7 @@ def _expected_id(body: bytes) -> int | None:
 
 
 def _corpus(live: Live, kind: str) -> list[dict[str, Any]]:
-    token = live.token("fuzzer")
+    token = live.token_for(kind, "fuzzer")
     sha = b"s" * 32
     if kind == "index":
         bodies = [
@@ -650,7 +650,9 @@ async def fuzz(live: Live, kind: str, count: int, seed: int) -> dict[str, int]:
         if rid is not None and rid >= SENTINEL:
             continue
         sid = SENTINEL + n % 0xFFFF
-        sentinel = request_frame(sid, sentinel_op, {"keyword": HEALTH_KEYWORD}, live.token())
+        sentinel = request_frame(
+            sid, sentinel_op, {"keyword": HEALTH_KEYWORD}, live.token_for(kind)
+        )
         writer.write(encode_frame(body) + sentinel)
         answered = sentinel_seen = False
         streaming = False

@@ -1,6 +1,7 @@
 """Passwords against a live indexd (PROTOCOL.md §4.1, docs/design.md §4): length limits,
-enumeration by timing, brute force against the per-user and per-address limits, and a login
-storm against the event loop."""
+enumeration by timing, brute force against the per-(user, address), per-user and per-address
+limits, strangers trying to lock a user out, a full table of back-offs, registration floods,
+and a login storm against the event loop."""
 
 from __future__ import annotations
 
@@ -81,7 +82,8 @@ async def test_register_applies_the_password_length_rules_in_utf8_bytes(
 async def test_a_72_byte_password_is_never_truncated_at_login(pki: Any, tmp_path: Path) -> None:
     # bcrypt itself ignores bytes past 72: a longer "password" must not log in as its prefix.
     password = "p" * 72
-    async with live_daemons(pki, tmp_path, index_overrides={"user_backoff": LOOSE}) as live:
+    overrides = {"login_backoff": LOOSE, "user_backoff": LOOSE}
+    async with live_daemons(pki, tmp_path, index_overrides=overrides) as live:
         conn = await _conn(live)
         await conn.request("register", {"username": "trunc", "password": password})
         for longer in (password + "x", password + "é", password + "p" * 100):
@@ -104,7 +106,8 @@ def _separability(a: list[float], b: list[float]) -> float:
 async def test_unknown_user_and_wrong_password_are_not_separable_by_timing(
     pki: Any, tmp_path: Path
 ) -> None:
-    overrides = {"bcrypt_cost": 8, "user_backoff": LOOSE}  # bcrypt ~12 ms: it dominates
+    # bcrypt ~12 ms: it dominates
+    overrides = {"bcrypt_cost": 8, "login_backoff": LOOSE, "user_backoff": LOOSE}
     async with live_daemons(pki, tmp_path, index_overrides=overrides) as live:
         conn = await _conn(live)
         await conn.request("register", {"username": "alice", "password": "alice's password"})
@@ -151,7 +154,7 @@ async def _burst(
 async def test_a_parallel_burst_of_guesses_for_one_user_gets_only_the_free_attempts(
     pki: Any, tmp_path: Path
 ) -> None:
-    overrides = {"user_backoff": BackoffPolicy(free=5, base_delay=1.0)}
+    overrides = {"login_backoff": BackoffPolicy(free=5, base_delay=1.0)}
     async with live_daemons(pki, tmp_path, index_overrides=overrides) as live:
         conn = await _conn(live)
         await conn.request("register", {"username": "victim", "password": "victim's secret"})
@@ -176,6 +179,7 @@ async def test_a_parallel_burst_across_usernames_is_limited_per_address_only(
     pki: Any, tmp_path: Path
 ) -> None:
     overrides = {
+        "login_backoff": LOOSE,
         "user_backoff": LOOSE,
         "address_backoff": BackoffPolicy(free=4, base_delay=30.0),
     }
@@ -204,7 +208,12 @@ async def test_a_parallel_burst_across_usernames_is_limited_per_address_only(
 async def test_a_login_storm_never_delays_a_search_behind_the_password_hashing(
     pki: Any, tmp_path: Path
 ) -> None:
-    overrides = {"bcrypt_cost": 8, "user_backoff": LOOSE}
+    overrides = {
+        "bcrypt_cost": 8,
+        "login_backoff": LOOSE,
+        "user_backoff": LOOSE,
+        "register_backoff": LOOSE,  # every register of the storm hashes
+    }
     async with live_daemons(pki, tmp_path, index_overrides=overrides) as live:
         setup = await _conn(live)
         for i in range(4):
@@ -239,4 +248,125 @@ async def test_a_login_storm_never_delays_a_search_behind_the_password_hashing(
         # on at most a few threads cannot have finished in a search's round trip.
         assert order.count("search") == 5
         assert during <= 20, order
+        await assert_index_serves(live)
+
+
+# --- a stranger cannot lock a user out; many addresses together cannot guess ------------------
+
+
+async def test_a_strangers_guesses_do_not_lock_the_user_out_from_another_address(
+    pki: Any, tmp_path: Path
+) -> None:
+    overrides = {"login_backoff": BackoffPolicy(free=5, base_delay=60.0)}
+    async with live_daemons(pki, tmp_path, index_overrides=overrides) as live:
+        conn = await _conn(live, "127.0.0.9")
+        await conn.request("register", {"username": "victim", "password": "victim's secret"})
+        results = await _burst(live, [("victim", f"guess {i}") for i in range(30)], "127.0.0.8")
+        assert sum(isinstance(r, AuthFailed) for r in results) == 5
+        assert sum(isinstance(r, RateLimited) for r in results) == 25
+        # The stranger waits a minute; the user, at its own address, logs in right away.
+        reply = await conn.request("auth", {"username": "victim", "password": "victim's secret"})
+        assert reply["token"]
+        await conn.close()
+        await assert_index_serves(live)
+
+
+async def test_guesses_from_many_addresses_together_reach_the_per_user_ceiling(
+    pki: Any, tmp_path: Path
+) -> None:
+    overrides = {
+        "login_backoff": BackoffPolicy(free=5, base_delay=60.0),
+        "user_backoff": BackoffPolicy(free=12, base_delay=60.0),
+    }
+    async with live_daemons(pki, tmp_path, index_overrides=overrides) as live:
+        conn = await _conn(live, "127.0.0.9")
+        await conn.request("register", {"username": "victim", "password": "victim's secret"})
+        await conn.request("register", {"username": "bystander", "password": "bystander's pw"})
+        failed = 0
+        for i in range(4):  # three guesses from each of four addresses: none limited alone
+            results = await _burst(
+                live, [("victim", f"guess {i}.{j}") for j in range(3)], f"127.0.4.{i + 1}"
+            )
+            failed += sum(isinstance(r, AuthFailed) for r in results)
+        assert failed == 12
+        fresh = await _burst(live, [("victim", "one more guess")], "127.0.4.99")
+        assert isinstance(fresh[0], RateLimited), fresh
+        # Another user is not affected by the ceiling.
+        reply = await conn.request("auth", {"username": "bystander", "password": "bystander's pw"})
+        assert reply["token"]
+        await conn.close()
+        await assert_index_serves(live)
+
+
+async def test_a_table_full_of_blocking_back_offs_refuses_new_keys_and_evicts_none(
+    pki: Any, tmp_path: Path
+) -> None:
+    overrides = {
+        "login_backoff": BackoffPolicy(free=1, base_delay=3.0, decay=0.5),
+        "user_backoff": LOOSE,
+        "address_backoff": LOOSE,
+    }
+    async with live_daemons(pki, tmp_path, index_overrides=overrides) as live:
+        service = live.index.service
+        assert service is not None
+        service.login_attempts.max_keys = 3  # a small table, filled by a stranger
+        stranger = await _conn(live, "127.0.0.8")
+        for name in ("a", "b", "c"):
+            with pytest.raises(AuthFailed):
+                await stranger.request("auth", {"username": name, "password": "guess one"})
+        with pytest.raises(RateLimited, match="in progress"):  # a new key: nothing evicted
+            await stranger.request("auth", {"username": "d", "password": "guess one"})
+        for name in ("a", "b", "c"):  # every back-off still blocks
+            with pytest.raises(RateLimited) as held:
+                await stranger.request("auth", {"username": name, "password": "guess two"})
+            assert 0 < held.value.retry_after <= 3.0
+        await stranger.close()
+        # Once the stranger's back-offs have run out, a newcomer is served again.
+        await asyncio.sleep(3.5)
+        conn = await _conn(live, "127.0.0.9")
+        await conn.request("register", {"username": "newcomer", "password": "newcomer's pw"})
+        assert (await conn.request("auth", {"username": "newcomer", "password": "newcomer's pw"}))[
+            "token"
+        ]
+        await conn.close()
+        await assert_index_serves(live)
+
+
+# --- registrations: rate-limited per address, hashed apart from logins -------------------------
+
+
+async def test_a_registration_flood_is_rate_limited_and_never_delays_a_login(
+    pki: Any, tmp_path: Path
+) -> None:
+    overrides = {"bcrypt_cost": 10, "register_backoff": BackoffPolicy(free=12, base_delay=60.0)}
+    async with live_daemons(pki, tmp_path, index_overrides=overrides) as live:
+        setup = await _conn(live, "127.0.0.9")
+        await setup.request("register", {"username": "regular", "password": "regular's pw"})
+        flood_conns = [await _conn(live, "127.0.0.7") for _ in range(4)]
+        order: list[str] = []
+
+        async def register(i: int) -> Any:
+            try:
+                body = {"username": f"sybil{i}", "password": "sybil password"}
+                return await flood_conns[i % 4].request("register", body)
+            except RequestError as exc:
+                return exc
+            finally:
+                order.append("register")
+
+        async with asyncio.timeout(60):
+            flood = [asyncio.ensure_future(register(i)) for i in range(40)]
+            await asyncio.sleep(0.05)  # the flood is queued first
+            reply = await setup.request("auth", {"username": "regular", "password": "regular's pw"})
+            order.append("login")
+            results = await asyncio.gather(*flood)
+        for c in [*flood_conns, setup]:
+            await c.close()
+        assert reply["token"]
+        # 12 free registrations from the address, the rest refused without hashing...
+        assert sum(isinstance(r, dict) for r in results) == 12
+        assert sum(isinstance(r, RateLimited) for r in results) == 28
+        # ...and the login, hashed on its own threads, did not wait for the registrations'.
+        hashed_before_login = order.index("login") - 28
+        assert hashed_before_login <= 6, order
         await assert_index_serves(live)

@@ -112,7 +112,7 @@ async def live(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> AsyncItera
 async def _peer(live: Live) -> PeerClient:
     return await PeerClient.connect(
         HOST, live.peer_port, "peer1", live.pki.client_ctx("peer2"),
-        token=live.token("peer2"), requester="peer2", connect_timeout=STEP, request_timeout=STEP,
+        token=live.peer_token("peer2"), requester="peer2", connect_timeout=STEP, request_timeout=STEP,
     )  # fmt: skip
 
 
@@ -121,7 +121,7 @@ async def _raw(live: Live, kind: str, op: str, body: dict[str, Any]) -> Any:
     port, name, ctx = live.target(kind)
     conn = await open_conn(port, name, ctx)
     try:
-        return await conn.request(op, body, live.token("peer2"))
+        return await conn.request(op, body, live.token_for(kind, "peer2"))
     finally:
         await conn.close()
 
@@ -167,7 +167,7 @@ async def test_syncing_a_traversal_name_is_invalid_path_and_lists_nothing(
         with pytest.raises(InvalidPath):
             await conn.request("sync", body, token)
     # The whole sync was refused: not even the good entry is listed.
-    assert await conn.request("search", {"keyword": "paths"}, token) == []
+    assert (await conn.request("search", {"keyword": "paths"}, token))["hits"] == []
     await conn.close()
     await assert_index_serves(live)
 
@@ -180,9 +180,10 @@ async def test_only_regular_files_inside_the_share_are_listed_and_synced(live: L
     assert await peer.list("zoo") == ["inside.txt"]
     await peer.close()
     conn = await open_conn(live.index_port, "indexd", live.pki.client_ctx())
-    hits = await conn.request("search", {"keyword": "zoo"}, live.token())
+    hits = (await conn.request("search", {"keyword": "zoo"}, live.token()))["hits"]
     assert [f["filename"] for f in hits[0]["files"]] == ["inside.txt"]
-    assert await conn.request("search", {"keyword": "linked-keyword"}, live.token()) == []
+    empty = await conn.request("search", {"keyword": "linked-keyword"}, live.token())
+    assert empty["hits"] == []
     await conn.close()
 
 

@@ -35,7 +35,7 @@ from netproto.errors import (
     UserExists,
 )
 from netproto.operations import SharedFile
-from netproto.tokens import TokenIssuer
+from netproto.tokens import INDEX_AUDIENCE, TokenIssuer
 
 PASSWORD = "correct horse"
 
@@ -57,7 +57,7 @@ def _claims(sub: str = "alice") -> dict[str, Any]:
     now = int(time.time())
     return {
         "iss": "indexd",
-        "aud": "p2pshare",
+        "aud": INDEX_AUDIENCE,
         "sub": sub,
         "iat": now,
         "nbf": now,
@@ -82,7 +82,7 @@ async def test_register_and_auth_issue_an_eddsa_token_for_the_lowercased_name(
     assert jwt.get_unverified_header(reply["token"]) == {"alg": "EdDSA", "typ": "JWT"}
     public = load_cert(pki.cert("indexd")).public_key()
     assert isinstance(public, Ed25519PublicKey)
-    claims = jwt.decode(reply["token"], public, algorithms=["EdDSA"], audience="p2pshare")
+    claims = jwt.decode(reply["token"], public, algorithms=["EdDSA"], audience=INDEX_AUDIENCE)
     assert (claims["sub"], claims["iss"], claims["exp"]) == ("alice", "indexd", reply["expires_at"])
     assert claims["exp"] - claims["iat"] == 900
 
@@ -137,7 +137,7 @@ async def test_repeated_failures_are_rate_limited_and_recover_after_retry_after(
 ) -> None:
     from indexd.ratelimit import BackoffPolicy
 
-    config = index_config(user_backoff=BackoffPolicy(free=2, base_delay=1.0))
+    config = index_config(login_backoff=BackoffPolicy(free=2, base_delay=1.0))
     async with running_index(config) as daemon, index_client(daemon.port) as client:
         await client.register("alice", PASSWORD)
         for _ in range(2):
@@ -229,7 +229,7 @@ async def test_an_expired_token_is_token_expired(
     index_config: Callable[..., Any], running_index: Any, index_client: Any, pki: Any
 ) -> None:
     issuer = TokenIssuer(load_key(pki.key("indexd")), "indexd", ttl=60)
-    expired, _ = issuer.issue("alice", now=time.time() - 3600)
+    expired, _ = issuer.issue("alice", now=time.time() - 3600, audience=INDEX_AUDIENCE)
     async with running_index(index_config()) as daemon, index_client(daemon.port) as client:
         await client.register("alice", PASSWORD)
         with pytest.raises(TokenExpired):
@@ -242,7 +242,10 @@ async def test_an_expired_token_is_token_expired(
 async def test_sync_then_search_matches_the_keyword_case_insensitively(
     index_config: Callable[..., Any], running_index: Any, index_client: Any
 ) -> None:
-    async with running_index(index_config()) as daemon, index_client(daemon.port) as client:
+    async with (
+        running_index(index_config()) as daemon,
+        index_client(daemon.port, "peer1") as client,
+    ):
         await _user(client)
         assert await client.sync("peer1", [_file("Music", "a.mp3", 3), _file("docs", "b")]) == 2
         [hit] = await client.search("mUSIC")
@@ -256,12 +259,17 @@ async def test_sync_then_search_matches_the_keyword_case_insensitively(
 async def test_search_reports_the_advertised_address_over_the_seen_one(
     index_config: Callable[..., Any], running_index: Any, index_client: Any
 ) -> None:
-    async with running_index(index_config()) as daemon, index_client(daemon.port) as client:
+    async with (
+        running_index(index_config()) as daemon,
+        index_client(daemon.port, "peer1") as client,
+        index_client(daemon.port, "peer2") as other,
+    ):
         await _user(client)
+        await other.login("alice", PASSWORD)
         await client.sync("peer1", [_file("k", "a")], address="peer1.example.org")
-        await client.sync("peer2", [_file("k", "b")])
+        await other.sync("peer2", [_file("k", "b")])
         hits = await client.search("k")
-    assert [(h.domain_name, h.address) for h in hits] == [
+    assert sorted((h.domain_name, h.address) for h in hits) == [
         ("peer1", "peer1.example.org"),
         ("peer2", "127.0.0.1"),
     ]
@@ -270,7 +278,10 @@ async def test_search_reports_the_advertised_address_over_the_seen_one(
 async def test_sync_bodies_are_validated(
     index_config: Callable[..., Any], running_index: Any, index_client: Any
 ) -> None:
-    async with running_index(index_config()) as daemon, index_client(daemon.port) as client:
+    async with (
+        running_index(index_config()) as daemon,
+        index_client(daemon.port, "peer1") as client,
+    ):
         await _user(client)
         with pytest.raises(BadRequest, match="port_number"):
             await client.call(
@@ -293,7 +304,10 @@ def _present(body: dict[str, Any]) -> dict[str, Any]:
 async def test_a_search_keyword_that_is_not_a_string_is_bad_request_naming_it(
     index_config: Callable[..., Any], running_index: Any, index_client: Any, value: Any
 ) -> None:
-    async with running_index(index_config()) as daemon, index_client(daemon.port) as client:
+    async with (
+        running_index(index_config()) as daemon,
+        index_client(daemon.port, "peer1") as client,
+    ):
         await _user(client)
         await client.sync("peer1", [_file("koala", "joey.txt")])
         with pytest.raises(BadRequest, match=r"^keyword: expected a string$"):
@@ -313,7 +327,10 @@ async def test_a_sync_entry_name_that_is_not_a_string_is_bad_request_naming_it(
     good = _file("koala", "joey.txt").to_wire()
     bad = _present({**good, field: value})
     body = {"domain_name": "peer1", "port_number": 7001, "files": [good, bad]}
-    async with running_index(index_config()) as daemon, index_client(daemon.port) as client:
+    async with (
+        running_index(index_config()) as daemon,
+        index_client(daemon.port, "peer1") as client,
+    ):
         await _user(client)
         with pytest.raises(BadRequest, match=rf"^{field}: expected a string$"):
             await client.call("sync", body, client.token)
@@ -339,7 +356,7 @@ async def test_a_one_shot_sync_replaces_the_previous_listing_atomically(
 
     async with (
         running_index(index_config()) as daemon,
-        index_client(daemon.port) as writer,
+        index_client(daemon.port, "peer1") as writer,
         index_client(daemon.port) as reader,
     ):
         await _user(writer)
@@ -351,8 +368,8 @@ async def test_a_one_shot_sync_replaces_the_previous_listing_atomically(
         syncing = False
         await searching
         final = await reader.search("k")
-    shown_old = tuple(sorted(f.filename for f in old))[:1000]
-    shown_new = tuple(sorted(f.filename for f in new))[:1000]
+    shown_old = tuple(sorted(f.filename for f in old))[:100]
+    shown_new = tuple(sorted(f.filename for f in new))[:100]
     # Every search saw one whole listing, never a mix or a partial one.
     assert set(seen) <= {shown_old, shown_new}
     assert seen[0] == shown_old
@@ -367,16 +384,23 @@ async def test_a_100000_file_share_syncs_in_parts_and_is_searchable(
     files = [_file(f"kw{i % 100:02d}", f"file-{i:06d}.dat", i) for i in range(100_000)]
     parts = split_sync("peer1", 7001, files)
     assert len(parts) > 1
-    async with running_index(index_config()) as daemon, index_client(daemon.port) as client:
+    async with (
+        running_index(index_config()) as daemon,
+        index_client(daemon.port, "peer1") as client,
+    ):
         await _user(client)
         counts = [
             (await client.call("sync", part.to_wire(), client.token))["files"] for part in parts
         ]
         [hit] = await client.search("KW42")
+        rest = await client.call(
+            "listing", {"domain_name": "peer1", "keyword": "kw42", "offset": 100}, client.token
+        )
     assert counts[-1] == 100_000
     assert counts[:-1] == sorted(counts[:-1]) and counts[-2] < 100_000
-    assert len(hit.files) == 1000
-    assert {f.filename for f in hit.files} == {f"file-{i:06d}.dat" for i in range(42, 100_000, 100)}
+    assert (len(hit.files), hit.total) == (100, 1000)
+    names = [f.filename for f in hit.files] + [f["filename"] for f in rest["files"]]
+    assert names == [f"file-{i:06d}.dat" for i in range(42, 100_000, 100)]
 
 
 async def test_syncing_another_users_domain_name_is_forbidden(
@@ -384,13 +408,13 @@ async def test_syncing_another_users_domain_name_is_forbidden(
 ) -> None:
     async with (
         running_index(index_config()) as daemon,
-        index_client(daemon.port) as alice,
-        index_client(daemon.port) as bob,
+        index_client(daemon.port, "peer1") as alice,
+        index_client(daemon.port, "peer1") as bob,
     ):
         await _user(alice, "alice")
         await _user(bob, "bob")
         await alice.sync("peer1", [_file("k", "a")])
-        with pytest.raises(Forbidden):
+        with pytest.raises(Forbidden, match="another user"):
             await bob.sync("peer1", [_file("k", "evil")])
         [hit] = await bob.search("k")
     assert [f.filename for f in hit.files] == ["a"]
@@ -414,7 +438,7 @@ async def test_a_stale_peer_drops_out_of_search_and_ping_brings_it_back(
 ) -> None:
     async with (
         running_index(index_config(peer_ttl=1.0)) as daemon,
-        index_client(daemon.port) as client,
+        index_client(daemon.port, "peer1") as client,
     ):
         await _user(client)
         await client.sync("peer1", [_file("k", "a")])
@@ -430,29 +454,38 @@ async def test_ping_and_bye_of_unknown_or_foreign_peers_are_refused(
 ) -> None:
     async with (
         running_index(index_config()) as daemon,
-        index_client(daemon.port) as alice,
-        index_client(daemon.port) as bob,
+        index_client(daemon.port, "peer1") as alice,
+        index_client(daemon.port, "peer3") as alice3,
+        index_client(daemon.port, "peer1") as bob,
     ):
         await _user(alice, "alice")
+        await alice3.login("alice", PASSWORD)
         await _user(bob, "bob")
         await alice.sync("peer1", [])
         with pytest.raises(NotFound):
-            await alice.ping("peer9")
+            await alice3.ping("peer3")
         with pytest.raises(NotFound):
-            await alice.bye("peer9")
-        with pytest.raises(Forbidden):
+            await alice3.bye("peer3")
+        with pytest.raises(Forbidden, match="another user"):
             await bob.ping("peer1")
-        with pytest.raises(Forbidden):
+        with pytest.raises(Forbidden, match="another user"):
             await bob.bye("peer1")
+        assert await alice.ping("peer1") == {"domain_name": "peer1", "ttl": 120.0}
 
 
-async def test_bye_withdraws_the_peer_from_search(
+async def test_bye_withdraws_the_peer_from_search_and_ends_the_session(
     index_config: Callable[..., Any], running_index: Any, index_client: Any
 ) -> None:
-    async with running_index(index_config()) as daemon, index_client(daemon.port) as client:
+    async with (
+        running_index(index_config()) as daemon,
+        index_client(daemon.port, "peer1") as client,
+    ):
         await _user(client)
         await client.sync("peer1", [_file("k", "a")])
         assert await client.bye("peer1") == {"domain_name": "peer1"}
+        with pytest.raises(TokenInvalid, match="ended"):
+            await client.search("k")
+        await client.login("alice", PASSWORD)  # a new session
         assert await client.search("k") == []
         with pytest.raises(NotFound):
             await client.ping("peer1")
@@ -469,7 +502,7 @@ async def test_search_answers_while_a_burst_of_50_logins_is_still_hashing(
     for i in range(51):
         store.add_user(f"user{i}", hashed, 0.0)
     store.close()
-    async with running_index(config) as daemon, index_client(daemon.port) as searcher:
+    async with running_index(config) as daemon, index_client(daemon.port, "peer1") as searcher:
         await searcher.login("user50", PASSWORD)
         await searcher.sync("peer1", [_file("k", "a")])
         clients = [index_client(daemon.port) for _ in range(10)]
@@ -501,7 +534,10 @@ async def test_logs_never_contain_passwords_or_tokens(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level("DEBUG")
-    async with running_index(index_config()) as daemon, index_client(daemon.port) as client:
+    async with (
+        running_index(index_config()) as daemon,
+        index_client(daemon.port, "peer1") as client,
+    ):
         await _user(client)
         with pytest.raises(AuthFailed):
             await client.login("alice", "wrong password")
@@ -521,7 +557,10 @@ async def test_broken_multi_part_uploads_are_refused_and_leave_the_listing(
         body = {"domain_name": "peer1", "port_number": 7001, "files": files}
         return {**body, "part": {"upload": upload, "seq": seq, "final": final}}
 
-    async with running_index(index_config()) as daemon, index_client(daemon.port) as client:
+    async with (
+        running_index(index_config()) as daemon,
+        index_client(daemon.port, "peer1") as client,
+    ):
         await _user(client)
         await client.sync("peer1", [_file("k", "old")])
         assert await client.call("sync", part(0), client.token) == {"files": 1}

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import hashlib
+import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from certs import load_cert, load_key
 from indexd.handlers import IndexService, IndexSettings, wire_error
 from indexd.passwords import PasswordHasher
-from indexd.ratelimit import BackoffPolicy
+from indexd.ratelimit import BackoffPolicy, BucketPolicy
 from indexd.store import (
     Listing,
     PeerOwned,
@@ -25,26 +29,37 @@ from indexd.store import (
 from netproto.codec import unpack_map
 from netproto.errors import (
     AuthFailed,
+    BadRequest,
+    Busy,
     Forbidden,
     Internal,
     NotFound,
     PasswordTooLong,
     PasswordTooShort,
     RateLimited,
+    TokenInvalid,
     UserExists,
 )
 from netproto.operations import (
     Credentials,
-    KeywordRequest,
+    ListingRequest,
     PeerRequest,
     SearchHit,
+    SearchRequest,
     SharedFile,
     SyncPart,
     SyncRequest,
     search_reply_from_wire,
 )
 from netproto.server import RequestContext
-from netproto.tokens import Principal, TokenIssuer, TokenVerifier
+from netproto.tokens import (
+    INDEX_AUDIENCE,
+    PEER_AUDIENCE,
+    Principal,
+    TokenIssuer,
+    TokenVerifier,
+    certificate_thumbprint,
+)
 
 PASSWORD = "correct horse"
 TTL = 60.0
@@ -82,9 +97,33 @@ async def opened(
         store.close()
 
 
-def ctx(user: str | None = None, address: str = "10.0.0.1", cert: Any = None) -> RequestContext:
-    principal = Principal(user, 2e9, "jti") if user is not None else None
-    return RequestContext(address, 40000, cert, principal)
+_PKI: Any = None
+_JTI = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def _remember_pki(pki: Any) -> None:
+    global _PKI
+    _PKI = pki
+
+
+@functools.lru_cache
+def _cert(name: str) -> x509.Certificate:
+    return load_cert(_PKI.cert(name))
+
+
+def ctx(
+    user: str | None = None,
+    address: str = "10.0.0.1",
+    cert: Any = None,
+    *,
+    peer: str | None = None,
+    principal: Principal | None = None,
+) -> RequestContext:
+    """A request's context: ``user``'s unbound token, and ``peer``'s client certificate."""
+    if principal is None and user is not None:
+        principal = Principal(user, 2e9, f"jti-{next(_JTI)}")  # a session of its own
+    return RequestContext(address, 40000, _cert(peer) if peer else cert, principal)
 
 
 def _file(keyword: str, name: str) -> SharedFile:
@@ -96,7 +135,7 @@ def _sync(domain: str, files: list[SharedFile], **kw: Any) -> SyncRequest:
 
 
 async def _search(service: IndexService, keyword: str) -> list[SearchHit]:
-    reply = service.handle_search(ctx("alice"), KeywordRequest(keyword))
+    reply = service.handle_search(ctx("alice"), SearchRequest(keyword))
     return search_reply_from_wire(unpack_map(b"\x81\xa1b" + reply.body)["b"])
 
 
@@ -124,9 +163,25 @@ async def test_auth_issues_a_token_the_index_certificate_verifies(
     async with opened(pki, db, clock) as service:
         assert (await service.handle_register(ctx(), Credentials("alice", PASSWORD))).username
         reply = await service.handle_auth(ctx(), Credentials("alice", PASSWORD))
-    principal = TokenVerifier(load_cert(pki.cert("indexd"))).verify(reply.token)
+    verifier = TokenVerifier(load_cert(pki.cert("indexd")), audience=INDEX_AUDIENCE)
+    principal = verifier.verify(reply.token)
     assert principal.subject == "alice"
     assert reply.expires_at == int(principal.expires_at)
+    assert (principal.thumbprint, reply.peer_token) == (None, None)  # no client certificate
+
+
+async def test_auth_with_a_client_certificate_binds_both_tokens_to_it(
+    pki: Any, db: Path, clock: Clock
+) -> None:
+    async with opened(pki, db, clock) as service:
+        await _users(service, "alice")
+        reply = await service.handle_auth(ctx(peer="peer1"), Credentials("alice", PASSWORD))
+    cert = load_cert(pki.cert("indexd"))
+    assert reply.peer_token is not None
+    index = TokenVerifier(cert, audience=INDEX_AUDIENCE).verify(reply.token)
+    peer = TokenVerifier(cert, audience=PEER_AUDIENCE).verify(reply.peer_token)
+    assert index.thumbprint == peer.thumbprint == certificate_thumbprint(_cert("peer1"))
+    assert index.session_id == peer.session_id
 
 
 async def test_register_refuses_a_name_taken_in_another_case(
@@ -179,7 +234,7 @@ async def test_failures_back_off_per_user_and_success_resets(
     pki: Any, db: Path, clock: Clock
 ) -> None:
     policy = BackoffPolicy(free=2, base_delay=10.0, decay=1e9)
-    async with opened(pki, db, clock, user_backoff=policy) as service:
+    async with opened(pki, db, clock, login_backoff=policy) as service:
         await _users(service, "alice")
         for _ in range(2):
             with pytest.raises(AuthFailed):
@@ -215,7 +270,8 @@ async def test_sync_lists_files_under_the_seen_address(pki: Any, db: Path, clock
     async with opened(pki, db, clock) as service:
         await _users(service, "alice")
         reply = await service.handle_sync(
-            ctx("alice", address="192.0.2.7"), _sync("peer1", [_file("music", "a.mp3")])
+            ctx("alice", address="192.0.2.7", peer="peer1"),
+            _sync("peer1", [_file("music", "a.mp3")]),
         )
         assert reply.files == 1
         [hit] = await _search(service, "music")
@@ -226,7 +282,7 @@ async def test_sync_lists_an_advertised_address_instead(pki: Any, db: Path, cloc
     async with opened(pki, db, clock) as service:
         await _users(service, "alice")
         await service.handle_sync(
-            ctx("alice", address="192.0.2.7"),
+            ctx("alice", address="192.0.2.7", peer="peer1"),
             _sync("peer1", [_file("music", "a.mp3")], address="peer1.example"),
         )
         [hit] = await _search(service, "music")
@@ -238,9 +294,11 @@ async def test_sync_of_a_domain_owned_by_another_user_is_forbidden(
 ) -> None:
     async with opened(pki, db, clock) as service:
         await _users(service, "alice", "bob")
-        await service.handle_sync(ctx("alice"), _sync("peer1", [_file("k", "a")]))
+        await service.handle_sync(ctx("alice", peer="peer1"), _sync("peer1", [_file("k", "a")]))
         with pytest.raises(Forbidden):
-            await service.handle_sync(ctx("bob"), _sync("peer1", [_file("k", "evil")]))
+            await service.handle_sync(
+                ctx("bob", peer="peer1"), _sync("peer1", [_file("k", "evil")])
+            )
         assert [f.filename for f in (await _search(service, "k"))[0].files] == ["a"]
 
 
@@ -260,7 +318,7 @@ async def test_sync_by_an_unregistered_token_subject_is_forbidden(
 ) -> None:
     async with opened(pki, db, clock) as service:
         with pytest.raises(Forbidden):
-            await service.handle_sync(ctx("ghost"), _sync("peer1", []))
+            await service.handle_sync(ctx("ghost", peer="peer1"), _sync("peer1", []))
 
 
 async def test_multi_part_sync_lists_nothing_until_the_final_part(
@@ -269,12 +327,12 @@ async def test_multi_part_sync_lists_nothing_until_the_final_part(
     up = b"\x01" * 16
     async with opened(pki, db, clock) as service:
         await _users(service, "alice")
-        await service.handle_sync(ctx("alice"), _sync("peer1", [_file("k", "old")]))
+        await service.handle_sync(ctx("alice", peer="peer1"), _sync("peer1", [_file("k", "old")]))
         parts = [[_file("k", "a"), _file("k", "b")], [_file("k", "c")], [_file("k", "d")]]
         replies = []
         for seq, files in enumerate(parts):
             req = _sync("peer1", files, part=SyncPart(up, seq, seq == 2))
-            replies.append((await service.handle_sync(ctx("alice"), req)).files)
+            replies.append((await service.handle_sync(ctx("alice", peer="peer1"), req)).files)
             listed = [f.filename for f in (await _search(service, "k"))[0].files]
             assert listed == (["old"] if seq < 2 else ["a", "b", "c", "d"])
     assert replies == [2, 3, 4]
@@ -285,10 +343,10 @@ async def test_search_leaves_out_stale_peers_and_ping_brings_them_back(
 ) -> None:
     async with opened(pki, db, clock) as service:
         await _users(service, "alice")
-        await service.handle_sync(ctx("alice"), _sync("peer1", [_file("k", "a")]))
+        await service.handle_sync(ctx("alice", peer="peer1"), _sync("peer1", [_file("k", "a")]))
         clock.now += TTL + 1
         assert await _search(service, "k") == []
-        reply = await service.handle_ping(ctx("alice"), PeerRequest("peer1"))
+        reply = await service.handle_ping(ctx("alice", peer="peer1"), PeerRequest("peer1"))
         assert reply.ttl == TTL
         assert len(await _search(service, "k")) == 1
 
@@ -296,25 +354,25 @@ async def test_search_leaves_out_stale_peers_and_ping_brings_them_back(
 async def test_ping_of_unknown_or_foreign_peer_is_refused(pki: Any, db: Path, clock: Clock) -> None:
     async with opened(pki, db, clock) as service:
         await _users(service, "alice", "bob")
-        await service.handle_sync(ctx("alice"), _sync("peer1", []))
+        await service.handle_sync(ctx("alice", peer="peer1"), _sync("peer1", []))
         with pytest.raises(NotFound):
-            await service.handle_ping(ctx("alice"), PeerRequest("peer9"))
+            await service.handle_ping(ctx("alice", peer="peer3"), PeerRequest("peer3"))
         with pytest.raises(Forbidden):
-            await service.handle_ping(ctx("bob"), PeerRequest("peer1"))
+            await service.handle_ping(ctx("bob", peer="peer1"), PeerRequest("peer1"))
         with pytest.raises(Forbidden):
-            await service.handle_bye(ctx("bob"), PeerRequest("peer1"))
+            await service.handle_bye(ctx("bob", peer="peer1"), PeerRequest("peer1"))
 
 
 async def test_bye_withdraws_the_peer_but_keeps_its_owner(pki: Any, db: Path, clock: Clock) -> None:
     async with opened(pki, db, clock) as service:
         await _users(service, "alice", "bob")
-        await service.handle_sync(ctx("alice"), _sync("peer1", [_file("k", "a")]))
-        await service.handle_bye(ctx("alice"), PeerRequest("peer1"))
+        await service.handle_sync(ctx("alice", peer="peer1"), _sync("peer1", [_file("k", "a")]))
+        await service.handle_bye(ctx("alice", peer="peer1"), PeerRequest("peer1"))
         assert await _search(service, "k") == []
         with pytest.raises(NotFound):
-            await service.handle_ping(ctx("alice"), PeerRequest("peer1"))
+            await service.handle_ping(ctx("alice", peer="peer1"), PeerRequest("peer1"))
         with pytest.raises(Forbidden):
-            await service.handle_sync(ctx("bob"), _sync("peer1", []))
+            await service.handle_sync(ctx("bob", peer="peer1"), _sync("peer1", []))
 
 
 async def test_a_restarted_service_serves_what_was_committed(
@@ -322,14 +380,14 @@ async def test_a_restarted_service_serves_what_was_committed(
 ) -> None:
     async with opened(pki, db, clock) as service:
         await _users(service, "alice", "bob")
-        await service.handle_sync(ctx("alice"), _sync("peer1", [_file("Music", "a")]))
-        await service.handle_sync(ctx("alice"), _sync("peer2", [_file("music", "b")]))
-        await service.handle_bye(ctx("alice"), PeerRequest("peer2"))
+        await service.handle_sync(ctx("alice", peer="peer1"), _sync("peer1", [_file("Music", "a")]))
+        await service.handle_sync(ctx("alice", peer="peer2"), _sync("peer2", [_file("music", "b")]))
+        await service.handle_bye(ctx("alice", peer="peer2"), PeerRequest("peer2"))
     async with opened(pki, db, clock) as service:
         assert [h.domain_name for h in await _search(service, "MUSIC")] == ["peer1"]
         await service.handle_auth(ctx(), Credentials("bob", PASSWORD))
         with pytest.raises(Forbidden):
-            await service.handle_sync(ctx("bob"), _sync("peer2", []))
+            await service.handle_sync(ctx("bob", peer="peer2"), _sync("peer2", []))
 
 
 # --- store refusals become wire errors in one place --------------------------------------
@@ -367,7 +425,7 @@ async def test_a_sync_by_a_user_the_store_does_not_know_is_forbidden(
 ) -> None:
     async with opened(pki, db, clock) as service:
         with pytest.raises(Forbidden, match="not registered") as caught:
-            await service.handle_sync(ctx("ghost"), _sync("peer1", [_file("k", "a")]))
+            await service.handle_sync(ctx("ghost", peer="peer1"), _sync("peer1", [_file("k", "a")]))
     assert isinstance(caught.value.__cause__, UnknownUser)
 
 
@@ -377,8 +435,306 @@ async def test_a_name_the_store_finds_owned_is_forbidden_for_sync_and_bye(
     async with opened(pki, db, clock, store_class=_ContestedStore) as service:
         await _users(service, "alice")
         with pytest.raises(Forbidden, match="belongs to another user") as caught:
-            await service.handle_sync(ctx("alice"), _sync("peer1", []))
+            await service.handle_sync(ctx("alice", peer="peer1"), _sync("peer1", []))
         assert isinstance(caught.value.__cause__, PeerOwned)
         service.owners["peer1"] = "alice"  # as if its sync had gone through
         with pytest.raises(Forbidden, match="belongs to another user"):
-            await service.handle_bye(ctx("alice"), PeerRequest("peer1"))
+            await service.handle_bye(ctx("alice", peer="peer1"), PeerRequest("peer1"))
+
+
+# --- issue 12: bound tokens, ended sessions, renew -------------------------------------------
+
+
+def _bound(service: IndexService, user: str, peer: str) -> Principal:
+    """The index principal of a session ``auth`` would start for ``user`` presenting ``peer``."""
+    tokens = service.issuer.issue_session(user, _cert(peer))
+    verifier = TokenVerifier(load_cert(_PKI.cert("indexd")), audience=INDEX_AUDIENCE)
+    return verifier.verify(tokens.token)
+
+
+async def test_a_bound_token_with_another_or_no_certificate_is_token_invalid(
+    pki: Any, db: Path, clock: Clock
+) -> None:
+    async with opened(pki, db, clock) as service:
+        await _users(service, "alice")
+        principal = _bound(service, "alice", "peer1")
+        with pytest.raises(TokenInvalid, match="another client certificate"):
+            service.handle_search(ctx(principal=principal, peer="peer2"), SearchRequest("k"))
+        with pytest.raises(TokenInvalid, match="none was presented"):
+            service.handle_search(ctx(principal=principal), SearchRequest("k"))
+        reply = await service.handle_sync(
+            ctx(principal=principal, peer="peer1"), _sync("peer1", [_file("k", "a")])
+        )
+        assert reply.files == 1
+
+
+async def test_bye_ends_the_session_and_a_restart_keeps_it_ended(
+    pki: Any, db: Path, clock: Clock
+) -> None:
+    async with opened(pki, db, clock) as service:
+        await _users(service, "alice")
+        principal = _bound(service, "alice", "peer1")
+        as_peer1 = ctx(principal=principal, peer="peer1")
+        await service.handle_sync(as_peer1, _sync("peer1", [_file("k", "a")]))
+        await service.handle_bye(as_peer1, PeerRequest("peer1"))
+        with pytest.raises(TokenInvalid, match="ended"):
+            service.handle_search(as_peer1, SearchRequest("k"))
+    async with opened(pki, db, clock) as service:
+        for handler, body in (
+            (service.handle_sync, _sync("peer1", [])),
+            (service.handle_ping, PeerRequest("peer1")),
+        ):
+            with pytest.raises(TokenInvalid, match="ended"):
+                await handler(ctx(principal=principal, peer="peer1"), body)  # type: ignore[operator]
+        with pytest.raises(TokenInvalid):
+            await service.handle_renew(ctx(principal=principal, peer="peer1"), None)
+        # A new session of the same user on the same peer is served.
+        fresh = _bound(service, "alice", "peer1")
+        assert (
+            await service.handle_sync(ctx(principal=fresh, peer="peer1"), _sync("peer1", []))
+        ).files == 0
+
+
+async def test_ended_sessions_are_forgotten_once_their_tokens_have_expired(
+    pki: Any, db: Path, clock: Clock
+) -> None:
+    async with opened(pki, db, clock) as service:
+        await _users(service, "alice")
+        principal = _bound(service, "alice", "peer1")
+        await service.handle_sync(ctx(principal=principal, peer="peer1"), _sync("peer1", []))
+        await service.handle_bye(ctx(principal=principal, peer="peer1"), PeerRequest("peer1"))
+        assert principal.session_id in service.revoked
+        clock.now += service.issuer.ttl + 60
+        service.sweep()
+        assert service.revoked == {}
+    async with opened(pki, db, clock) as service:
+        assert service.revoked == {}
+
+
+async def test_renew_gives_fresh_tokens_of_the_same_session_bound_to_the_same_certificate(
+    pki: Any, db: Path, clock: Clock
+) -> None:
+    async with opened(pki, db, clock) as service:
+        await _users(service, "alice")
+        principal = _bound(service, "alice", "peer1")
+        reply = await service.handle_renew(ctx(principal=principal, peer="peer1"), None)
+    cert = load_cert(pki.cert("indexd"))
+    renewed = TokenVerifier(cert, audience=INDEX_AUDIENCE).verify(reply.token)
+    assert reply.peer_token is not None
+    peer = TokenVerifier(cert, audience=PEER_AUDIENCE).verify(reply.peer_token)
+    assert renewed.session_id == peer.session_id == principal.session_id
+    assert renewed.thumbprint == peer.thumbprint == principal.thumbprint
+    assert renewed.token_id != principal.token_id
+
+
+async def test_renew_with_an_unbound_token_is_forbidden(pki: Any, db: Path, clock: Clock) -> None:
+    async with opened(pki, db, clock) as service:
+        await _users(service, "alice")
+        with pytest.raises(Forbidden, match="bound"):
+            await service.handle_renew(ctx("alice", peer="peer1"), None)
+        bound = _bound(service, "alice", "peer1")
+        assert (await service.handle_renew(ctx(principal=bound, peer="peer1"), None)).token
+
+
+async def test_renew_works_while_logins_of_the_user_are_locked_out(
+    pki: Any, db: Path, clock: Clock
+) -> None:
+    policy = BackoffPolicy(free=1, base_delay=300.0, decay=1e9)
+    async with opened(pki, db, clock, login_backoff=policy, user_backoff=policy) as service:
+        await _users(service, "alice")
+        principal = _bound(service, "alice", "peer1")
+        with pytest.raises(AuthFailed):
+            await service.handle_auth(ctx(address="10.6.6.6"), Credentials("alice", "guess one"))
+        with pytest.raises(RateLimited):
+            await service.handle_auth(ctx(address="10.0.0.1"), Credentials("alice", PASSWORD))
+        assert (await service.handle_renew(ctx(principal=principal, peer="peer1"), None)).token
+
+
+# --- issue 12: listings need the certificate; per-user limits; the sync rate ------------------
+
+
+@pytest.mark.parametrize("op", ["sync", "ping", "bye"])
+async def test_sync_ping_and_bye_without_a_client_certificate_are_forbidden(
+    pki: Any, db: Path, clock: Clock, op: str
+) -> None:
+    async with opened(pki, db, clock) as service:
+        await _users(service, "alice")
+        await service.handle_sync(ctx("alice", peer="peer1"), _sync("peer1", [_file("k", "a")]))
+        calls = {
+            "sync": lambda c: service.handle_sync(c, _sync("peer1", [])),
+            "ping": lambda c: service.handle_ping(c, PeerRequest("peer1")),
+            "bye": lambda c: service.handle_bye(c, PeerRequest("peer1")),
+        }
+        with pytest.raises(Forbidden, match="need a client certificate"):
+            await calls[op](ctx("alice"))
+        await calls[op](ctx("alice", peer="peer1"))
+
+
+async def test_a_user_owns_at_most_max_domains_per_user_names(
+    pki: Any, db: Path, clock: Clock
+) -> None:
+    async with opened(pki, db, clock, max_domains_per_user=2) as service:
+        await _users(service, "alice", "bob")
+        for name in ("peer1", "peer2"):
+            await service.handle_sync(ctx("alice", peer=name), _sync(name, []))
+        with pytest.raises(Forbidden, match="at most 2 domain names"):
+            await service.handle_sync(ctx("alice", peer="peer3"), _sync("peer3", []))
+        await service.handle_bye(ctx("alice", peer="peer2"), PeerRequest("peer2"))
+        with pytest.raises(Forbidden, match="at most 2"):  # a withdrawn name is still owned
+            await service.handle_sync(ctx("alice", peer="peer3"), _sync("peer3", []))
+        await service.handle_sync(ctx("alice", peer="peer1"), _sync("peer1", [_file("k", "a")]))
+        await service.handle_sync(ctx("bob", peer="peer3"), _sync("peer3", []))
+
+
+async def test_concurrent_syncs_cannot_claim_more_names_than_allowed(
+    pki: Any, db: Path, clock: Clock
+) -> None:
+    async with opened(pki, db, clock, max_domains_per_user=1) as service:
+        await _users(service, "alice")
+        results = await asyncio.gather(
+            *(service.handle_sync(ctx("alice", peer=n), _sync(n, [])) for n in ("peer1", "peer2")),
+            return_exceptions=True,
+        )
+        assert sum(isinstance(r, Forbidden) for r in results) == 1
+        assert len(service.domains["alice"]) == 1
+
+
+async def test_a_user_lists_at_most_max_files_per_user_counting_other_names_and_staged_parts(
+    pki: Any, db: Path, clock: Clock
+) -> None:
+    files = [_file("k", f"f{i}") for i in range(4)]
+    async with opened(pki, db, clock, max_files_per_user=6) as service:
+        await _users(service, "alice", "bob")
+        await service.handle_sync(ctx("alice", peer="peer1"), _sync("peer1", files))
+        with pytest.raises(Forbidden, match="at most 6 files"):
+            await service.handle_sync(ctx("alice", peer="peer2"), _sync("peer2", files))
+        # A new listing of the same name replaces its files: 5 in all is fine.
+        assert (
+            await service.handle_sync(
+                ctx("alice", peer="peer1"), _sync("peer1", [*files, _file("k", "x")])
+            )
+        ).files == 5
+        # Staged parts count too: 1 listed elsewhere... 5 + 1 staged, then one more is too many.
+        up = b"\x02" * 16
+        await service.handle_sync(
+            ctx("alice", peer="peer2"), _sync("peer2", files[:1], part=SyncPart(up, 0, False))
+        )
+        with pytest.raises(Forbidden, match="at most 6 files"):
+            await service.handle_sync(
+                ctx("alice", peer="peer2"), _sync("peer2", files[1:2], part=SyncPart(up, 1, True))
+            )
+        assert service.staging.user_files("alice") == 0  # the refused upload was dropped
+        await service.handle_sync(ctx("bob", peer="peer3"), _sync("peer3", files))
+
+
+async def test_syncs_are_rate_limited_per_user_and_parts_after_the_first_are_free(
+    pki: Any, db: Path, clock: Clock
+) -> None:
+    async with opened(pki, db, clock, sync_rate=BucketPolicy(burst=2, interval=30.0)) as service:
+        await _users(service, "alice", "bob")
+        up = b"\x03" * 16
+        await service.handle_sync(ctx("alice", peer="peer1"), _sync("peer1", []))
+        for seq in range(3):  # one upload: only its first part is charged
+            req = _sync("peer1", [_file("k", f"p{seq}")], part=SyncPart(up, seq, seq == 2))
+            await service.handle_sync(ctx("alice", peer="peer1"), req)
+        with pytest.raises(RateLimited) as limited:
+            await service.handle_sync(ctx("alice", peer="peer1"), _sync("peer1", []))
+        assert 0 < limited.value.retry_after <= 30.0
+        await service.handle_sync(ctx("bob", peer="peer2"), _sync("peer2", []))
+        clock.now += limited.value.retry_after
+        await service.handle_sync(ctx("alice", peer="peer1"), _sync("peer1", []))
+
+
+# --- issue 12: listing pages ------------------------------------------------------------------
+
+
+async def test_listing_pages_through_a_peers_files_under_a_keyword(
+    pki: Any, db: Path, clock: Clock
+) -> None:
+    files = [_file("koala", f"f{i:04d}") for i in range(250)]
+    async with opened(pki, db, clock) as service:
+        await _users(service, "alice")
+        await service.handle_sync(ctx("alice", peer="peer1"), _sync("peer1", files))
+        [hit] = await _search(service, "KOALA")
+        assert (len(hit.files), hit.total) == (100, 250)
+        page = await service.handle_listing(ctx("alice"), ListingRequest("peer1", "koala", 100))
+        assert (page.total, page.offset) == (250, 100)
+        assert [f.filename for f in page.files] == [f"f{i:04d}" for i in range(100, 250)]
+        with pytest.raises(NotFound):
+            await service.handle_listing(ctx("alice"), ListingRequest("peer1", "emu"))
+        clock.now += TTL + 1
+        with pytest.raises(NotFound):  # a stale peer is not served, as in search
+            await service.handle_listing(ctx("alice"), ListingRequest("peer1", "koala"))
+
+
+async def test_a_search_cursor_that_is_not_one_is_bad_request(
+    pki: Any, db: Path, clock: Clock
+) -> None:
+    async with opened(pki, db, clock) as service:
+        with pytest.raises(BadRequest, match="cursor"):
+            service.handle_search(ctx("alice"), SearchRequest("k", b"\x93\x01\x02\x03"))
+        assert await _search(service, "k") == []
+
+
+# --- issue 12: logins per (user, address), registrations apart --------------------------------
+
+
+async def test_a_strangers_failures_do_not_lock_the_user_out_from_another_address(
+    pki: Any, db: Path, clock: Clock
+) -> None:
+    async with opened(pki, db, clock) as service:
+        await _users(service, "alice")
+        for _ in range(5):
+            with pytest.raises(AuthFailed):
+                await service.handle_auth(ctx(address="10.6.6.6"), Credentials("alice", "guess!!!"))
+        with pytest.raises(RateLimited):
+            await service.handle_auth(ctx(address="10.6.6.6"), Credentials("alice", PASSWORD))
+        assert (
+            await service.handle_auth(ctx(address="10.0.0.1"), Credentials("alice", PASSWORD))
+        ).token
+
+
+async def test_many_addresses_together_reach_the_per_user_ceiling(
+    pki: Any, db: Path, clock: Clock
+) -> None:
+    ceiling = BackoffPolicy(free=10, base_delay=60.0, decay=1e9)
+    async with opened(pki, db, clock, user_backoff=ceiling) as service:
+        await _users(service, "alice")
+        for i in range(10):  # two guesses from each of five addresses: none is limited alone
+            with pytest.raises(AuthFailed):
+                await service.handle_auth(
+                    ctx(address=f"10.7.0.{i // 2}"), Credentials("alice", "guess!!!")
+                )
+        with pytest.raises(RateLimited):
+            await service.handle_auth(ctx(address="10.7.1.1"), Credentials("alice", "guess!!!"))
+        await _users(service, "bob")  # another user is served
+        assert (
+            await service.handle_auth(ctx(address="10.7.1.1"), Credentials("bob", PASSWORD))
+        ).token
+
+
+async def test_registrations_are_rate_limited_per_address(pki: Any, db: Path, clock: Clock) -> None:
+    policy = BackoffPolicy(free=3, base_delay=60.0, decay=1e9)
+    async with opened(pki, db, clock, register_backoff=policy) as service:
+        for i in range(3):
+            await service.handle_register(ctx(address="10.8.8.8"), Credentials(f"u{i}", PASSWORD))
+        with pytest.raises(RateLimited):
+            await service.handle_register(ctx(address="10.8.8.8"), Credentials("u3", PASSWORD))
+        await service.handle_register(ctx(address="10.1.1.1"), Credentials("u3", PASSWORD))
+        assert (
+            await service.handle_auth(ctx(address="10.8.8.8"), Credentials("u0", PASSWORD))
+        ).token
+
+
+async def test_registrations_hash_on_their_own_pool_and_queue(
+    pki: Any, db: Path, clock: Clock
+) -> None:
+    async with opened(pki, db, clock) as service:
+        assert service.register_hasher is not service.hasher
+        assert service.register_hasher.concurrency == 1
+        await _users(service, "alice")
+        service.register_hasher._waiting = service.register_hasher.max_waiting + 1  # a flood
+        with pytest.raises(Busy):
+            await service.handle_register(ctx(), Credentials("bob", PASSWORD))
+        # Logins hash apart: the saturated registration queue is not in their way.
+        assert (await service.handle_auth(ctx(), Credentials("alice", PASSWORD))).token

@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from indexd.__main__ import main
+from indexd.__main__ import build_parser, config_from_args, main
 from netproto.errors import ConnectionClosed, RequestError, Timeout
 from netproto.operations import SharedFile
 from runner import ExitCode
@@ -215,7 +215,9 @@ async def test_kill_9_during_a_stream_of_writes_loses_no_acknowledged_one(
             progress()
 
     async with (
-        indexd_process(pki, db) as (proc, port),
+        indexd_process(
+            pki, db, "--register-free-attempts", "1000000", "--sync-burst", "1000000"
+        ) as (proc, port),
         index_client(port) as owner,
         index_client(port) as registrar,
         index_client(port, "peer1") as c1,
@@ -246,3 +248,33 @@ async def test_kill_9_during_a_stream_of_writes_loses_no_acknowledged_one(
             versions = {f.filename.split("-")[0] for f in hit.files}
             assert len(versions) == 1 and len(hit.files) == 100  # one whole listing
             assert int(versions.pop()[1:]) >= synced[domain]
+
+
+# --- the limits of issue 12 as flags -------------------------------------------------------
+
+
+def test_the_per_user_and_attempt_limit_flags_reach_the_config() -> None:
+    args = build_parser().parse_args(
+        [
+            *("--cert", "c", "--key", "k", "--ca", "a"),
+            *("--max-domains-per-user", "2", "--max-files-per-user", "1000"),
+            *("--sync-burst", "3", "--sync-interval", "20"),
+            *("--auth-free-attempts", "4", "--auth-user-free-attempts", "50"),
+            *("--auth-address-free-attempts", "60", "--register-free-attempts", "7"),
+        ]
+    )
+    config = config_from_args(args)
+    assert (config.max_domains_per_user, config.max_files_per_user) == (2, 1000)
+    assert (config.sync_rate.burst, config.sync_rate.interval) == (3, 20.0)
+    assert config.login_backoff.free == 4
+    assert config.user_backoff.free == 50
+    assert config.address_backoff.free == 60
+    assert config.register_backoff.free == 7
+
+
+def test_the_limits_of_issue_12_default_to_the_documented_values() -> None:
+    config = config_from_args(build_parser().parse_args(["--cert", "c", "--key", "k", "--ca", "a"]))
+    assert (config.max_domains_per_user, config.max_files_per_user) == (4, 200_000)
+    assert (config.sync_rate.burst, config.sync_rate.interval) == (10, 6.0)
+    assert (config.login_backoff.free, config.user_backoff.free) == (5, 100)
+    assert (config.address_backoff.free, config.register_backoff.free) == (100, 20)

@@ -21,9 +21,13 @@ from netproto.operations import (
     FetchTrailer,
     KeywordRequest,
     ListedFile,
+    ListingReply,
+    ListingRequest,
     PeerRequest,
     RegisterReply,
     SearchHit,
+    SearchReply,
+    SearchRequest,
     SharedFile,
     SyncPart,
     SyncReply,
@@ -41,6 +45,7 @@ EXAMPLES: dict[str, Any] = {
     "credentials": Credentials("alice", "correct horse"),
     "register reply": RegisterReply("alice"),
     "auth reply": AuthReply("header.payload.signature", 1_700_000_900),
+    "auth reply with a peer token": AuthReply("h.p.s", 1_700_000_900, "h.p2.s2"),
     "shared file": SHARED,
     "sync": SyncRequest("peer1", 7001, (SHARED,)),
     "sync with address and part": SyncRequest(
@@ -50,6 +55,18 @@ EXAMPLES: dict[str, Any] = {
     "keyword": KeywordRequest("koala"),
     "listed file": ListedFile("koala.txt", 1234, DIGEST),
     "search hit": SearchHit("peer1", 7001, "127.0.0.1", (ListedFile("koala.txt", 1, DIGEST),)),
+    "search hit with a total": SearchHit(
+        "peer1", 7001, "peer1.example.org", (ListedFile("koala.txt", 1, DIGEST),), 250
+    ),
+    "search": SearchRequest("koala"),
+    "search with a cursor": SearchRequest("koala", b"\x81\xa1p\xa5peer1"),
+    "search reply": SearchReply(
+        (SearchHit("peer1", 7001, "::1", (), 0),), more=3, cursor=b"\x81\xa1p\xa5peer1"
+    ),
+    "listing": ListingRequest("peer1", "koala", 100),
+    "listing reply": ListingReply(
+        "peer1", "koala", 101, 100, (ListedFile("koala.txt", 1, DIGEST),)
+    ),
     "peer": PeerRequest("peer1"),
     "fetch": FetchRequest("koala", "koala.txt", NONCE),
     "fetch with offset": FetchRequest("koala", "koala.txt", NONCE, 100),
@@ -66,7 +83,8 @@ def test_body_round_trips_through_the_codec(value: Any) -> None:
 
 def test_search_reply_round_trips() -> None:
     hits = [EXAMPLES["search hit"], SearchHit("peer2", 7002, "::1", ())]
-    assert search_reply_from_wire([hit.to_wire() for hit in hits]) == hits
+    body = {"hits": [hit.to_wire() for hit in hits], "more": 0}
+    assert search_reply_from_wire(body) == hits
 
 
 def test_list_reply_round_trips() -> None:
@@ -128,8 +146,15 @@ def _sync_body(**changes: Any) -> dict[str, Any]:
         ({"files": [SHARED.to_wire()] * (MAX_SYNC_FILES_PER_PART + 1)}, "files"),
         ({"files": ["koala.txt"]}, "files"),
         ({"address": ""}, "address"),
-        ({"address": "h" * 256}, "address"),
+        ({"address": "h" * 254}, "address"),
         ({"address": 10}, "address"),
+        ({"address": "peer one.example"}, "address"),
+        ({"address": "peer1\x1b[2J"}, "address"),
+        ({"address": "peer1%0a"}, "address"),
+        ({"address": "\u202epeer1"}, "address"),
+        ({"address": "fe80::1%eth0"}, "address"),
+        ({"address": "[::1]"}, "address"),
+        ({"address": "10.0.0.256"}, "address"),
         ({"part": []}, "part"),
         ({"part": {"upload": b"u" * 15, "seq": 0, "final": True}}, "upload"),
         ({"part": {"upload": b"u" * 16, "seq": -1, "final": True}}, "seq"),
@@ -259,14 +284,70 @@ def test_bad_keyword_request_is_invalid_path(body: dict[str, Any]) -> None:
         KeywordRequest.from_wire(body)
 
 
-@pytest.mark.parametrize("body", [[{"domain_name": "peer1"}], {"hits": []}, None])
-def test_search_reply_that_is_not_an_array_of_hits_is_bad_request(body: Any) -> None:
-    if isinstance(body, list):
-        with pytest.raises(BadRequest, match="port_number"):
-            search_reply_from_wire(body)
-    else:
-        with pytest.raises(BadRequest, match="array"):
-            search_reply_from_wire(body)
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"hits": [{"domain_name": "peer1", "files": []}], "more": 0}, "port_number"),
+        ({"hits": [], "more": "0"}, "more"),
+        ({"hits": [], "more": 2}, "cursor"),
+        ({"hits": {}, "more": 0}, "hits"),
+        ([], "reply"),
+        (None, "reply"),
+    ],
+    ids=["bad hit", "bad more", "more without a cursor", "hits not an array", "array", "nil"],
+)
+def test_a_malformed_search_reply_is_bad_request_naming_the_field(body: Any, field: str) -> None:
+    with pytest.raises(BadRequest, match=field):
+        search_reply_from_wire(body)
+
+
+@pytest.mark.parametrize("address", ["peer1\nevil", "a" * 254, "x y", "\u2067peer"], ids=repr)
+def test_a_search_hit_with_a_bad_address_is_bad_request(address: str) -> None:
+    hit = {**EXAMPLES["search hit"].to_wire(), "address": address}
+    with pytest.raises(BadRequest, match="address"):
+        SearchHit.from_wire(hit)
+
+
+def test_a_search_hit_with_fewer_total_than_files_is_bad_request() -> None:
+    hit = {**EXAMPLES["search hit"].to_wire(), "total": 0}
+    with pytest.raises(BadRequest, match="total"):
+        SearchHit.from_wire(hit)
+
+
+@pytest.mark.parametrize("cursor", [b"", b"c" * 1025, "text"], ids=["empty", "huge", "str"])
+def test_a_search_cursor_that_is_not_1_to_1024_bytes_is_bad_request(cursor: Any) -> None:
+    with pytest.raises(BadRequest, match="cursor"):
+        SearchRequest.from_wire({"keyword": "koala", "cursor": cursor})
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ({"keyword": "koala"}, BadRequest),
+        ({"domain_name": "peer1"}, BadRequest),
+        ({"domain_name": "peer1", "keyword": "../x"}, InvalidPath),
+        ({"domain_name": "peer1", "keyword": "k", "offset": -1}, BadRequest),
+    ],
+    ids=["no domain_name", "no keyword", "bad keyword", "negative offset"],
+)
+def test_a_bad_listing_request_is_refused(body: dict[str, Any], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        ListingRequest.from_wire(body)
+
+
+@pytest.mark.parametrize(
+    ("address", "canonical"),
+    [
+        ("10.0.0.5", "10.0.0.5"),
+        ("2001:DB8::1", "2001:db8::1"),
+        ("Peer1.Example.ORG.", "peer1.example.org"),
+        ("a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 61, None),
+    ],
+    ids=["ipv4", "ipv6", "dns name", "253 bytes"],
+)
+def test_an_advertised_address_is_kept_canonical(address: str, canonical: str | None) -> None:
+    body = _sync_body(address=address)
+    assert SyncRequest.from_wire(body).address == (canonical or address)
 
 
 def test_list_reply_with_a_bad_file_name_is_invalid_path() -> None:
@@ -338,6 +419,7 @@ _field_names = st.sampled_from(
         "file_name",
         "nonce",
         "offset",
+        "cursor",
         "filename",
         "size",
         "sha256",
@@ -347,6 +429,8 @@ _PARSERS = [
     Credentials.from_wire,
     SyncRequest.from_wire,
     KeywordRequest.from_wire,
+    SearchRequest.from_wire,
+    ListingRequest.from_wire,
     PeerRequest.from_wire,
     FetchRequest.from_wire,
 ]

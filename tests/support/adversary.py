@@ -29,6 +29,7 @@ from netproto.errors import ERRORS_BY_CODE
 from netproto.framing import encode_frame
 from netproto.operations import search_reply_from_wire
 from netproto.server import ServerLimits
+from netproto.tokens import INDEX_AUDIENCE, PEER_AUDIENCE
 from peerd.client import PeerClient
 from peerd.daemon import PeerConfig, PeerDaemon
 
@@ -56,9 +57,19 @@ class Live:
     tmp: Path
 
     def token(self, sub: str = "peer2") -> str:
-        """A token issued by the live index itself (as ``auth`` would issue it)."""
+        """An index token issued by the live index itself (as ``auth`` would issue it to a
+        client without a certificate)."""
         assert self.index.service is not None
-        return self.index.service.issuer.issue(sub)[0]
+        return self.index.service.issuer.issue(sub, audience=INDEX_AUDIENCE)[0]
+
+    def peer_token(self, sub: str = "peer2") -> str:
+        """A token for peers issued by the live index itself (PROTOCOL.md §8)."""
+        assert self.index.service is not None
+        return self.index.service.issuer.issue(sub, audience=PEER_AUDIENCE)[0]
+
+    def token_for(self, kind: str, sub: str = "peer2") -> str:
+        """A token for the ``"index"`` or for the ``"peer"``."""
+        return self.token(sub) if kind == "index" else self.peer_token(sub)
 
     @property
     def index_port(self) -> int:
@@ -289,7 +300,7 @@ async def assert_peer_serves(live: Live, *, local_addr: tuple[str, int] | None =
                 live.peer_port,
                 "peer1",
                 live.pki.client_ctx("peer2"),
-                token=live.token("peer2"),
+                token=live.peer_token("peer2"),
                 requester="peer2",
                 connect_timeout=STEP,
                 request_timeout=STEP,
@@ -300,7 +311,7 @@ async def assert_peer_serves(live: Live, *, local_addr: tuple[str, int] | None =
         conn = await open_conn(
             live.peer_port, "peer1", live.pki.client_ctx("peer2"), local_addr=local_addr
         )
-        peer = PeerClient(conn, "peer1", token=live.token("peer2"), requester="peer2")
+        peer = PeerClient(conn, "peer1", token=live.peer_token("peer2"), requester="peer2")
     try:
         assert await peer.list(HEALTH_KEYWORD) == [HEALTH_FILE]
     finally:

@@ -107,6 +107,12 @@ class FakeIndexConnection:
         expires_at = int(self.index.clock.time()) + self.index.token_ttl
         return AuthReply(f"token-{self.tokens}", expires_at)
 
+    async def renew(self, token: str) -> AuthReply:
+        self._call("renew")
+        self.tokens += 1
+        expires_at = int(self.index.clock.time()) + self.index.token_ttl
+        return AuthReply(f"token-{self.tokens}", expires_at, f"peer-token-{self.tokens}")
+
     async def sync(
         self,
         domain_name: str,
