@@ -31,7 +31,7 @@ from netproto.errors import ConnectionClosed, Internal, NotFound, RequestError, 
 from netproto.operations import SharedFile, search_reply_from_wire, split_sync
 from peerd.client import PeerClient
 from peerd.daemon import PeerDaemon
-from peerd.download import DownloadError
+from peerd.download import DownloadError, NotEnoughRoom
 from tests.support.adversary import (
     HEALTH_KEYWORD,
     HOST,
@@ -109,11 +109,37 @@ def small_tmpfs(path: Path, size: str = "8m") -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-async def test_a_disk_filling_up_mid_download_is_a_readable_error_and_leaves_no_file(
+async def test_a_file_larger_than_the_free_space_is_refused_before_a_byte_lands(
     pki: Any, tmp_path: Path
+) -> None:
+    big = os.urandom(1 << 20) * 12  # 12 MiB for an 8 MiB disk
+    files = {"bulk/big.bin": big, "bulk/small.bin": b"small enough\n"}
+    async with live_daemons(pki, tmp_path / "rig", files=files) as live:
+        with small_tmpfs(tmp_path / "small-disk") as disk:
+            config = peer_config(pki, "peer2", live.index_port, disk / "share")
+            downloader = PeerDaemon(config)
+            await asyncio.wait_for(downloader.start(), STEP)
+            try:
+                [hit] = await downloader.search("bulk")
+                with pytest.raises(NotEnoughRoom) as caught:
+                    await downloader.download(hit, "bulk", "big.bin")
+                assert "not enough free space for" in str(caught.value)
+                assert "big.bin: it needs 12582912 bytes" in str(caught.value)
+                assert _leftovers(disk / "share" / "bulk") == []
+                small = await downloader.download(hit, "bulk", "small.bin")
+                assert small.path.read_bytes() == b"small enough\n"
+            finally:
+                await asyncio.wait_for(downloader.stop(grace=0.5), STEP)
+        await assert_peer_serves(live)
+
+
+async def test_a_disk_filling_up_mid_download_is_a_readable_error_and_leaves_no_file(
+    pki: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     big = os.urandom(1 << 20) * 12  # 12 MiB into an 8 MiB disk
     files = {"bulk/big.bin": big, "bulk/small.bin": b"small enough\n"}
+    # As if another program took the space after the free-space check passed.
+    monkeypatch.setattr("peerd.download.check_room", lambda *args: None)
     async with live_daemons(pki, tmp_path / "rig", files=files) as live:
         with small_tmpfs(tmp_path / "small-disk") as disk:
             config = peer_config(pki, "peer2", live.index_port, disk / "share")
@@ -160,9 +186,10 @@ async def test_a_disk_already_full_before_the_download_is_a_readable_error(
                         f.write(b"\0" * 4096)
                         f.flush()
                 [hit] = await downloader.search("bulk")
-                with pytest.raises(DownloadError) as caught:
+                with pytest.raises(NotEnoughRoom) as caught:
                     await downloader.download(hit, "bulk", "small.bin")
-                assert "No space left on device" in str(caught.value)
+                assert "not enough free space for" in str(caught.value)
+                assert "small.bin: it needs 13 bytes" in str(caught.value)
                 assert _leftovers(disk / "share" / "bulk") == []
                 filler.unlink()
                 result = await downloader.download(hit, "bulk", "small.bin")
