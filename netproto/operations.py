@@ -33,7 +33,6 @@ MAX_SYNC_SEQ = 10_000  # a multi-part upload has at most MAX_SYNC_SEQ + 1 parts
 MAX_LISTING_VERSION = 2**63 - 1  # listing versions are opaque ints (PROTOCOL.md §4.3.1)
 UPLOAD_ID_SIZE = 16
 MAX_SIGNATURE = 64  # Ed25519
-MAX_ADDRESS = 255
 #: Files of one hit in one search reply; the rest are counted (``total``) and reachable with
 #: ``listing`` (PROTOCOL.md §4.2).
 MAX_HIT_FILES = 100

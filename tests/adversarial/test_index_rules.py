@@ -249,8 +249,8 @@ async def test_a_running_peer_renews_with_its_token_while_its_password_is_locked
             # Past the first token's expiry, peer2 is still logged in and listed.
             await asyncio.sleep(4.0 + 2.0)
             assert peer2.session.token != first
-            assert peer2.status().token_expires_at is not None
-            assert peer2.status().token_expires_at > time.time()
+            expires_at = peer2.status().token_expires_at
+            assert expires_at is not None and expires_at > time.time()
             hits = await peer2.search("emu")
             assert [h.domain_name for h in hits] == ["peer2"]
         await assert_index_serves(live)

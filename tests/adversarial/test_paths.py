@@ -112,7 +112,8 @@ async def live(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> AsyncItera
 async def _peer(live: Live) -> PeerClient:
     return await PeerClient.connect(
         HOST, live.peer_port, "peer1", live.pki.client_ctx("peer2"),
-        token=live.peer_token("peer2"), requester="peer2", connect_timeout=STEP, request_timeout=STEP,
+        token=live.peer_token("peer2"), requester="peer2",
+        connect_timeout=STEP, request_timeout=STEP,
     )  # fmt: skip
 
 

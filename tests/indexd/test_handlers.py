@@ -480,12 +480,10 @@ async def test_bye_ends_the_session_and_a_restart_keeps_it_ended(
         with pytest.raises(TokenInvalid, match="ended"):
             service.handle_search(as_peer1, SearchRequest("k"))
     async with opened(pki, db, clock) as service:
-        for handler, body in (
-            (service.handle_sync, _sync("peer1", [])),
-            (service.handle_ping, PeerRequest("peer1")),
-        ):
-            with pytest.raises(TokenInvalid, match="ended"):
-                await handler(ctx(principal=principal, peer="peer1"), body)  # type: ignore[operator]
+        with pytest.raises(TokenInvalid, match="ended"):
+            await service.handle_sync(ctx(principal=principal, peer="peer1"), _sync("peer1", []))
+        with pytest.raises(TokenInvalid, match="ended"):
+            await service.handle_ping(ctx(principal=principal, peer="peer1"), PeerRequest("peer1"))
         with pytest.raises(TokenInvalid):
             await service.handle_renew(ctx(principal=principal, peer="peer1"), None)
         # A new session of the same user on the same peer is served.
@@ -560,14 +558,17 @@ async def test_sync_ping_and_bye_without_a_client_certificate_are_forbidden(
     async with opened(pki, db, clock) as service:
         await _users(service, "alice")
         await service.handle_sync(ctx("alice", peer="peer1"), _sync("peer1", [_file("k", "a")]))
-        calls = {
-            "sync": lambda c: service.handle_sync(c, _sync("peer1", [])),
-            "ping": lambda c: service.handle_ping(c, PeerRequest("peer1")),
-            "bye": lambda c: service.handle_bye(c, PeerRequest("peer1")),
-        }
+
+        async def call(context: RequestContext) -> object:
+            if op == "sync":
+                return await service.handle_sync(context, _sync("peer1", []))
+            if op == "ping":
+                return await service.handle_ping(context, PeerRequest("peer1"))
+            return await service.handle_bye(context, PeerRequest("peer1"))
+
         with pytest.raises(Forbidden, match="need a client certificate"):
-            await calls[op](ctx("alice"))
-        await calls[op](ctx("alice", peer="peer1"))
+            await call(ctx("alice"))
+        await call(ctx("alice", peer="peer1"))
 
 
 async def test_a_user_owns_at_most_max_domains_per_user_names(
