@@ -17,11 +17,13 @@ venv: $(STAMP)
 # The whole suite under coverage, the daemons the tests start included (setup.cfg
 # [coverage:run]), then the gate: each package at least 90 % of lines
 # (tests/support/coverage_gate.py). The data go to a temporary folder of this run's own, so
-# two runs in one tree do not mix. PYTEST_ARGS='-x -k name' narrows a run (the gate may fail then).
+# two runs in one tree do not mix; combined, they end up in .coverage (`coverage report -m`).
+# PYTEST_ARGS='-x -k name' narrows a run (the gate may fail then).
 test: $(STAMP)
 	@data=$$(mktemp -d) && trap 'rm -rf "$$data"' EXIT && export COVERAGE_FILE="$$data/.coverage" \
 	&& echo "coverage run -m pytest $(PYTEST_ARGS)" && $(BIN)/coverage run -m pytest $(PYTEST_ARGS) \
-	&& $(BIN)/coverage combine -q && $(BIN)/python tests/support/coverage_gate.py
+	&& $(BIN)/coverage combine -q && mv -f "$$data/.coverage" .coverage \
+	&& COVERAGE_FILE=.coverage $(BIN)/python tests/support/coverage_gate.py
 
 # Only the host tests (tests/hosts/): the index and peers each in a network namespace of its
 # own, with its own 198.18.0.0/15 address and optionally a rate-limited link, on one bridge
