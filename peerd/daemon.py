@@ -28,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from certs import load_identity
-from netproto.errors import ConnectionClosed, RequestError, Timeout
+from netproto.errors import ConnectionClosed, RequestError, Timeout, TokenInvalid
 from netproto.names import canonical_domain_name, canonical_username
 from netproto.operations import ListedFile, SearchHit, SharedFile
 from netproto.server import Server, ServerLimits
@@ -448,6 +448,7 @@ class PeerDaemon:
             config.max_fetches_per_requester,
             config.serve_pace,
             self.clock,
+            self._check_binding,
         )
         self._server = make_server(
             self.service, self._server_ctx, self._authenticate, config.limits
@@ -502,8 +503,28 @@ class PeerDaemon:
     # --- the index session ----------------------------------------------------------
 
     def _authenticate(self, token: str) -> Principal:
+        """A request's token: signed by the index, a peer token (its audience), current.
+
+        Its binding to the connection's certificate is checked next, by the handlers
+        (:meth:`_check_binding`): the server hands this function the token alone.
+        """
         assert self.session.verifier is not None
         return self.session.verifier.verify(token)
+
+    def _check_binding(self, principal: Principal, cert: x509.Certificate | None) -> None:
+        """The token must be bound (RFC 8705 ``cnf``) to the client certificate presented in
+        this connection's handshake; an unbound token is refused too (PROTOCOL.md §8)."""
+        assert self.session.verifier is not None
+        if principal.thumbprint is None:
+            raise TokenInvalid("token not bound to a client certificate")
+        self.session.verifier.check_binding(principal, cert)
+
+    def _authenticate_presented(self, token: str, cert: x509.Certificate | None) -> Principal:
+        """:meth:`_authenticate` and :meth:`_check_binding` at once, for a server that hands
+        the authenticator the client certificate too."""
+        principal = self._authenticate(token)
+        self._check_binding(principal, cert)
+        return principal
 
     async def _connect_index(self) -> IndexClient:
         config = self.config

@@ -1,5 +1,8 @@
 """The peer server: ``list`` and ``fetch`` (PROTOCOL.md §4, §7) over mutual TLS.
 
+Every request's token must be a peer token (its audience) bound to the client certificate of
+the connection it comes on (PROTOCOL.md §8): a token captured by another peer is of no use.
+
 ``fetch`` streams a file with bounded memory whatever its size: it reads 1 MiB at a time, one
 block ahead in a worker thread (read and hash overlap with TLS on the event loop), sends it in
 chunks of 256 KiB,
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from netproto.errors import BadRequest, Busy, InvalidPath, NotFound, RequestError, Timeout
@@ -51,6 +55,11 @@ _READ_BLOCK = 4 * CHUNK_SIZE
 DEFAULT_MAX_FETCHES = 32
 #: Of those, the most one requester (a token's ``sub``) may hold at once.
 DEFAULT_MAX_FETCHES_PER_REQUESTER = 4
+
+
+#: What checks a token's binding: ``(principal, client certificate or None)``, raising
+#: :class:`~netproto.errors.TokenInvalid` when the token may not be used on this connection.
+TokenCheck = Callable[[Principal, x509.Certificate | None], None]
 
 
 class FileChanged(Busy):
@@ -119,10 +128,21 @@ class PeerService:
     max_fetches_per_requester: int = DEFAULT_MAX_FETCHES_PER_REQUESTER
     pace: PacePolicy = field(default_factory=PacePolicy)
     clock: Clock = SYSTEM_CLOCK
+    #: Checks a request's token against the client certificate of its connection (RFC 8705
+    #: binding, PROTOCOL.md §8): raises ``TOKEN_INVALID`` for a token bound to another
+    #: certificate, or not bound at all. None checks nothing (a handler test).
+    check_token: TokenCheck | None = None
     slots: FetchSlots = field(init=False)
 
     def __post_init__(self) -> None:
         self.slots = FetchSlots(self.max_fetches, self.max_fetches_per_requester)
+
+    def _bound(self, ctx: RequestContext) -> str:
+        """The requester, once its token is shown to be bound to this connection's certificate."""
+        assert ctx.principal is not None
+        if self.check_token is not None:
+            self.check_token(ctx.principal, ctx.peer_cert)
+        return ctx.principal.subject
 
     @property
     def active_fetches(self) -> int:
@@ -131,6 +151,7 @@ class PeerService:
 
     async def handle_list(self, ctx: RequestContext, req: KeywordRequest) -> list[str]:
         """``list``: the file names under a keyword (matched case-insensitively)."""
+        self._bound(ctx)
         try:
             names = await asyncio.to_thread(self.share.list_files, req.keyword)
         except ShareError as exc:
@@ -139,7 +160,7 @@ class PeerService:
 
     async def handle_fetch(self, ctx: RequestContext, req: FetchRequest) -> StreamReply:
         """``fetch``: a header, the file from ``offset`` in chunks, a signed trailer."""
-        requester = ctx.subject
+        requester = self._bound(ctx)
         self.slots.acquire(requester)
         try:
             opened = await self._open(req.keyword, req.file_name)
@@ -351,6 +372,7 @@ __all__ = [
     "FileChanged",
     "PeerService",
     "ReadTooSlowly",
+    "TokenCheck",
     "make_server",
     "operations",
     "peer_ssl_context",

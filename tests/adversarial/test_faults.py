@@ -202,8 +202,8 @@ async def test_a_disk_already_full_before_the_download_is_a_readable_error(
 _FSIZE_DOWNLOADER = r"""
 import asyncio, json, resource, signal, sys
 from pathlib import Path
-from certs import load_key
-from netproto.tokens import TokenIssuer
+from certs import load_cert, load_key
+from netproto.tokens import PEER_AUDIENCE, TokenIssuer, certificate_thumbprint
 from netproto.tls import client_context
 from peerd.client import PeerClient
 from peerd.download import download
@@ -213,7 +213,10 @@ signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG from write(), not death b
 resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))  # no file past 1 MiB
 
 async def main():
-    token = TokenIssuer(load_key(pki_dir / "indexd.key"), "indexd").issue("peer2")[0]
+    # A peer token bound to the certificate this client presents (PROTOCOL.md §8).
+    bound = certificate_thumbprint(load_cert(pki_dir / "peer2.crt"))
+    issuer = TokenIssuer(load_key(pki_dir / "indexd.key"), "indexd")
+    token = issuer.issue("peer2", audience=PEER_AUDIENCE, thumbprint=bound)[0]
     ctx = client_context(pki_dir / "ca.crt", pki_dir / "peer2.crt", pki_dir / "peer2.key")
     peer = await PeerClient.connect("127.0.0.1", port, "peer1", ctx, token=token, requester="peer2")
     out = {}
@@ -268,10 +271,7 @@ async def _sigterm_mid_fetch(
         (share / "bulk").mkdir(parents=True)
         (share / "bulk" / "big.bin").write_bytes(content)
         async with peerd_process(pki, "peer3", live.index_port, share) as proc:
-            from certs import load_key
-            from netproto.tokens import TokenIssuer
-
-            token = TokenIssuer(load_key(pki.key("indexd")), "indexd").issue("peer2")[0]
+            token = live.peer_token("peer2")  # bound to peer2's certificate, as auth binds it
             peer = await PeerClient.connect(
                 HOST, proc.port, "peer3", pki.client_ctx("peer2"),
                 token=token, requester="peer2", request_timeout=STEP,

@@ -14,9 +14,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from certs import load_key
 from netproto.errors import Busy, Timeout
-from netproto.tokens import TokenIssuer
 from peerd.client import PeerClient
 from peerd.pacing import PacePolicy
 from peerd.share import OpenFile
@@ -36,7 +34,7 @@ BIG = os.urandom(1 << 20) * 24  # 24 MiB: more than every buffer between the two
 
 async def connect(live: Live, requester: str, cert: str = "peer2") -> PeerClient:
     """A connection to the live peer as ``requester`` (presenting ``cert``)."""
-    token = TokenIssuer(load_key(live.pki.key("indexd")), "indexd").issue(requester)[0]
+    token = live.peer_token(requester, cert)  # bound to ``cert``, as auth binds it
     return await PeerClient.connect(
         HOST, live.peer_port, "peer1", live.pki.client_ctx(cert),
         token=token, requester=requester, connect_timeout=STEP, request_timeout=STEP,

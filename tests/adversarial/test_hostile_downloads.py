@@ -19,13 +19,11 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from certs import load_key
 from indexd.app import IndexDaemon
 from netproto.errors import RemoteProtocolError
 from netproto.operations import ListedFile, SharedFile
 from netproto.server import StreamReply
 from netproto.tls import client_context
-from netproto.tokens import TokenIssuer
 from peerd.client import IndexClient, PeerClient
 from peerd.daemon import PeerDaemon
 from peerd.download import DownloadLimits, DownloadRefused, NotEnoughRoom, download, part_names
@@ -102,19 +100,20 @@ def dest(tmp_path: Path) -> Path:
     return tmp_path / "share"
 
 
-async def connect(port: int, pki: Any, name: str = "peer1") -> PeerClient:
-    """peer2's connection to the peer serving on ``port`` as ``name``."""
-    token = TokenIssuer(load_key(pki.key("indexd")), "indexd").issue("peer2")[0]
+async def connect(port: int, live: Live, name: str = "peer1") -> PeerClient:
+    """peer2's connection to the peer serving on ``port`` as ``name``, with a peer token
+    bound to peer2's certificate (as ``auth`` issues it)."""
     return await PeerClient.connect(
-        HOST, port, name, pki.client_ctx("peer2"),
-        token=token, requester="peer2", connect_timeout=STEP, request_timeout=STEP,
+        HOST, port, name, live.pki.client_ctx("peer2"),
+        token=live.peer_token("peer2"), requester="peer2", connect_timeout=STEP,
+        request_timeout=STEP,
     )  # fmt: skip
 
 
 async def still_downloads(live: Live, dest: Path) -> None:
     """The health check of the downloader: a genuine file from the live peer lands, verified,
     the user's own with its final mode; and the live peer still serves others."""
-    peer = await connect(live.peer_port, live.pki)
+    peer = await connect(live.peer_port, live)
     try:
         result = await download(peer, HEALTH_KEYWORD, HEALTH_FILE, dest)
     finally:
@@ -127,14 +126,14 @@ async def still_downloads(live: Live, dest: Path) -> None:
 
 async def attempt(
     hostile: HostilePeer,
-    pki: Any,
+    live: Live,
     dest: Path,
     *,
     expected: ListedFile | None = LISTED,
     limits: DownloadLimits | None = None,
 ) -> BaseException:
     """One download from the hostile peer; the error it ended with."""
-    peer = await connect(hostile.server.port, pki)
+    peer = await connect(hostile.server.port, live)
     try:
         async with asyncio.timeout(STEP):
             await download(peer, "koala", "new.bin", dest, expected=expected, limits=limits)
@@ -157,7 +156,7 @@ async def test_an_empty_chunk_is_a_protocol_error_and_what_came_before_is_discar
 ) -> None:
     before = tree(dest)
     hostile.chunks = lambda req, data: [data[:1000], b"", data[1000:]]
-    error = await attempt(hostile, pki, dest)
+    error = await attempt(hostile, live, dest)
     assert isinstance(error, RemoteProtocolError) and "chunk of 0 bytes" in str(error)
     assert tree(dest) == before  # no partial file: a peer that broke the protocol is not resumed
     await still_downloads(live, dest)
@@ -168,7 +167,7 @@ async def test_a_flood_of_empty_chunks_ends_at_the_first_one(
 ) -> None:
     hostile.chunks = lambda req, data: [b""] * 100_000 + [data]
     started = time.monotonic()
-    error = await attempt(hostile, pki, dest, expected=None)
+    error = await attempt(hostile, live, dest, expected=None)
     assert isinstance(error, RemoteProtocolError)
     assert time.monotonic() - started < 5.0
     await still_downloads(live, dest)
@@ -182,7 +181,7 @@ async def test_a_size_other_than_the_index_listed_is_refused_before_a_byte_lands
 ) -> None:
     before = tree(dest)
     hostile.header = lambda req, honest: {**honest, "size": len(CONTENT) + 1}
-    error = await attempt(hostile, pki, dest)
+    error = await attempt(hostile, live, dest)
     assert isinstance(error, DownloadRefused) and error.check == "size"
     assert "the index listed" in str(error)
     assert tree(dest) == before
@@ -194,7 +193,7 @@ async def test_a_size_over_max_download_size_is_refused_before_a_byte_lands(
 ) -> None:
     before = tree(dest)
     hostile.header = lambda req, honest: {**honest, "size": 2**53}
-    error = await attempt(hostile, pki, dest, expected=None)
+    error = await attempt(hostile, live, dest, expected=None)
     assert isinstance(error, DownloadRefused) and error.check == "size"
     assert "over --max-download-size" in str(error)
     assert tree(dest) == before
@@ -205,7 +204,7 @@ async def test_a_listed_size_over_the_limit_is_refused_without_asking_the_peer(
     live: Live, hostile: TricklingPeer, pki: Any, dest: Path
 ) -> None:
     limits = DownloadLimits(max_size=len(CONTENT) - 1)
-    error = await attempt(hostile, pki, dest, limits=limits)
+    error = await attempt(hostile, live, dest, limits=limits)
     assert isinstance(error, DownloadRefused) and error.check == "size"
     assert hostile.requests == []
     await still_downloads(live, dest)
@@ -219,7 +218,7 @@ async def test_a_size_the_disk_cannot_hold_is_refused_before_a_byte_lands(
     free = fs.f_bavail * fs.f_frsize
     hostile.header = lambda req, honest: {**honest, "size": free}  # fits, but not its margin
     limits = DownloadLimits(max_size=2**53)
-    error = await attempt(hostile, pki, dest, expected=None, limits=limits)
+    error = await attempt(hostile, live, dest, expected=None, limits=limits)
     assert isinstance(error, NotEnoughRoom) and "not enough free space" in str(error)
     assert tree(dest) == before
     await still_downloads(live, dest)
@@ -234,7 +233,7 @@ async def test_a_trickle_is_abandoned_and_resumed_from_the_same_peer_once_it_beh
     hostile.chunks = pieces(256)
     hostile.delay = 0.05  # about 5 KiB/s: under a floor of 16 KiB/s
     started = time.monotonic()
-    error = await attempt(hostile, pki, dest, limits=BRISK)
+    error = await attempt(hostile, live, dest, limits=BRISK)
     assert isinstance(error, DownloadRefused) and error.partial_kept
     assert "abandoned" in str(error) and "under 16 KiB/s over 0.5 s" in str(error)
     assert time.monotonic() - started < 5.0
@@ -242,7 +241,7 @@ async def test_a_trickle_is_abandoned_and_resumed_from_the_same_peer_once_it_beh
     assert 0 < kept.stat().st_size < len(CONTENT)
     assert stat.S_IMODE(kept.stat().st_mode) == 0o600  # the user's alone until verified
     hostile.delay, hostile.chunks = 0.0, pieces(16 << 10)  # it behaves now
-    peer = await connect(hostile.server.port, pki)
+    peer = await connect(hostile.server.port, live)
     try:
         result = await download(peer, "koala", "new.bin", dest, expected=LISTED, limits=BRISK)
     finally:
@@ -260,13 +259,13 @@ async def test_a_poisoned_prefix_is_not_resumed_from_another_peer(
     poisoned = bytes(b ^ 0xFF for b in CONTENT)
     hostile.content, hostile.chunks, hostile.delay = poisoned, pieces(4096), 0.3
     hostile.trailer = None
-    error = await attempt(hostile, pki, dest, limits=BRISK)
+    error = await attempt(hostile, live, dest, limits=BRISK)
     assert isinstance(error, DownloadRefused) and error.partial_kept
     put(tmp_path / "peer3-files", "koala/new.bin", CONTENT)
     honest = PeerDaemon(peer_config(pki, "peer3", live.index_port, tmp_path / "peer3-files"))
     await asyncio.wait_for(honest.start(), STEP)
     try:
-        peer = await connect(honest.port, pki, "peer3")
+        peer = await connect(honest.port, live, "peer3")
         try:
             result = await download(peer, "koala", "new.bin", dest, expected=LISTED)
         finally:
@@ -298,7 +297,7 @@ async def test_stale_partial_files_are_removed_when_the_peer_starts(
     try:
         names = sorted(p.name for p in (share / "koala").iterdir())
         assert names == sorted(["kept.txt", new_part, new_meta])
-        peer = await connect(daemon.port, pki, "peer3")
+        peer = await connect(daemon.port, live, "peer3")
         try:
             assert await peer.list("koala") == ["kept.txt"]
         finally:

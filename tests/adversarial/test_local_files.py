@@ -15,8 +15,6 @@ from typing import Any
 
 import pytest
 
-from certs import load_key
-from netproto.tokens import TokenIssuer
 from peerd.client import PeerClient
 from peerd.daemon import PeerDaemon
 from peerd.download import download, part_names
@@ -123,7 +121,7 @@ async def _downloader(live: Live, pki: Any, share: Path) -> PeerDaemon:
 
 
 async def _fetch(live: Live, pki: Any, share: Path) -> Path:
-    token = TokenIssuer(load_key(pki.key("indexd")), "indexd").issue("peer2")[0]
+    token = live.peer_token("peer2")
     peer = await PeerClient.connect(
         HOST, live.peer_port, "peer1", pki.client_ctx("peer2"),
         token=token, requester="peer2", connect_timeout=STEP, request_timeout=STEP,

@@ -43,10 +43,13 @@ async def hostile(pki: Any) -> AsyncIterator[HostilePeer]:
 
 
 async def _connect(port: int, pki: Any, requester: str = "peer2") -> PeerClient:
-    from certs import load_key
-    from netproto.tokens import TokenIssuer
+    from certs import load_cert, load_key
+    from netproto.tokens import PEER_AUDIENCE, TokenIssuer, certificate_thumbprint
 
-    token = TokenIssuer(load_key(pki.key("indexd")), "indexd").issue(requester)[0]
+    # A peer token bound to the certificate this connection presents, as auth issues it.
+    bound = certificate_thumbprint(load_cert(pki.cert("peer2")))
+    issuer = TokenIssuer(load_key(pki.key("indexd")), "indexd")
+    token = issuer.issue(requester, audience=PEER_AUDIENCE, thumbprint=bound)[0]
     return await PeerClient.connect(
         HOST, port, "peer1", pki.client_ctx("peer2"),
         token=token, requester=requester, connect_timeout=STEP, request_timeout=STEP,

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from certs import load_cert, load_key
 from netproto.errors import Forbidden, NotFound
-from netproto.tokens import INDEX_AUDIENCE, PEER_AUDIENCE
+from netproto.tokens import INDEX_AUDIENCE, PEER_AUDIENCE, certificate_thumbprint
 from tests.support.adversary import (
     HEALTH_KEYWORD,
     MAX_FRAME,
@@ -134,7 +134,12 @@ INVALID = "TOKEN_INVALID"
 
 
 def real(pki: Any, audience: str, header: dict[str, Any] | None = None, **changes: Any) -> str:
-    """Signed with the live index's own key: the header or claim checks alone must decide."""
+    """Signed with the live index's own key: the header or claim checks alone must decide. A
+    peer token is bound to peer2's certificate, the one the connection to the peer presents
+    (peers take bound tokens only)."""
+    if audience == PEER_AUDIENCE:
+        bound = certificate_thumbprint(load_cert(pki.cert("peer2")))
+        changes = {"cnf": {"x5t#S256": bound}, **changes}
     return eddsa(_index_key(pki), claims(audience, **changes), header)
 
 

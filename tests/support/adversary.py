@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from certs import load_cert
 from indexd.app import IndexConfig, IndexDaemon
 from indexd.ratelimit import BackoffPolicy
 from netproto.client import Connection
@@ -29,7 +30,7 @@ from netproto.errors import ERRORS_BY_CODE
 from netproto.framing import encode_frame
 from netproto.operations import search_reply_from_wire
 from netproto.server import ServerLimits
-from netproto.tokens import INDEX_AUDIENCE, PEER_AUDIENCE
+from netproto.tokens import INDEX_AUDIENCE, PEER_AUDIENCE, certificate_thumbprint
 from peerd.client import PeerClient
 from peerd.daemon import PeerConfig, PeerDaemon
 
@@ -62,10 +63,17 @@ class Live:
         assert self.index.service is not None
         return self.index.service.issuer.issue(sub, audience=INDEX_AUDIENCE)[0]
 
-    def peer_token(self, sub: str = "peer2") -> str:
-        """A token for peers issued by the live index itself (PROTOCOL.md §8)."""
+    def peer_token(self, sub: str = "peer2", cert: str | None = None) -> str:
+        """A token for peers issued by the live index itself (PROTOCOL.md §8), bound as
+        ``auth`` binds it to the client certificate of the leaf ``cert``, which the connection
+        using it must present (default: the leaf named ``sub`` if there is one, else peer2's,
+        the one :meth:`target` presents to the peer)."""
         assert self.index.service is not None
-        return self.index.service.issuer.issue(sub, audience=PEER_AUDIENCE)[0]
+        if cert is None:
+            cert = sub if Path(self.pki.cert(sub)).exists() else "peer2"
+        thumbprint = certificate_thumbprint(load_cert(self.pki.cert(cert)))
+        issuer = self.index.service.issuer
+        return issuer.issue(sub, audience=PEER_AUDIENCE, thumbprint=thumbprint)[0]
 
     def token_for(self, kind: str, sub: str = "peer2") -> str:
         """A token for the ``"index"`` or for the ``"peer"``."""
