@@ -496,6 +496,28 @@ async def test_offset_at_the_end_of_a_cached_file_reads_nothing(
     assert sum(read) == len(content) - CHUNK_SIZE  # only the bytes sent, never a prefix
 
 
+async def test_the_handlers_check_the_token_against_the_connections_certificate(
+    pki: Any, share: Path
+) -> None:
+    seen: list[tuple[str, Any]] = []
+
+    def check(principal: Principal, cert: Any) -> None:
+        seen.append((principal.subject, cert))
+        if cert is None:
+            raise TokenInvalid("token bound to a client certificate; none was presented")
+
+    service = PeerService(Share(share), "peer1", load_key(pki.key("peer1")), check_token=check)
+    with pytest.raises(TokenInvalid):
+        await service.handle_list(context(), KeywordRequest("koala"))
+    with pytest.raises(TokenInvalid):
+        await service.handle_fetch(context(), FetchRequest("koala", "sleep.txt", NONCE))
+    assert service.active_fetches == 0  # refused before a slot was taken
+    cert = load_cert(pki.cert("peer2"))
+    ctx = RequestContext("127.0.0.1", 5555, cert, Principal("alice", 2e9, "jti"))
+    assert await service.handle_list(ctx, KeywordRequest("wombat")) == ["burrow.txt"]
+    assert seen == [("alice", None), ("alice", None), ("alice", cert)]
+
+
 async def test_handle_list_names_the_files_of_a_keyword(pki: Any, share: Path) -> None:
     service = service_for(pki, share)
     assert await service.handle_list(context(), KeywordRequest("wombat")) == ["burrow.txt"]
