@@ -156,12 +156,13 @@ class IndexDaemon:
             issuer = TokenIssuer(identity.key, identity.name, config.token_ttl)
             self.service = IndexService(self._store, issuer, hasher, settings, clock=self.clock)
             await self.service.open()
-            # Index tokens only; bindings and ended sessions are checked by the handlers.
+            # Index tokens only, bound to the connection's certificate if bound at all; ended
+            # sessions are checked by the handlers (a bye elsewhere ends them at once).
             verifier = TokenVerifier(identity.cert, audience=INDEX_AUDIENCE)
             self._server = Server(
                 self.service.operations(),
                 identity.ssl_context,
-                authenticate=verifier.verify,
+                authenticate=verifier.verify_presented,
                 limits=limits,
                 name="indexd",
             )

@@ -14,7 +14,6 @@ from netproto.messages import Request
 from netproto.protocol import ServerProtocol
 from netproto.service import (
     Authenticator,
-    ConnectionState,
     Operation,
     PackedReply,
     RequestContext,
@@ -45,20 +44,22 @@ class Dispatcher:
         if operation is None:
             raise errors.UnknownOp(f"unknown operation {req.op!r}")
         if operation.needs_token:
-            ctx.principal = self.principal(req.token, ctx.conn)
+            ctx.principal = self.principal(req.token, ctx)
         return ctx, operation.parse(req.body)
 
-    def principal(self, token: str | None, state: ConnectionState) -> Principal:
-        """Who ``token`` names; verified once per token per connection (the signature check
-        costs more than a whole pipelined request, BENCHMARKS.md), expiry on every use."""
+    def principal(self, token: str | None, ctx: RequestContext) -> Principal:
+        """Who ``token`` names, checked against the connection's client certificate; verified
+        once per token per connection (the signature check costs more than a whole pipelined
+        request, BENCHMARKS.md: the certificate cannot change), expiry on every use."""
         if token is None:
             raise errors.AuthRequired()
         if self.authenticate is None:
             raise errors.Internal()
+        state = ctx.conn
         if token == state.token and state.principal is not None:
             state.principal.check_current()
             return state.principal
-        principal = self.authenticate(token)
+        principal = self.authenticate(token, ctx.peer_cert)
         state.token, state.principal, state.proven = token, principal, True
         return principal
 

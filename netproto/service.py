@@ -100,7 +100,9 @@ class Operation(Generic[Req]):
     proves: bool = False
 
 
-Authenticator = Callable[[str], Principal]
+#: Verifies a request's token against the client certificate of its connection (RFC 8705
+#: binding, PROTOCOL.md §8) and returns who it names; raises the token's wire error.
+Authenticator = Callable[[str, x509.Certificate | None], Principal]
 
 
 def to_wire(value: Any) -> Any:

@@ -451,7 +451,7 @@ class PeerDaemon:
             self._check_binding,
         )
         self._server = make_server(
-            self.service, self._server_ctx, self._authenticate, config.limits
+            self.service, self._server_ctx, self._authenticate_presented, config.limits
         )
         try:
             await self._server.start(config.bind, config.port)
@@ -503,11 +503,7 @@ class PeerDaemon:
     # --- the index session ----------------------------------------------------------
 
     def _authenticate(self, token: str) -> Principal:
-        """A request's token: signed by the index, a peer token (its audience), current.
-
-        Its binding to the connection's certificate is checked next, by the handlers
-        (:meth:`_check_binding`): the server hands this function the token alone.
-        """
+        """A request's token: signed by the index, a peer token (its audience), current."""
         assert self.session.verifier is not None
         return self.session.verifier.verify(token)
 
@@ -520,8 +516,8 @@ class PeerDaemon:
         self.session.verifier.check_binding(principal, cert)
 
     def _authenticate_presented(self, token: str, cert: x509.Certificate | None) -> Principal:
-        """:meth:`_authenticate` and :meth:`_check_binding` at once, for a server that hands
-        the authenticator the client certificate too."""
+        """:meth:`_authenticate` and :meth:`_check_binding`: the server's authenticator, so a
+        stolen token never counts as a connection's proof (PROTOCOL.md §6, §8)."""
         principal = self._authenticate(token)
         self._check_binding(principal, cert)
         return principal

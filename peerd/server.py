@@ -36,6 +36,7 @@ from netproto.errors import BadRequest, Busy, InvalidPath, NotFound, RequestErro
 from netproto.framing import DEFAULT_MAX_FRAME
 from netproto.operations import FetchHeader, FetchRequest, FetchTrailer, KeywordRequest
 from netproto.server import Operation, RequestContext, Server, ServerLimits, StreamReply
+from netproto.service import Authenticator
 from netproto.signing import fetch_signing_payload, sign_fetch
 from netproto.tls import server_context
 from netproto.tokens import Principal
@@ -347,7 +348,7 @@ PEER_WRITE_HIGH_WATER = 1 << 20
 def make_server(
     service: PeerService,
     ssl_context: ssl.SSLContext,
-    authenticate: Callable[[str], Principal],
+    authenticate: Authenticator,
     limits: ServerLimits | None = None,
 ) -> Server:
     """A :class:`Server` serving ``list`` and ``fetch`` for ``service``."""

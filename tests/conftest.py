@@ -235,7 +235,7 @@ class PeerRig:
         service = PeerService(Share(share_dir), name, load_key(self.pki.key(name)), max_fetches)
         verifier = TokenVerifier(load_cert(self.pki.cert("indexd")))
         ctx = peer_ssl_context(self.pki.cert(name), self.pki.key(name), self.pki.ca)
-        server = make_server(service, ctx, verifier.verify, limits)
+        server = make_server(service, ctx, verifier.verify_presented, limits)
         await asyncio.wait_for(server.start("127.0.0.1", 0), 10)
         self.servers.append(server)
         return server

@@ -19,7 +19,14 @@ from typing import Any
 import pytest
 
 from indexd.staging import StagingLimits
-from netproto.errors import AuthFailed, BadRequest, Busy, ConnectionClosed, NotFound
+from netproto.errors import (
+    AuthFailed,
+    BadRequest,
+    Busy,
+    ConnectionClosed,
+    NotFound,
+    TokenInvalid,
+)
 from netproto.operations import SharedFile, SyncPart, SyncRequest, split_sync
 from netproto.server import ServerLimits
 from tests.support.adversary import (
@@ -144,6 +151,22 @@ async def test_a_peer_closes_a_tls_connection_that_shows_no_token_within_the_pen
         await asyncio.sleep(1.5)
         assert await conn.request("list", body, live.peer_token("peer2")) == [HEALTH_FILE]
         await conn.close()
+
+
+async def test_a_token_bound_to_another_certificate_is_no_proof_and_the_connection_is_closed(
+    pki: Any, tmp_path: Path
+) -> None:
+    limits = ServerLimits(pending_timeout=1.0, proof_required=True)
+    async with live_daemons(pki, tmp_path, peer_limits=limits) as live:
+        port, name, ctx = live.target("peer")  # presents peer2's certificate
+        stolen = live.peer_token("peer3", cert="peer3")  # a token bound to peer3's
+        conn = await open_conn(port, name, ctx)
+        with pytest.raises(TokenInvalid):
+            await conn.request("list", {"keyword": HEALTH_KEYWORD}, stolen)
+        await asyncio.sleep(1.5)  # still unproven at the pending timeout: closed
+        with pytest.raises(ConnectionClosed):
+            await conn.request("list", {"keyword": HEALTH_KEYWORD}, live.peer_token())
+        await assert_serves(live, "peer")
 
 
 async def test_the_index_takes_a_login_as_proof_and_closes_a_connection_without_one(

@@ -102,7 +102,7 @@ class CapturingPeer:
 
         verifier = TokenVerifier(load_cert(self.pki.cert("indexd")))
 
-        def authenticate(token: str) -> Any:
+        def authenticate(token: str, cert: Any) -> Any:
             self.tokens.append(token)
             return verifier.verify(token)
 

@@ -16,6 +16,7 @@ from typing import Any
 import msgpack
 import pytest
 import pytest_asyncio
+from cryptography import x509
 
 from netproto.client import Connection
 from netproto.codec import pack, unpack_map
@@ -37,6 +38,7 @@ from netproto.server import (
     ServerLimits,
     StreamReply,
 )
+from netproto.service import Authenticator
 from netproto.tokens import Principal
 from tests.support.adversary import nested_map, raw_map
 
@@ -109,7 +111,7 @@ class CountingAuthenticator:
     def __init__(self) -> None:
         self.calls = 0
 
-    def __call__(self, token: str) -> Principal:
+    def __call__(self, token: str, cert: x509.Certificate | None) -> Principal:
         self.calls += 1
         if not token.startswith("good-"):
             raise TokenInvalid("bad test token")
@@ -128,7 +130,7 @@ async def start_server(pki: Any) -> AsyncIterator[StartServer]:
         limits: ServerLimits | None = None,
         *,
         operations: dict[str, Operation[Any]] | None = None,
-        authenticate: Callable[[str], Principal] | None = None,
+        authenticate: Authenticator | None = None,
     ) -> Server:
         server = Server(
             operations if operations is not None else OPERATIONS,

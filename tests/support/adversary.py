@@ -551,7 +551,7 @@ class HostilePeer:
             "list": Operation(KeywordRequest.from_wire, self._list),
             "fetch": Operation(FetchRequest.from_wire, self._fetch),
         }
-        self.server = Server(ops, ctx, authenticate=verifier.verify, name="hostile")
+        self.server = Server(ops, ctx, authenticate=verifier.verify_presented, name="hostile")
         await self.server.start(HOST, 0)
         return int(self.server.port)
 

@@ -48,7 +48,7 @@ class EvilPeer:
         verifier = TokenVerifier(load_cert(self.pki.cert("indexd")))
         ctx = peer_ssl_context(self.pki.cert("peer1"), self.pki.key("peer1"), self.pki.ca)
         ops = {"fetch": Operation(FetchRequest.from_wire, self.fetch)}
-        self.server = Server(ops, ctx, authenticate=verifier.verify, name="evil")
+        self.server = Server(ops, ctx, authenticate=verifier.verify_presented, name="evil")
         await self.server.start("127.0.0.1", 0)
         return self.server.port
 
