@@ -30,6 +30,7 @@ from netproto.errors import (
     RemoteProtocolError,
     RequestError,
 )
+from netproto.manifest import ManifestReply, ManifestRequest, RangeHeader, RangeRequest
 from netproto.names import canonical_domain_name
 from netproto.operations import (
     AuthReply,
@@ -368,6 +369,14 @@ class FetchStream:
         self._stream.close()
 
 
+class RangeStream(FetchStream):
+    """A ``fetch_range`` answer in progress: the typed header, then the range's chunks."""
+
+    def __init__(self, stream: ResponseStream, header: RangeHeader) -> None:
+        self._stream = stream
+        self.range = header
+
+
 class PeerClient:
     """A mutual-TLS connection to one peer, verified to be ``domain_name``: list and fetch."""
 
@@ -465,6 +474,28 @@ class PeerClient:
             raise
         return FetchStream(stream, header)
 
+    async def manifest(self, keyword: str, file_name: str) -> ManifestReply:
+        """The peer's signed manifest of a file (PROTOCOL.md §4.8), its shape checked."""
+        body = ManifestRequest(keyword, file_name).to_wire()
+        reply = await self.conn.request("manifest", body, _token(self._token))
+        return parse_reply(ManifestReply.from_wire, reply, "the peer's manifest")
+
+    async def fetch_range(self, request: RangeRequest) -> RangeStream:
+        """Start a ranged fetch (PROTOCOL.md §7.1); returns once its header has arrived."""
+        stream = await self.conn.stream("fetch_range", request.to_wire(), _token(self._token))
+        try:
+            header = parse_reply(RangeHeader.from_wire, stream.header, "the peer's range header")
+            if (header.manifest, header.offset, header.length) != (
+                request.manifest,
+                request.offset,
+                request.length,
+            ):
+                raise RemoteProtocolError("the peer's range header is not the range asked for")
+        except RemoteProtocolError:
+            stream.close()
+            raise
+        return RangeStream(stream, header)
+
     async def close(self) -> None:
         """Close the connection."""
         await self.conn.close()
@@ -483,6 +514,7 @@ __all__ = [
     "FetchStream",
     "IndexClient",
     "PeerClient",
+    "RangeStream",
     "TLSFiles",
     "TokenSource",
     "index_tls_name",

@@ -34,14 +34,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from netproto.errors import BadRequest, Busy, InvalidPath, NotFound, RequestError, Timeout
 from netproto.framing import DEFAULT_MAX_FRAME
+from netproto.manifest import ManifestRequest, RangeRequest
 from netproto.operations import FetchHeader, FetchRequest, FetchTrailer, KeywordRequest
 from netproto.server import Operation, RequestContext, Server, ServerLimits, StreamReply
 from netproto.service import Authenticator
 from netproto.signing import fetch_signing_payload, sign_fetch
 from netproto.tls import server_context
 from netproto.tokens import Principal
+from peerd.blockserve import handle_fetch_range, handle_manifest
 from peerd.clock import SYSTEM_CLOCK, Clock
 from peerd.errors import InvalidName, ShareError
+from peerd.manifests import ManifestCache
 from peerd.pacing import PaceMeter, PacePolicy
 from peerd.share import ShareFile, ShareStore
 from peerd.threadjob import ThreadJob
@@ -134,9 +137,12 @@ class PeerService:
     #: certificate, or not bound at all. None checks nothing (a handler test).
     check_token: TokenCheck | None = None
     slots: FetchSlots = field(init=False)
+    #: Signed manifests of the shared files by version (PROTOCOL.md §4.8).
+    manifests: ManifestCache = field(init=False)
 
     def __post_init__(self) -> None:
         self.slots = FetchSlots(self.max_fetches, self.max_fetches_per_requester)
+        self.manifests = ManifestCache(self.domain_name, self.signing_key)
 
     def _bound(self, ctx: RequestContext) -> str:
         """The requester, once its token is shown to be bound to this connection's certificate."""
@@ -322,6 +328,8 @@ Handler = Callable[[PeerService, RequestContext, Any], Awaitable[Any]]
 HANDLERS: Mapping[str, tuple[Callable[[dict[str, Any]], Any], Handler]] = {
     "list": (KeywordRequest.from_wire, PeerService.handle_list),
     "fetch": (FetchRequest.from_wire, PeerService.handle_fetch),
+    "manifest": (ManifestRequest.from_wire, handle_manifest),
+    "fetch_range": (RangeRequest.from_wire, handle_fetch_range),
 }
 
 

@@ -523,8 +523,8 @@ async def test_handle_list_names_the_files_of_a_keyword(pki: Any, share: Path) -
     assert await service.handle_list(context(), KeywordRequest("wombat")) == ["burrow.txt"]
 
 
-def test_the_handler_table_serves_exactly_list_and_fetch() -> None:
-    assert sorted(HANDLERS) == ["fetch", "list"]
+def test_the_handler_table_serves_list_fetch_manifest_and_fetch_range() -> None:
+    assert sorted(HANDLERS) == ["fetch", "fetch_range", "list", "manifest"]
 
 
 async def test_a_fetch_reads_ahead_only_as_far_as_the_requester_takes(

@@ -1,0 +1,707 @@
+"""Multi-source, block-verified downloads (PROTOCOL.md §7.1, docs/design.md §5).
+
+Every holder of the same content is asked for its signed manifest (PROTOCOL.md §4.8); a holder
+whose signature does not verify under the certificate it presented, or whose manifest is not
+the one the index listed (or, without a listing, the first one that checked out), is dropped
+and named. The blocks are then fetched from every remaining holder at once with
+``fetch_range``: each holder has a window of requests sized to its measured rate, blocks go
+out in file order from a random start, and once none is left unassigned the last ones are
+asked of a second holder too (the endgame), the loser cancelled. Every block is hashed as it
+arrives and checked against the manifest before it is written at its offset; a bad block is
+charged to its sender, which is dropped for this file and named; a holder that vanishes gives
+its blocks back to the others. Verified blocks are recorded in a bitmap beside the partial
+file, so a download cut off resumes without fetching or hashing them again; the whole file's
+SHA-256 is still checked before it is renamed into place. Hashing and writing run in worker
+threads (:class:`~peerd.threadjob.DiskWork`); the partial file is synced in the background as
+it fills, so the final ``fsync`` has little left to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import random
+import stat
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from netproto.errors import ConnectionClosed, P2PError, RequestError
+from netproto.manifest import (
+    Manifest,
+    ManifestReply,
+    RangeRequest,
+    publication_valid,
+    publish_signing_payload,
+)
+from peerd.blockplan import BlockMap, BlockPlan
+from peerd.client import PeerClient
+from peerd.errors import DownloadError, DownloadRefused, UnsafeLocalFile
+from peerd.install import install
+from peerd.share import check_private
+from peerd.staging import (
+    PART_MODE,
+    Staging,
+    check_room,
+    open_keyword_folder,
+    open_share_root,
+    part_names,
+    remove_empty_folder,
+    unlink_quietly,
+)
+from peerd.threadjob import DiskWork
+from peerd.verify import CheckOutcome
+
+log = logging.getLogger(__name__)
+
+#: Requests one holder may have in flight (a serving peer gives one requester 4 slots).
+MAX_WINDOW = 3
+#: A holder's window holds about this many seconds of its measured rate.
+WINDOW_SECONDS = 0.5
+#: The most blocks one request asks for.
+MAX_RUN = 16
+#: The bitmap is written (after an ``fdatasync`` of the data) at least this often.
+CHECKPOINT_SECONDS = 2.0
+CHECKPOINT_BYTES = 64 << 20
+_HASH_BLOCK = 4 << 20
+_BITMAP_VERSION = 1
+
+
+class Holder(Protocol):
+    """One peer holding the content, as the downloader uses it (a :class:`PeerHolder`)."""
+
+    name: str
+
+    def public_key(self) -> Ed25519PublicKey:
+        """The key of the certificate the peer presented (chain and name checked by TLS)."""
+        ...
+
+    async def manifest(self, keyword: str, file_name: str) -> ManifestReply:
+        """The peer's signed manifest of the file."""
+        ...
+
+    def blocks(self, request: RangeRequest) -> Any:
+        """An async iterator of the range's bytes, in chunks."""
+        ...
+
+
+@dataclass
+class PeerHolder:
+    """A :class:`Holder` over a :class:`~peerd.client.PeerClient` and the file's name there."""
+
+    client: PeerClient
+    keyword: str
+    file_name: str
+    name: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.name = self.client.domain_name
+
+    def public_key(self) -> Ed25519PublicKey:
+        """The key of the certificate the peer presented."""
+        key = self.client.certificate.public_key()
+        if not isinstance(key, Ed25519PublicKey):
+            raise DownloadError(f"{self.name}'s certificate key is not Ed25519")
+        return key
+
+    async def manifest(self, keyword: str, file_name: str) -> ManifestReply:
+        """The peer's signed manifest of the file."""
+        return await self.client.manifest(keyword, file_name)
+
+    async def blocks(self, request: RangeRequest) -> Any:
+        """The range's bytes as the peer sends them."""
+        stream = await self.client.fetch_range(request)
+        try:
+            async for chunk in stream.chunks():
+                yield chunk
+        finally:
+            stream.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """What the index listed for the file: size, digest, and (when synced with one) the
+    manifest digest and the publisher's signature of ``publisher``."""
+
+    size: int
+    sha256: bytes
+    manifest: bytes | None = None
+    signature: bytes | None = None
+    publisher: str | None = None
+
+
+@dataclass
+class PeerStats:
+    """One holder's part in a download: bytes, blocks, measured rate, why it was dropped."""
+
+    name: str
+    received: int = 0
+    blocks: int = 0
+    rate: float = 0.0
+    dropped: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SwarmProgress:
+    """Where a download stands: bytes verified of the total, and each holder's stats."""
+
+    done: int
+    total: int
+    peers: tuple[PeerStats, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SwarmResult:
+    """A finished multi-source download."""
+
+    path: Path
+    size: int
+    sha256: bytes
+    blocks: int
+    resumed_blocks: int
+    peers: tuple[PeerStats, ...]
+    checks: tuple[CheckOutcome, ...]
+    already_present: bool = False
+
+    @property
+    def dropped(self) -> dict[str, str]:
+        """The holders dropped, and why."""
+        return {p.name: p.dropped for p in self.peers if p.dropped is not None}
+
+
+class SwarmIncomplete(DownloadRefused):
+    """Every holder is gone before the last block; the verified blocks are kept to resume."""
+
+
+class BadBlock(P2PError):
+    """A block that does not hash to the manifest's digest of it."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"block {index} does not match the manifest")
+        self.index = index
+
+
+# --- the manifest checks ---------------------------------------------------------------------
+
+
+def check_manifest(
+    reply: ManifestReply,
+    holder: str,
+    key: Ed25519PublicKey,
+    keyword: str,
+    file_name: str,
+    listing: Listing | None,
+) -> CheckOutcome | None:
+    """The first failed check of a holder's manifest (PROTOCOL.md §7.1), None if it passes."""
+    manifest, digest = reply.manifest, reply.manifest.digest()
+    if reply.publisher != holder or reply.keyword.casefold() != keyword.casefold():
+        return CheckOutcome(
+            "publisher", False, f"{holder} signed it as {reply.publisher} under {reply.keyword!r}"
+        )
+    payload = publish_signing_payload(
+        publisher=reply.publisher,
+        keyword=reply.keyword,
+        file_name=file_name,
+        size=manifest.size,
+        sha256=manifest.sha256,
+        manifest_digest=digest,
+    )
+    if not publication_valid(key, reply.signature, payload):
+        return CheckOutcome(
+            "publisher-signature", False, f"{holder}'s signature of its manifest does not verify"
+        )
+    if listing is not None:
+        if (manifest.size, manifest.sha256) != (listing.size, listing.sha256):
+            return CheckOutcome(
+                "index-digest", False, f"{holder}'s manifest is not of the content the index listed"
+            )
+        if listing.manifest is not None and digest != listing.manifest:
+            return CheckOutcome(
+                "index-manifest",
+                False,
+                f"the index lists manifest {listing.manifest.hex()[:16]}…, {holder} serves"
+                f" {digest.hex()[:16]}…",
+            )
+        if listing.signature is not None and listing.publisher == holder:
+            listed = publish_signing_payload(
+                publisher=holder,
+                keyword=reply.keyword,
+                file_name=file_name,
+                size=listing.size,
+                sha256=listing.sha256,
+                manifest_digest=listing.manifest or digest,
+            )
+            if not publication_valid(key, listing.signature, listed):
+                return CheckOutcome(
+                    "index-signature",
+                    False,
+                    f"the publisher signature the index lists is not {holder}'s",
+                )
+    return None
+
+
+# --- the partial file and its bitmap (blocking) ---------------------------------------------
+
+
+def _bitmap_doc(keyword: str, file_name: str, digest: bytes, size: int, have: BlockMap) -> bytes:
+    return json.dumps(
+        {
+            "blocks": _BITMAP_VERSION,
+            "keyword": keyword,
+            "file_name": file_name,
+            "manifest": digest.hex(),
+            "size": size,
+            "bitmap": have.to_bytes().hex(),
+        }
+    ).encode()
+
+
+def _read_bitmap(
+    staging: Staging, keyword: str, file_name: str, digest: bytes, manifest: Manifest
+) -> BlockMap | None:
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(staging.meta, flags, dir_fd=staging.dir_fd)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > 1 << 20:
+            return None
+        check_private(st, "")
+        doc = json.loads(os.pread(fd, 1 << 20, 0))
+        if not isinstance(doc, dict) or doc.get("blocks") != _BITMAP_VERSION:
+            return None
+        if (doc.get("keyword"), doc.get("file_name"), doc.get("size")) != (
+            keyword,
+            file_name,
+            manifest.size,
+        ) or doc.get("manifest") != digest.hex():
+            return None
+        return BlockMap(manifest.count, bytes.fromhex(str(doc.get("bitmap"))))
+    except (OSError, ValueError, UnsafeLocalFile):
+        return None
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class BlockPart:
+    """The partial file of a multi-source download: opened, locked, its bitmap loaded."""
+
+    staging: Staging
+    fd: int
+    have: BlockMap
+    keyword: str
+    file_name: str
+    digest: bytes
+    manifest: Manifest
+    unsynced: int = 0
+
+    @classmethod
+    def open(
+        cls, staging: Staging, keyword: str, file_name: str, digest: bytes, manifest: Manifest
+    ) -> BlockPart:
+        """Open (or create) the partial file, locked; keep its verified blocks if its bitmap
+        is of this very manifest, else start afresh."""
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(staging.part, flags, dir_fd=staging.dir_fd)
+        except FileNotFoundError:
+            fd = os.open(
+                staging.part, flags | os.O_CREAT | os.O_EXCL, PART_MODE, dir_fd=staging.dir_fd
+            )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                raise UnsafeLocalFile(f"the partial file of {staging.path} is not a plain file")
+            check_private(st, f"the partial file of {staging.path}")
+            have = _read_bitmap(staging, keyword, file_name, digest, manifest)
+            if have is None or st.st_size != manifest.size:
+                have = BlockMap(manifest.count)
+                os.ftruncate(fd, 0)
+            os.ftruncate(fd, manifest.size)  # sparse: blocks land at their offsets
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise DownloadError(f"{staging.path} is already being downloaded") from exc
+            raise
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(staging, fd, have, keyword, file_name, digest, manifest)
+
+    def write_block(self, index: int, data: bytes) -> None:
+        """Check block ``index`` against the manifest and write it at its offset
+        (:class:`BadBlock` if it does not match; nothing is written then)."""
+        if not self.manifest.block_valid(index, data):
+            raise BadBlock(index)
+        view, pos = memoryview(data), index * self.manifest.block_size
+        while view:
+            written = os.pwrite(self.fd, view, pos)
+            view, pos = view[written:], pos + written
+
+    def checkpoint(self) -> None:
+        """Put the written blocks on disk, then record them in the bitmap (in a new file,
+        renamed over the old one, so a crash leaves one or the other)."""
+        os.fdatasync(self.fd)
+        doc = _bitmap_doc(self.keyword, self.file_name, self.digest, self.manifest.size, self.have)
+        tmp = self.staging.meta + ".new"
+        unlink_quietly(self.staging.dir_fd, tmp)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(tmp, flags, PART_MODE, dir_fd=self.staging.dir_fd)
+        try:
+            os.write(fd, doc)
+        finally:
+            os.close(fd)
+        d = self.staging.dir_fd
+        os.replace(tmp, self.staging.meta, src_dir_fd=d, dst_dir_fd=d)
+
+    def whole_digest(self) -> bytes:
+        """SHA-256 of the whole partial file."""
+        h = hashlib.sha256()
+        pos = 0
+        while pos < self.manifest.size:
+            data = os.pread(self.fd, min(_HASH_BLOCK, self.manifest.size - pos), pos)
+            if not data:
+                break
+            h.update(data)
+            pos += len(data)
+        return h.digest()
+
+
+# --- the download ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Peer:
+    holder: Holder
+    stats: PeerStats
+    tasks: dict[asyncio.Task[None], list[int]] = field(default_factory=dict)
+    started: float = 0.0
+
+    def window(self, block_size: int) -> tuple[int, int]:
+        """How many requests it may have in flight, and how many blocks each asks for."""
+        wanted = max(1, int(self.stats.rate * WINDOW_SECONDS / block_size))
+        run = max(1, min(MAX_RUN, -(-wanted // MAX_WINDOW)))
+        return MAX_WINDOW, run
+
+
+class _Swarm:
+    def __init__(
+        self,
+        part: BlockPart,
+        holders: Sequence[Holder],
+        request: Callable[[int, int], RangeRequest],
+        disk: DiskWork,
+        on_progress: Callable[[SwarmProgress], None] | None,
+        clock: Callable[[], float],
+        start: int,
+    ) -> None:
+        self.part = part
+        self.manifest = part.manifest
+        self.plan = BlockPlan(part.have, start)
+        self.peers = [_Peer(h, PeerStats(h.name)) for h in holders]
+        self.request = request
+        self.disk = disk
+        self.on_progress = on_progress
+        self.clock = clock
+        self.last_checkpoint = clock()
+        self.task_peer: dict[asyncio.Task[None], _Peer] = {}
+
+    def progress(self) -> None:
+        if self.on_progress is not None:
+            size, bs = self.manifest.size, self.manifest.block_size
+            done = self.plan.have.done * bs
+            if self.manifest.count and self.manifest.count - 1 in self.plan.have:
+                done -= self.manifest.count * bs - size  # the last block is short
+            self.on_progress(SwarmProgress(done, size, tuple(p.stats for p in self.peers)))
+
+    def _issue(self) -> None:
+        for peer in self.peers:
+            if peer.stats.dropped is not None:
+                continue
+            limit, run = peer.window(self.manifest.block_size)
+            while len(peer.tasks) < limit:
+                blocks = self.plan.take(peer.stats.name, run) or self.plan.endgame(peer.stats.name)
+                if not blocks:
+                    break
+                task = asyncio.create_task(self._fetch(peer, blocks))
+                peer.tasks[task] = blocks
+                self.task_peer[task] = peer
+
+    async def run(self) -> None:
+        self.progress()
+        while not self.plan.complete:
+            self._issue()
+            if not self.task_peer:
+                break
+            done, _ = await asyncio.wait(self.task_peer, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                peer = self.task_peer.pop(task)
+                blocks = peer.tasks.pop(task)
+                if task.cancelled():
+                    self.plan.give_back(peer.stats.name, blocks)
+                    continue
+                exc = task.exception()
+                if exc is not None:
+                    self._drop(peer, exc, blocks)
+            await self._maybe_checkpoint()
+
+    def _drop(self, peer: _Peer, exc: BaseException, blocks: list[int]) -> None:
+        if isinstance(exc, BadBlock):
+            reason = f"sent a bad block ({exc.index})"
+        elif isinstance(exc, ConnectionClosed | OSError | TimeoutError):
+            reason = f"vanished ({exc})"
+        elif isinstance(exc, RequestError | P2PError):
+            reason = f"failed: {exc}"
+        else:
+            raise exc
+        log.info(
+            "dropping %s from the download of %s: %s", peer.stats.name, self.part.file_name, reason
+        )
+        peer.stats.dropped = reason
+        self.plan.give_back(peer.stats.name, blocks)
+        for task, others in list(peer.tasks.items()):
+            task.cancel()
+            self.plan.give_back(peer.stats.name, others)
+        self.progress()
+
+    async def _maybe_checkpoint(self) -> None:
+        now = self.clock()
+        if (
+            self.part.unsynced >= CHECKPOINT_BYTES
+            or now - self.last_checkpoint >= CHECKPOINT_SECONDS
+        ):
+            self.part.unsynced = 0
+            self.last_checkpoint = now
+            await self.disk.run(self.part.checkpoint)
+
+    async def _fetch(self, peer: _Peer, blocks: list[int]) -> None:
+        bs = self.manifest.block_size
+        first = blocks[0]
+        offset = first * bs
+        length = min(len(blocks) * bs, self.manifest.size - offset)
+        started = self.clock()
+        buf = bytearray()
+        index, last = first, blocks[-1]
+        async for chunk in peer.holder.blocks(self.request(offset, length)):
+            buf += chunk
+            peer.stats.received += len(chunk)
+            while index <= last and len(buf) >= (want := self.manifest.span(index)[1]):
+                data = bytes(buf[:want])
+                del buf[:want]
+                await self._deliver(peer, index, data)
+                index += 1
+            if index > last and buf:
+                raise BadBlock(index)  # more bytes than the range holds
+        if index <= last:
+            raise ConnectionClosed(f"the range ended after {index - first} of {len(blocks)} blocks")
+        elapsed = max(self.clock() - started, 1e-3)
+        rate = length / elapsed
+        peer.stats.rate = rate if not peer.stats.rate else 0.5 * peer.stats.rate + 0.5 * rate
+
+    async def _deliver(self, peer: _Peer, index: int, data: bytes) -> None:
+        if index in self.plan.have:
+            return  # the endgame's loser: already here from another peer
+        await self.disk.run(self.part.write_block, index, data)
+        if index in self.plan.have:
+            return
+        peer.stats.blocks += 1
+        self.part.unsynced += len(data)
+        losers = self.plan.finished(peer.stats.name, index)
+        for other in self.peers:
+            if other.stats.name in losers:
+                for task, run in list(other.tasks.items()):
+                    if all(b in self.plan.have for b in run):
+                        task.cancel()  # the endgame's loser
+        self.progress()
+
+
+async def _gather_manifests(
+    holders: Sequence[Holder],
+    keyword: str,
+    file_name: str,
+    listing: Listing | None,
+    timeout: float,
+) -> tuple[ManifestReply | None, list[Holder], dict[str, CheckOutcome]]:
+    """Every holder's manifest, checked; the agreed one, the holders that serve it, and the
+    failed check of each holder refused."""
+
+    async def one(holder: Holder) -> ManifestReply | BaseException:
+        try:
+            async with asyncio.timeout(timeout):
+                return await holder.manifest(keyword, file_name)
+        except (P2PError, OSError, TimeoutError) as exc:
+            return exc
+
+    replies = await asyncio.gather(*(one(h) for h in holders))
+    refused: dict[str, CheckOutcome] = {}
+    good: list[tuple[Holder, ManifestReply]] = []
+    for holder, reply in zip(holders, replies, strict=True):
+        if isinstance(reply, BaseException):
+            refused[holder.name] = CheckOutcome("manifest", False, f"{holder.name}: {reply}")
+            continue
+        failed = check_manifest(
+            reply, holder.name, holder.public_key(), keyword, file_name, listing
+        )
+        if failed is not None:
+            refused[holder.name] = failed
+        else:
+            good.append((holder, reply))
+    if not good:
+        return None, [], refused
+    agreed = good[0][1].manifest.digest()
+    chosen: ManifestReply | None = None
+    serving: list[Holder] = []
+    for holder, reply in good:
+        if reply.manifest.digest() == agreed:
+            chosen = chosen or reply
+            serving.append(holder)
+        else:
+            refused[holder.name] = CheckOutcome(
+                "manifest-digest", False, f"{holder.name} serves a different manifest"
+            )
+    return chosen, serving, refused
+
+
+async def swarm_download(
+    holders: Sequence[Holder],
+    keyword: str,
+    file_name: str,
+    dest: Path,
+    *,
+    listing: Listing | None = None,
+    overwrite: bool = False,
+    on_progress: Callable[[SwarmProgress], None] | None = None,
+    rng: random.Random | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    manifest_timeout: float = 30.0,
+) -> SwarmResult:
+    """Download ``keyword/file_name`` into the share ``dest`` from every holder at once."""
+    reply, serving, refused = await _gather_manifests(
+        holders, keyword, file_name, listing, manifest_timeout
+    )
+    checks: list[CheckOutcome] = list(refused.values())
+    if reply is None:
+        first = next(iter(refused.values()), CheckOutcome("manifest", False, "no holder"))
+        raise DownloadRefused(first.name, first.detail, tuple(checks))
+    manifest = reply.manifest
+    digest = manifest.digest()
+    checks.append(
+        CheckOutcome("manifest", True, f"{manifest.count} blocks of {manifest.block_size} bytes")
+    )
+    disk = DiskWork()
+    root_fd = await disk.run(open_share_root, dest)
+    try:
+        folder = await disk.run(open_keyword_folder, root_fd, dest, keyword)
+        staging = Staging(folder.fd, file_name, dest / folder.name / file_name)
+        try:
+            part = await disk.run(BlockPart.open, staging, keyword, file_name, digest, manifest)
+            try:
+                resumed = part.have.done
+                missing = manifest.size - resumed * manifest.block_size
+                await disk.run(check_room, folder.fd, staging.path, max(0, missing))
+
+                def request(offset: int, length: int) -> RangeRequest:
+                    return RangeRequest(keyword, file_name, digest, offset, length)
+
+                start = (
+                    (rng or random.SystemRandom()).randrange(manifest.count)
+                    if manifest.count
+                    else 0
+                )
+                swarm = _Swarm(part, serving, request, disk, on_progress, clock, start)
+                for name, check in refused.items():
+                    swarm.peers.append(_Peer(_Refused(name), PeerStats(name, dropped=check.detail)))
+                try:
+                    await swarm.run()
+                finally:
+                    for task in list(swarm.task_peer):
+                        task.cancel()
+                    if swarm.task_peer:
+                        await asyncio.wait(swarm.task_peer)
+                    await disk.run(part.checkpoint)
+                peers = tuple(p.stats for p in swarm.peers)
+                if not part.have.complete:
+                    gone = "; ".join(f"{p.name} {p.dropped}" for p in peers if p.dropped)
+                    raise SwarmIncomplete(
+                        "holders",
+                        f"every holder is gone with {manifest.count - part.have.done} of"
+                        f" {manifest.count} blocks missing ({gone}); the verified blocks are"
+                        " kept, download again to resume",
+                        tuple(checks),
+                        partial_kept=True,
+                    )
+                checks.append(CheckOutcome("blocks", True, f"{manifest.count} blocks verified"))
+                whole = await disk.run(part.whole_digest)
+                if whole != manifest.sha256:
+                    await disk.run(staging.discard)
+                    checks.append(CheckOutcome("sha256", False, "the whole file does not match"))
+                    raise DownloadRefused("sha256", "the whole file does not match", tuple(checks))
+                checks.append(CheckOutcome("sha256", True, whole.hex()))
+                present = await disk.run(_install, staging, part.fd, file_name, whole, overwrite)
+            finally:
+                disk.close_when_idle(part.fd)
+        finally:
+            disk.close_when_idle(folder.fd)
+            if folder.created:
+                await disk.run(remove_empty_folder, root_fd, folder.name)
+    finally:
+        disk.close_when_idle(root_fd)
+    return SwarmResult(
+        staging.path,
+        manifest.size,
+        whole,
+        manifest.count,
+        resumed,
+        peers,
+        tuple(checks),
+        present,
+    )
+
+
+def _install(staging: Staging, fd: int, file_name: str, digest: bytes, overwrite: bool) -> bool:
+    return install(staging, fd, file_name, digest, overwrite=overwrite)
+
+
+@dataclass
+class _Refused:
+    """A holder refused before the transfer, listed among the peers with its reason."""
+
+    name: str
+
+    def public_key(self) -> Ed25519PublicKey:  # pragma: no cover - never asked
+        raise DownloadError("refused")
+
+    async def manifest(self, keyword: str, file_name: str) -> ManifestReply:  # pragma: no cover
+        raise DownloadError("refused")
+
+    def blocks(self, request: RangeRequest) -> Any:  # pragma: no cover - never asked
+        raise DownloadError("refused")
+
+
+__all__ = [
+    "BadBlock",
+    "BlockPart",
+    "Holder",
+    "Listing",
+    "PeerHolder",
+    "PeerStats",
+    "SwarmIncomplete",
+    "SwarmProgress",
+    "SwarmResult",
+    "check_manifest",
+    "part_names",
+    "swarm_download",
+]

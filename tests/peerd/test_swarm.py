@@ -1,0 +1,245 @@
+"""Multi-source downloads (peerd/swarm.py) against in-memory holders: bad blocks charged to
+their sender, holders that vanish, a partial resumed without fetching a verified block again,
+and the manifest checks (PROTOCOL.md §7.1); then over real mutual TLS from two peer servers."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from netproto.errors import ConnectionClosed
+from netproto.manifest import (
+    MIN_BLOCK,
+    Manifest,
+    ManifestReply,
+    RangeRequest,
+    manifest_of,
+    publish_signing_payload,
+    sign_publication,
+)
+from peerd.errors import DownloadRefused
+from peerd.swarm import Listing, PeerHolder, SwarmIncomplete, SwarmProgress, swarm_download
+
+CONTENT = os.urandom(12 * MIN_BLOCK + 777)
+MANIFEST = manifest_of(CONTENT)
+TIMEOUT = 20
+
+
+def sha(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+class FakeHolder:
+    """An in-memory holder signing its manifest with its own key; it can lie or vanish."""
+
+    def __init__(
+        self,
+        name: str,
+        content: bytes = CONTENT,
+        *,
+        bad_block: int | None = None,
+        vanish_after: int | None = None,
+        forge: bool = False,
+        manifest: Manifest | None = None,
+        delay: float = 0.0,
+    ) -> None:
+        self.name = name
+        self.content = content
+        self.key = Ed25519PrivateKey.generate()
+        self.bad_block = bad_block
+        self.vanish_after = vanish_after  # blocks served before the connection drops
+        self.forge = forge
+        self.served_manifest = manifest or manifest_of(content)
+        self.delay = delay
+        self.requests: list[tuple[int, int]] = []
+        self.blocks_sent = 0
+
+    def public_key(self) -> Ed25519PublicKey:
+        return self.key.public_key()
+
+    def signature(self, keyword: str, file_name: str, manifest: Manifest) -> bytes:
+        payload = publish_signing_payload(
+            publisher=self.name,
+            keyword=keyword,
+            file_name=file_name,
+            size=manifest.size,
+            sha256=manifest.sha256,
+            manifest_digest=manifest.digest(),
+        )
+        key = Ed25519PrivateKey.generate() if self.forge else self.key
+        return sign_publication(key, payload)
+
+    async def manifest(self, keyword: str, file_name: str) -> ManifestReply:
+        m = self.served_manifest
+        return ManifestReply(m, keyword, self.name, self.signature(keyword, file_name, m))
+
+    async def blocks(self, request: RangeRequest) -> AsyncIterator[bytes]:
+        self.requests.append((request.offset, request.length))
+        bs = MANIFEST.block_size
+        for start in range(request.offset, request.offset + request.length, bs):
+            if self.vanish_after is not None and self.blocks_sent >= self.vanish_after:
+                raise ConnectionClosed("connection reset by peer")
+            await asyncio.sleep(self.delay)
+            block = self.content[start : min(start + bs, request.offset + request.length)]
+            if start // bs == self.bad_block:
+                block = bytes(len(block))
+            self.blocks_sent += 1
+            yield block
+
+    def fetched_blocks(self) -> set[int]:
+        bs = MANIFEST.block_size
+        return {b for off, n in self.requests for b in range(off // bs, -(-(off + n) // bs))}
+
+
+def listing(**overrides: Any) -> Listing:
+    fields: dict[str, Any] = {
+        "size": len(CONTENT),
+        "sha256": sha(CONTENT),
+        "manifest": MANIFEST.digest(),
+    }
+    fields.update(overrides)
+    return Listing(**fields)
+
+
+async def get(holders: list[FakeHolder], dest: Path, **kw: Any) -> Any:
+    async with asyncio.timeout(TIMEOUT):
+        return await swarm_download(holders, "koala", "file.bin", dest, rng=random.Random(7), **kw)
+
+
+async def test_three_honest_holders_each_serve_blocks_and_the_file_is_whole(
+    tmp_path: Path,
+) -> None:
+    holders = [FakeHolder(f"peer{i}", delay=0.002) for i in (1, 2, 3)]
+    seen: list[SwarmProgress] = []
+    result = await get(holders, tmp_path, listing=listing(), on_progress=seen.append)
+    assert (tmp_path / "koala" / "file.bin").read_bytes() == CONTENT
+    assert all(p.blocks > 0 for p in result.peers)
+    assert result.dropped == {}
+    assert seen[-1].done == seen[-1].total == len(CONTENT)
+    assert [c.name for c in result.checks] == ["manifest", "blocks", "sha256"]
+
+
+async def test_a_bad_block_is_charged_to_its_sender_who_is_dropped_and_named(
+    tmp_path: Path,
+) -> None:
+    liar = FakeHolder("mallory", bad_block=None)
+    liar.bad_block = 0  # every block it sends is bad: the first one gets it dropped
+    liar.content = bytes(len(CONTENT))
+    honest = FakeHolder("peer1", delay=0.001)
+    result = await get([liar, honest], tmp_path, listing=listing())
+    assert (tmp_path / "koala" / "file.bin").read_bytes() == CONTENT
+    assert list(result.dropped) == ["mallory"]
+    assert "bad block" in result.dropped["mallory"]
+
+
+async def test_a_holder_killed_mid_transfer_gives_its_blocks_to_the_others(
+    tmp_path: Path,
+) -> None:
+    dying = FakeHolder("peer2", vanish_after=2)
+    other = FakeHolder("peer1", delay=0.003)
+    result = await get([dying, other], tmp_path, listing=listing())
+    assert (tmp_path / "koala" / "file.bin").read_bytes() == CONTENT
+    assert "vanished" in result.dropped["peer2"]
+    assert result.peers[0].blocks + result.peers[1].blocks == MANIFEST.count
+    assert result.peers[1].blocks >= MANIFEST.count - 3  # the window's requests, at most
+
+
+async def test_all_holders_gone_keeps_a_partial_that_a_later_download_completes(
+    tmp_path: Path,
+) -> None:
+    first = [FakeHolder("peer1", vanish_after=3), FakeHolder("peer2", vanish_after=2)]
+    with pytest.raises(SwarmIncomplete) as info:
+        await get(first, tmp_path, listing=listing())
+    assert info.value.partial_kept and info.value.check == "holders"
+    assert "peer1" in str(info.value) and "peer2" in str(info.value)
+    assert not (tmp_path / "koala" / "file.bin").exists()
+    later = FakeHolder("peer3")
+    result = await get([later], tmp_path, listing=listing())
+    assert (tmp_path / "koala" / "file.bin").read_bytes() == CONTENT
+    assert result.resumed_blocks >= 2
+    assert len(later.fetched_blocks()) == MANIFEST.count - result.resumed_blocks
+
+
+async def test_a_resume_fetches_nothing_that_was_already_verified(tmp_path: Path) -> None:
+    cut = FakeHolder("peer1", vanish_after=7)
+    with pytest.raises(SwarmIncomplete):
+        await get([cut], tmp_path, listing=listing())
+    again = FakeHolder("peer1")
+    result = await get([again], tmp_path, listing=listing())
+    verified_before = set(range(MANIFEST.count)) - again.fetched_blocks()
+    assert len(verified_before) == result.resumed_blocks >= 6
+    assert verified_before <= cut.fetched_blocks()
+    assert (tmp_path / "koala" / "file.bin").read_bytes() == CONTENT
+
+
+async def test_a_forged_publisher_signature_is_refused_and_named(tmp_path: Path) -> None:
+    with pytest.raises(DownloadRefused) as info:
+        await get([FakeHolder("peer1", forge=True)], tmp_path, listing=listing())
+    assert info.value.check == "publisher-signature"
+    assert not (tmp_path / "koala").exists()
+
+
+async def test_an_index_listing_a_wrong_manifest_digest_is_refused_and_named(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(DownloadRefused) as info:
+        await get([FakeHolder("peer1")], tmp_path, listing=listing(manifest=bytes(32)))
+    assert info.value.check == "index-manifest"
+
+
+async def test_a_holder_serving_a_different_manifest_is_refused_and_named(tmp_path: Path) -> None:
+    other = manifest_of(CONTENT[::-1])
+    with pytest.raises(DownloadRefused) as info:
+        await get([FakeHolder("peer2", manifest=other)], tmp_path, listing=listing())
+    assert info.value.check == "index-digest"
+    odd = FakeHolder("peer3", manifest=other)
+    result = await get([FakeHolder("peer1"), odd], tmp_path)  # no listing: the first one's
+    assert (tmp_path / "koala" / "file.bin").read_bytes() == CONTENT
+    assert "different manifest" in result.dropped["peer3"]
+    assert "manifest-digest" in [c.name for c in result.checks if c.passed is False]
+    assert odd.requests == []
+
+
+async def test_an_empty_file_downloads_with_no_blocks(tmp_path: Path) -> None:
+    result = await get([FakeHolder("peer1", b"")], tmp_path)
+    assert (tmp_path / "koala" / "file.bin").read_bytes() == b""
+    assert result.blocks == 0
+
+
+# --- over real mutual TLS ----------------------------------------------------------------------
+
+
+async def test_two_real_peers_serve_one_download_with_signed_manifests(
+    peer_rig: Any, tmp_path: Path
+) -> None:
+    content = os.urandom(5 * MIN_BLOCK + 99)
+    for name in ("peer1", "peer3"):
+        folder = tmp_path / name / "koala"
+        folder.mkdir(parents=True)
+        (folder / "file.bin").write_bytes(content)
+    servers = [await peer_rig.serve(tmp_path / n, n) for n in ("peer1", "peer3")]
+    async with asyncio.timeout(TIMEOUT):
+        clients = [
+            await peer_rig.connect(s.port, domain_name=n)
+            for s, n in zip(servers, ("peer1", "peer3"), strict=True)
+        ]
+        holders = [PeerHolder(c, "koala", "file.bin") for c in clients]
+        manifest = (await clients[0].manifest("koala", "file.bin")).manifest
+        result = await swarm_download(
+            holders,
+            "koala",
+            "file.bin",
+            tmp_path / "mine",
+            listing=Listing(len(content), sha(content), manifest.digest()),
+        )
+    assert (tmp_path / "mine" / "koala" / "file.bin").read_bytes() == content
+    assert result.dropped == {}
+    assert sum(p.blocks for p in result.peers) == manifest.count
