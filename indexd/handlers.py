@@ -444,6 +444,7 @@ class IndexService:
         ):
             raise Forbidden(f"a user may list at most {s.max_files_per_user} files")
         now = self.clock()
+        self.sync_rate.take(user, now)  # a delta is a sync: the same per-user rate (§4.3)
         change = ListingChange(user, name, req.files, req.removed, now)
         # The new version is taken now, so a second delta against the same base cannot apply.
         version = self.versions[name] = _new_version()

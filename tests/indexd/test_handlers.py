@@ -47,6 +47,7 @@ from netproto.operations import (
     SearchHit,
     SearchRequest,
     SharedFile,
+    SyncDeltaRequest,
     SyncPart,
     SyncRequest,
     search_reply_from_wire,
@@ -644,6 +645,22 @@ async def test_syncs_are_rate_limited_per_user_and_parts_after_the_first_are_fre
         await service.handle_sync(ctx("bob", peer="peer2"), _sync("peer2", []))
         clock.now += limited.value.retry_after
         await service.handle_sync(ctx("alice", peer="peer1"), _sync("peer1", []))
+
+
+async def test_an_incremental_sync_counts_against_the_same_per_user_sync_rate(
+    pki: Any, db: Path, clock: Clock
+) -> None:
+    async with opened(pki, db, clock, sync_rate=BucketPolicy(burst=2, interval=30.0)) as service:
+        await _users(service, "alice")
+        me = ctx("alice", peer="peer1")
+        reply = await service.handle_sync(me, _sync("peer1", [_file("k", "a")]))
+        delta = SyncDeltaRequest("peer1", 7001, reply.version or 0, (_file("k", "b"),))
+        reply = await service.handle_sync_delta(me, delta)
+        with pytest.raises(RateLimited):
+            again = SyncDeltaRequest("peer1", 7001, reply.version or 0, (_file("k", "c"),))
+            await service.handle_sync_delta(me, again)
+        clock.now += 30.0
+        assert (await service.handle_sync_delta(me, again)).files == 3
 
 
 # --- issue 12: listing pages ------------------------------------------------------------------
