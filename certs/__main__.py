@@ -1,4 +1,4 @@
-"""Command line for the PKI tool: ``python -m certs {ca,issue,init,show} ...``."""
+"""Command line for the PKI tool: ``python -m certs {ca,issue,init,show,fingerprint} ...``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from certs import pki
+from certs.requests import ca_fingerprint
 from runner import CommandError, ExitCode, run_command
 
 
@@ -108,6 +109,10 @@ def _cmd_show(args: argparse.Namespace, out: TextIO) -> None:
         print(f"{label + ':':<{width}} {value}", file=out)
 
 
+def _cmd_fingerprint(args: argparse.Namespace, out: TextIO) -> None:
+    print(ca_fingerprint(pki.load_cert(args.file)), file=out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for all subcommands."""
     parser = argparse.ArgumentParser(
@@ -159,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="print a certificate's names, validity and fingerprint")
     show.add_argument("file", type=Path, metavar="FILE")
     show.set_defaults(run=_cmd_show)
+
+    fingerprint = sub.add_parser(
+        "fingerprint",
+        help="print the CA fingerprint newcomers pass to peerd --ca-fingerprint (SHA256:<hex>)",
+    )
+    fingerprint.add_argument("file", type=Path, metavar="FILE", help="the CA certificate")
+    fingerprint.set_defaults(run=_cmd_fingerprint)
     return parser
 
 

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from certs.requests import DEFAULT_CERT_TTL
 from indexd.app import DEFAULT_PORT, DEFAULT_TOKEN_TTL, IndexConfig, IndexDaemon
 from indexd.handlers import (
     DEFAULT_MAX_DOMAINS_PER_USER,
@@ -60,6 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cert", type=Path, required=True, help="the index's certificate (PEM)")
     parser.add_argument("--key", type=Path, required=True, help="its Ed25519 private key (PEM)")
     parser.add_argument("--ca", type=Path, required=True, help="the deployment's CA certificate")
+    parser.add_argument(
+        "--ca-key",
+        type=Path,
+        default=None,
+        help="the CA's private key: with it the index enrolls peers (PROTOCOL.md §10)",
+    )
+    parser.add_argument(
+        "--cert-ttl",
+        type=_number(float, 60, 90 * 86400),
+        default=DEFAULT_CERT_TTL,
+        metavar="S",
+        help="lifetime of certificates issued at enrollment in seconds (%(default)s)",
+    )
     parser.add_argument(
         "--token-ttl",
         type=_number(float, 10, 86400),
@@ -185,6 +199,8 @@ def config_from_args(args: argparse.Namespace) -> IndexConfig:
         max_domains_per_user=args.max_domains_per_user,
         max_files_per_user=args.max_files_per_user,
         sync_rate=BucketPolicy(burst=args.sync_burst, interval=args.sync_interval),
+        ca_key=args.ca_key,
+        cert_ttl=args.cert_ttl,
     )
 
 
@@ -196,12 +212,21 @@ async def serve(config: IndexConfig) -> None:
         await daemon.start()
         # Tests and scripts that pass --port 0 read the real port from this line.
         print(f"indexd listening on {config.host}:{daemon.port}", flush=True)
+        assert daemon.enrollment is not None
+        # What newcomers pass to peerd --ca-fingerprint (PROTOCOL.md §10).
+        print(f"CA fingerprint: {daemon.enrollment.authority.fingerprint}", flush=True)
 
     await run_until_signalled(start, daemon.stop)
 
 
 def main(argv: Sequence[str] | None = None) -> ExitCode:
-    """Entry point of ``indexd``: OK after a clean shutdown, FAILURE if it cannot start."""
+    """Entry point of ``indexd``: OK after a clean shutdown, FAILURE if it cannot start;
+    ``indexd admin ...`` runs the operator's commands (:mod:`indexd.admin`)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["admin"]:
+        from indexd.admin import main as admin_main
+
+        return admin_main(args[1:])
 
     def command() -> None:
         args = parse_with_config(build_parser(), argv, "indexd")

@@ -22,6 +22,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import certs
+from certs.requests import DEFAULT_CERT_TTL
+from indexd.enroll import DEFAULT_REFRESH_INTERVAL, Enrollment, load_authority
 from indexd.handlers import (
     DEFAULT_MAX_DOMAINS_PER_USER,
     DEFAULT_MAX_FILES_PER_USER,
@@ -68,6 +70,11 @@ class IndexConfig:
     max_files_per_user: int = DEFAULT_MAX_FILES_PER_USER
     sync_rate: BucketPolicy = field(default_factory=BucketPolicy)
     staging: StagingLimits = field(default_factory=StagingLimits)
+    #: The CA's key: with it the index enrolls peers (PROTOCOL.md §10); None: it does not.
+    ca_key: Path | None = None
+    cert_ttl: float = DEFAULT_CERT_TTL
+    #: How often revocations and disabled users are read from the database (``indexd admin``).
+    revocation_refresh: float = DEFAULT_REFRESH_INTERVAL
 
 
 @dataclass(frozen=True)
@@ -117,6 +124,8 @@ class IndexDaemon:
         self._store: SqliteIndexStore | None = None
         self._server: Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self.enrollment: Enrollment | None = None
+        self._refresher: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -137,6 +146,7 @@ class IndexDaemon:
         config = self.config
         loop = asyncio.get_running_loop()
         self.identity = identity = load_identity(config.cert, config.key, config.ca)
+        authority = load_authority(config.ca, config.ca_key, config.cert_ttl)
         try:
             self._store = await loop.run_in_executor(None, open_store, config.db)
             limits = config.limits
@@ -156,11 +166,21 @@ class IndexDaemon:
             issuer = TokenIssuer(identity.key, identity.name, config.token_ttl)
             self.service = IndexService(self._store, issuer, hasher, settings, clock=self.clock)
             await self.service.open()
+            self.enrollment = Enrollment(
+                self.service,
+                self._store,
+                authority,
+                identity.cert,
+                refresh_interval=config.revocation_refresh,
+                clock=self.clock,
+            )
+            await self.enrollment.open()
+            log.info("CA fingerprint: %s", authority.fingerprint)
             # Index tokens only, bound to the connection's certificate if bound at all; ended
             # sessions are checked by the handlers (a bye elsewhere ends them at once).
             verifier = TokenVerifier(identity.cert, audience=INDEX_AUDIENCE)
             self._server = Server(
-                self.service.operations(),
+                {**self.service.operations(), **self.enrollment.operations()},
                 identity.ssl_context,
                 authenticate=verifier.verify_presented,
                 limits=limits,
@@ -177,6 +197,7 @@ class IndexDaemon:
             await self.stop()
             raise
         self._sweeper = asyncio.create_task(self._sweep())
+        self._refresher = asyncio.create_task(self.enrollment.run())
 
     async def _sweep(self) -> None:
         while True:
@@ -191,6 +212,11 @@ class IndexDaemon:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+            self._refresher = None
         if self._server is not None:
             await self._server.close(grace)
             self._server = None

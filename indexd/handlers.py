@@ -189,6 +189,9 @@ class IndexService:
         self._committing: Counter[str] = Counter()  # files per user in commits under way
         #: Sessions ended by ``bye``, until their last token expires (PROTOCOL.md §8).
         self.revoked: dict[str, float] = {}
+        #: Checks every token-bearing request passes besides its token: refusals of disabled
+        #: users and revoked certificates (:mod:`indexd.enroll`, PROTOCOL.md §10).
+        self.gates: list[Callable[[RequestContext, Principal], None]] = []
         self._writes = ThreadPoolExecutor(1, thread_name_prefix="indexd-store-write")
         self._reads = ThreadPoolExecutor(1, thread_name_prefix="indexd-store-read")
         # Numbered on the write thread, so the order of generations is the order of commits.
@@ -288,6 +291,8 @@ class IndexService:
         self.binding.check(principal, ctx.peer_cert)
         if self.revoked and principal.session_id in self.revoked:
             raise TokenInvalid("this session has ended (bye); log in again")
+        for gate in self.gates:
+            gate(ctx, principal)
         return principal
 
     @staticmethod

@@ -45,6 +45,21 @@ class StaleListing(StoreError):
     """The peer has no listing to change (never synced, or withdrawn): send it whole."""
 
 
+class UserDisabled(StoreError):
+    """The user was disabled by the operator (``indexd admin disable-user``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCertificate:
+    """A certificate the index issued at enrollment (PROTOCOL.md §10), as recorded."""
+
+    serial: str
+    username: str
+    domain_name: str
+    issued_at: float
+    not_after: float
+
+
 def keyword_key(keyword: str) -> str:
     """The form keywords are matched in: case-folded (PROTOCOL.md §4, search)."""
     return keyword.casefold()
@@ -233,7 +248,26 @@ def _migrate_to_2(db: sqlite3.Connection) -> None:
     )
 
 
-_MIGRATIONS = (_migrate_to_1, _migrate_to_2)
+def _migrate_to_3(db: sqlite3.Connection) -> None:
+    # Enrollment (PROTOCOL.md §10): the certificates the index issued, with whom and which
+    # name each is for (the name is the user's from then on), revoked ones marked; and users
+    # the operator disabled (indexd admin).
+    db.execute("ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0")
+    db.execute(
+        """CREATE TABLE certificates (
+            serial TEXT PRIMARY KEY,
+            username TEXT NOT NULL REFERENCES users(username),
+            domain_name TEXT NOT NULL,
+            issued_at REAL NOT NULL,
+            not_after REAL NOT NULL,
+            revoked_at REAL
+        ) WITHOUT ROWID"""
+    )
+    db.execute("CREATE INDEX certificates_by_domain ON certificates(domain_name)")
+    db.execute("CREATE INDEX certificates_by_user ON certificates(username)")
+
+
+_MIGRATIONS = (_migrate_to_1, _migrate_to_2, _migrate_to_3)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
@@ -455,7 +489,10 @@ class SqliteIndexStore:
 
     def password_hash(self, username: str) -> bytes | None:
         """The user's bcrypt hash, or None."""
-        rows = self._query("SELECT password_hash FROM users WHERE username = ?", (username,))
+        # A disabled user has no password that works: auth fails like an unknown user's.
+        rows = self._query(
+            "SELECT password_hash FROM users WHERE username = ? AND NOT disabled", (username,)
+        )
         return bytes(rows[0][0]) if rows else None
 
     def peer(self, domain_name: str) -> PeerRecord | None:
@@ -536,6 +573,90 @@ class SqliteIndexStore:
         if current is not None:
             hits.append(StoredHit(current, tuple(files)))
         return hits
+
+    # -- enrollment (PROTOCOL.md §10) ----------------------------------------------------
+
+    def record_certificate(self, cert: IssuedCertificate) -> None:
+        """Record an issued certificate; its name becomes (or stays) the user's. Durable.
+
+        Raises :class:`UnknownUser`, :class:`UserDisabled`, or :class:`PeerOwned` if another
+        user owns the name (synced or enrolled).
+        """
+        db = self._write
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute(
+                "SELECT disabled FROM users WHERE username = ?", (cert.username,)
+            ).fetchone()
+            if row is None:
+                raise UnknownUser(cert.username)
+            if row[0]:
+                raise UserDisabled(cert.username)
+            owners = db.execute(
+                "SELECT owner FROM peers WHERE domain_name = ?"
+                " UNION SELECT username FROM certificates WHERE domain_name = ?",
+                (cert.domain_name, cert.domain_name),
+            ).fetchall()
+            if any(owner != cert.username for (owner,) in owners):
+                raise PeerOwned(cert.domain_name)
+            db.execute(
+                "INSERT INTO certificates (serial, username, domain_name, issued_at, not_after)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (cert.serial, cert.username, cert.domain_name, cert.issued_at, cert.not_after),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def enrolled_names(self) -> dict[str, str]:
+        """Every name a certificate was issued for, and its user."""
+        rows = self._query("SELECT DISTINCT domain_name, username FROM certificates")
+        return {str(name): str(user) for name, user in rows}
+
+    def certificates(self) -> list[IssuedCertificate]:
+        """Every certificate recorded, in issue order."""
+        rows = self._query(
+            "SELECT serial, username, domain_name, issued_at, not_after FROM certificates"
+            " ORDER BY issued_at, serial"
+        )
+        return [IssuedCertificate(s, u, d, float(i), float(n)) for s, u, d, i, n in rows]
+
+    def revocations(self, now: float) -> tuple[frozenset[str], frozenset[str]]:
+        """The disabled users, and the serials revoked and not yet expired at ``now``."""
+        users = self._query("SELECT username FROM users WHERE disabled")
+        serials = self._query(
+            "SELECT serial FROM certificates WHERE revoked_at IS NOT NULL AND not_after > ?",
+            (now,),
+        )
+        return frozenset(u for (u,) in users), frozenset(s for (s,) in serials)
+
+    def revoke_certificates(
+        self,
+        now: float,
+        *,
+        serial: str | None = None,
+        username: str | None = None,
+        domain_name: str | None = None,
+    ) -> int:
+        """Revoke the unrevoked certificates matching every criterion given; how many."""
+        if serial is None and username is None and domain_name is None:
+            raise ValueError("revoke what? a serial, a user or a domain name")
+        cursor = self._write.execute(
+            "UPDATE certificates SET revoked_at = :now WHERE revoked_at IS NULL"
+            " AND (:serial IS NULL OR serial = :serial)"
+            " AND (:user IS NULL OR username = :user)"
+            " AND (:domain IS NULL OR domain_name = :domain)",
+            {"now": now, "serial": serial, "user": username, "domain": domain_name},
+        )
+        return cursor.rowcount
+
+    def set_user_disabled(self, username: str, disabled: bool) -> bool:
+        """Disable (or enable again) a user; False if there is no such user."""
+        cursor = self._write.execute(
+            "UPDATE users SET disabled = ? WHERE username = ?", (int(disabled), username)
+        )
+        return cursor.rowcount > 0
 
 
 def _peer(row: tuple[Any, ...]) -> PeerRecord:

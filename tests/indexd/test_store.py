@@ -53,7 +53,7 @@ def test_new_database_is_wal_with_full_sync_at_current_schema(tmp_path: Path) ->
         db = store._write
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-        assert store.schema_version == SCHEMA_VERSION == 2
+        assert store.schema_version == SCHEMA_VERSION == 3
     finally:
         store.close()
 
@@ -219,11 +219,13 @@ def test_a_schema_1_database_is_migrated_with_its_listings_kept(tmp_path: Path) 
     store.add_user("alice", b"h", 1.0)
     store.replace_listing(_listing("alice", "peer1", [_file("k", "a")]))
     store._write.execute("DROP TABLE revoked_sessions")
+    store._write.execute("DROP TABLE certificates")
+    store._write.execute("ALTER TABLE users DROP COLUMN disabled")
     store._write.execute("PRAGMA user_version = 1")
     store.close()
     store = SqliteIndexStore(path)
     try:
-        assert store.schema_version == 2
+        assert store.schema_version == SCHEMA_VERSION
         assert [r.domain_name for r, _ in store.iter_listings()] == ["peer1"]
         store.revoke_session("s", 10.0)
         assert store.revoked_sessions(0.0) == {"s": 10.0}
