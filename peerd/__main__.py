@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from certs.requests import parse_fingerprint
 from peerd.client import DEFAULT_INDEX_PORT, parse_host_port
 from peerd.control import default_state_dir
 from peerd.daemon import (
@@ -29,6 +30,7 @@ from peerd.daemon import (
     PeerDaemon,
 )
 from peerd.download import DEFAULT_MAX_DOWNLOAD_SIZE, DownloadLimits
+from peerd.enrollment import StateFiles
 from peerd.pacing import DEFAULT_MIN_RATE, DEFAULT_RATE_WINDOW, PacePolicy, format_rate
 from peerd.server import DEFAULT_MAX_FETCHES, DEFAULT_MAX_FETCHES_PER_REQUESTER
 from peerd.staging import DEFAULT_PARTIAL_MAX_AGE
@@ -189,17 +191,30 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="the shared folder: DIR/<keyword>/<file>; downloads land there too",
     )
-    add("-certificate", "--certificate", type=Path, required=True, help="this peer's certificate")
+    add(
+        "-certificate",
+        "--certificate",
+        type=Path,
+        default=None,
+        help="this peer's certificate (without it: enroll at the index, see --ca-fingerprint)",
+    )
     add(
         "-private_key",
         "--private-key",
         "--private_key",
         dest="private_key",
         type=Path,
-        required=True,
+        default=None,
         help="this peer's Ed25519 private key",
     )
-    add("--ca", type=Path, required=True, help="the deployment's CA certificate")
+    add("--ca", type=Path, default=None, help="the deployment's CA certificate")
+    add(
+        "--ca-fingerprint",
+        default=None,
+        metavar="SHA256:HEX",
+        help="join by enrollment: the CA the index must present (python -m certs fingerprint"
+        " ca.crt); the key, certificate and CA are then kept in --state-dir",
+    )
     add(
         "--index-tls-name",
         default=None,
@@ -236,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="DIR",
-        help="where the control socket of the one-shot commands lives (default:"
+        help="where the control socket and an enrolled identity live (default:"
         " $XDG_STATE_HOME/p2pshare/HOSTNAME, else ~/.local/state/p2pshare/HOSTNAME)",
     )
     add(
@@ -298,6 +313,20 @@ def config_from_args(args: argparse.Namespace, password: str) -> PeerConfig:
         host, port = parse_host_port(args.index_server_name, DEFAULT_INDEX_PORT)
     except ValueError as exc:
         raise UsageError(f"-index_server_name: {exc}") from None
+    state_dir = args.state_dir or default_state_dir(args.hostname)
+    given = [f for f in (args.certificate, args.private_key, args.ca) if f is not None]
+    if given and len(given) < 3:
+        raise UsageError("-certificate, -private_key and --ca go together (or none: enroll)")
+    fingerprint = None
+    if args.ca_fingerprint is not None:
+        if given:
+            raise UsageError("--ca-fingerprint is for enrollment, without -certificate")
+        try:
+            fingerprint = parse_fingerprint(args.ca_fingerprint)
+        except ValueError as exc:
+            raise UsageError(f"--ca-fingerprint: {exc}") from None
+    state = StateFiles(state_dir)
+    cert, key, ca = given if given else (state.cert, state.key, state.ca)
     return PeerConfig(
         domain_name=args.hostname,
         index_host=host,
@@ -305,9 +334,9 @@ def config_from_args(args: argparse.Namespace, password: str) -> PeerConfig:
         username=args.username,
         password=password,
         file_directory=args.file_directory,
-        cert=args.certificate,
-        key=args.private_key,
-        ca=args.ca,
+        cert=cert,
+        key=key,
+        ca=ca,
         port=args.peer_server_port,
         bind=args.bind,
         index_tls_name=args.index_tls_name,
@@ -320,9 +349,11 @@ def config_from_args(args: argparse.Namespace, password: str) -> PeerConfig:
         download_limits=DownloadLimits(args.max_download_size, pace_from_args(args)),
         partial_max_age=args.partial_max_age * 86400,
         limits=limits_from_args(args),
-        state_dir=args.state_dir or default_state_dir(args.hostname),
+        state_dir=state_dir,
         watch=not args.no_watch,
         rescan_interval=args.rescan_interval,
+        enroll=not given,
+        ca_fingerprint=fingerprint,
     )
 
 

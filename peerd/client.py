@@ -22,6 +22,7 @@ from typing import Any, Self, TypeVar
 from cryptography import x509
 
 from netproto.client import Connection, ResponseStream
+from netproto.enrollment import EnrollReply, EnrollRequest, RevokedReply
 from netproto.errors import (
     AuthRequired,
     BadRequest,
@@ -230,6 +231,19 @@ class IndexClient:
             reply.expires_at,
         )
         return reply
+
+    async def enroll(self, domain_name: str, csr: bytes, token: str | None = None) -> EnrollReply:
+        """A certificate for ``domain_name`` from a DER PKCS#10 request (PROTOCOL.md §10)."""
+        body = EnrollRequest(domain_name, csr).to_wire()
+        reply = await self.conn.request("enroll", body, _token(token or self.token))
+        return parse_reply(EnrollReply.from_wire, reply, "the index's enroll reply")
+
+    async def revoked(self, token: str | None = None) -> frozenset[str]:
+        """The serials the index says are revoked and not yet expired (PROTOCOL.md §10)."""
+        reply = await self.conn.request("revoked", {}, _token(token or self.token))
+        return frozenset(
+            parse_reply(RevokedReply.from_wire, reply, "the index's revoked reply").serials
+        )
 
     async def sync(
         self,

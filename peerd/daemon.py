@@ -38,6 +38,13 @@ from peerd.client import IndexClient, PeerClient, index_tls_name
 from peerd.clock import SYSTEM_CLOCK, Clock
 from peerd.control import ControlServer, ControlService, ControlSocketInUse
 from peerd.download import DownloadLimits, DownloadResult, ProgressCallback, download
+from peerd.enrollment import (
+    DEFAULT_REVOCATION_INTERVAL,
+    CertificateRenewer,
+    RevocationList,
+    StateFiles,
+    ensure_identity,
+)
 from peerd.errors import SessionError, ShareError
 from peerd.index_session import (
     DEFAULT_PING_INTERVAL,
@@ -103,6 +110,13 @@ class PeerConfig:
     watch: bool = False
     rescan_interval: float = DEFAULT_RESCAN_INTERVAL
     watch_delay: float = DEFAULT_DELAY
+    #: The identity is the state directory's, enrolled at the index and renewed there
+    #: (PROTOCOL.md §10): ``cert``, ``key`` and ``ca`` are its files.
+    enroll: bool = False
+    #: What the CA must hash to before anything else is sent (``--ca-fingerprint``).
+    ca_fingerprint: str | None = None
+    #: At most this long between refreshes of the index's revoked serials.
+    revocation_interval: float = DEFAULT_REVOCATION_INTERVAL
 
 
 def _identity(config: PeerConfig) -> tuple[x509.Certificate, Ed25519PrivateKey]:
@@ -222,6 +236,12 @@ class PeerDaemon:
         self._sync_lock = asyncio.Lock()
         #: The last sync the watcher made that changed the listing.
         self.last_auto_sync: SyncReport | None = None
+        #: Serials the index revoked: their holders are refused (PROTOCOL.md §10).
+        self.revocations = RevocationList(
+            self.session, interval=config.revocation_interval, clock=clock
+        )
+        self.renewer: CertificateRenewer | None = None
+        self._enrollment_tasks: list[asyncio.Task[None]] = []
 
     # --- what the shell and scripts use (the PeerSession protocol) --------------------
 
@@ -362,6 +382,8 @@ class PeerDaemon:
             message, cause = self._invalid[0]
             raise StartupError(message) from cause
         config = self.config
+        if config.enroll:
+            await self._enroll()
         _, key = _identity(config)
         try:
             self.client_context = client_context(config.ca, config.cert, config.key)
@@ -395,6 +417,7 @@ class PeerDaemon:
             self.session.maintain(self.scan_share, lambda: self.port),
             name=f"peerd {self.domain_name}",
         )
+        self._start_enrollment_upkeep()
         if config.state_dir is not None:
             await self._start_control(config.state_dir)
         if config.watch:
@@ -409,6 +432,44 @@ class PeerDaemon:
                 self.watcher.run(), name=f"peerd {self.domain_name} watcher"
             )
         log.info("%s serving %d files on port %d", self.domain_name, len(self.shared), self.port)
+
+    async def _enroll(self) -> None:
+        """Enroll at the index unless the state directory holds a valid identity."""
+        config = self.config
+        await ensure_identity(
+            StateFiles(config.cert.parent),
+            host=config.index_host,
+            port=config.index_port,
+            server_hostname=self.index_tls_name,
+            domain_name=self.domain_name,
+            username=self.username,
+            password=config.password,
+            register=config.register,
+            fingerprint=config.ca_fingerprint,
+            connect_timeout=config.connect_timeout,
+            request_timeout=config.request_timeout,
+            clock=self.clock,
+        )
+
+    def _start_enrollment_upkeep(self) -> None:
+        """Refresh the revoked serials; renew an enrolled certificate when it is due."""
+        tasks = [self.revocations.run()]
+        if self.config.enroll:
+            self.renewer = CertificateRenewer(
+                StateFiles(self.config.cert.parent),
+                self.session,
+                self._reload_certificate,
+                clock=self.clock,
+            )
+            tasks.append(self.renewer.run())
+        self._enrollment_tasks = [asyncio.create_task(t) for t in tasks]
+
+    def _reload_certificate(self) -> None:
+        """New connections present the renewed certificate (the key stays the same)."""
+        config = self.config
+        for context in (self.client_context, self._server_ctx):
+            if context is not None:
+                context.load_cert_chain(config.cert, config.key)
 
     async def _start_control(self, state_dir: Path) -> None:
         """Open the control socket (PROTOCOL.md §9); without it the peer runs on, warned."""
@@ -478,6 +539,11 @@ class PeerDaemon:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._maintainer
             self._maintainer = None
+        for task in self._enrollment_tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._enrollment_tasks = []
         await self.session.bye(_BYE_TIMEOUT)
         await self._close(grace)
 
@@ -514,6 +580,8 @@ class PeerDaemon:
         if principal.thumbprint is None:
             raise TokenInvalid("token not bound to a client certificate")
         self.session.verifier.check_binding(principal, cert)
+        if self.revocations.is_revoked(cert):
+            raise TokenInvalid("the client certificate is revoked")
 
     def _authenticate_presented(self, token: str, cert: x509.Certificate | None) -> Principal:
         """:meth:`_authenticate` and :meth:`_check_binding`: the server's authenticator, so a

@@ -192,6 +192,11 @@ class IndexSession:
         self.lock = asyncio.Lock()
 
     @property
+    def ping_every(self) -> float:
+        """Seconds between pings: under a third of the index's peer TTL once it is known."""
+        return self._interval
+
+    @property
     def connected(self) -> bool:
         """True while the connection to the index is up."""
         return self.index is not None and not self.index.closed
