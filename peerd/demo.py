@@ -2,8 +2,10 @@
 
 It makes a throwaway PKI and sample shares under a git-ignored folder (``demo/``), starts
 ``indexd`` and two peers (``peer1``, ``peer2``) in the background, each on a free port, and
-opens the shell as ``peer3`` in the foreground. Leaving the shell — ``quit``, end of input,
-Ctrl-C at the prompt, SIGTERM, or an error — stops every process the demo started.
+opens the shell as ``peer3`` in the foreground. ``peer3`` has no certificate of its own: it
+joins by enrollment (PROTOCOL.md §10), with only the CA fingerprint the index printed.
+Leaving the shell — ``quit``, end of input, Ctrl-C at the prompt, SIGTERM, or an error — stops
+every process the demo started.
 
 The demo uses bcrypt cost 4 so logins are instant (the default, 12, takes ~0.25 s a login);
 the password is random per run and travels in ``P2P_PASSWORD``, never in a command line.
@@ -50,6 +52,7 @@ _RUN_STATE = (
     "index.db",
     "index.db-wal",
     "index.db-shm",
+    "state",
     *(f"{n}-files" for n in NAMES[1:]),
 )
 
@@ -210,7 +213,7 @@ class Demo:
             else:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
-        init_pki(self.pki, NAMES, overwrite=True)
+        init_pki(self.pki, NAMES[:3], overwrite=True)  # peer3 enrolls at the index
         (self.root / "logs").mkdir()
         for peer, files in _TEXT_FILES.items():
             for rel, text in files.items():
@@ -224,7 +227,7 @@ class Demo:
         _write_random(share2 / _BIG_NAME, self.big_size)
         self.say(
             f"fresh throwaway PKI in {self.pki} (a CA and certificates for"
-            f" {', '.join(NAMES)}); sample shares in {self.root}/peer*-files"
+            f" {', '.join(NAMES[:3])}); sample shares in {self.root}/peer*-files"
         )
         self.say(
             f"peer2 shares {_BIG_NAME}: {self.big_size / 1e6:.1f} MB of random bytes made just now"
@@ -249,7 +252,16 @@ class Demo:
         self.background.append(background)
         return background
 
-    def _peer_argv(self, name: str, index_port: int) -> list[str]:
+    def _peer_argv(self, name: str, index_port: int, fingerprint: str | None = None) -> list[str]:
+        """A peer's command line: with its certificate, or joining by ``fingerprint``."""
+        if fingerprint is None:
+            identity = [
+                "-certificate", str(self.pki / f"{name}.crt"),
+                "-private_key", str(self.pki / f"{name}.key"),
+                "--ca", str(self.pki / "ca.crt"),
+            ]  # fmt: skip
+        else:
+            identity = ["--ca-fingerprint", fingerprint]
         return [
             "-m", "peerd",
             "-hostname", name,
@@ -257,16 +269,14 @@ class Demo:
             "-peer_server_port", "0",
             "-username", name,
             "-file_directory", str(self.root / f"{name}-files"),
-            "-certificate", str(self.pki / f"{name}.crt"),
-            "-private_key", str(self.pki / f"{name}.key"),
-            "--ca", str(self.pki / "ca.crt"),
+            *identity,
             "--bind", "127.0.0.1",
             "--register",
             "--state-dir", str(self.root / "state" / name),
         ]  # fmt: skip
 
-    def start_daemons(self) -> int:
-        """Start indexd, then peer1 and peer2; returns the index's port."""
+    def start_daemons(self) -> tuple[int, str]:
+        """Start indexd, then peer1 and peer2; the index's port and CA fingerprint."""
         index = self.spawn(
             "indexd",
             [
@@ -277,10 +287,12 @@ class Demo:
                 "--cert", str(self.pki / "indexd.crt"),
                 "--key", str(self.pki / "indexd.key"),
                 "--ca", str(self.pki / "ca.crt"),
+                "--ca-key", str(self.pki / "ca.key"),
                 "--bcrypt-cost", str(BCRYPT_COST),
             ],
         )  # fmt: skip
         port = int(index.wait_ready(r"indexd listening on [^\s]+:(\d+)").group(1))
+        fingerprint = index.wait_ready(r"CA fingerprint: (SHA256:[0-9a-f]{64})").group(1)
         self.say(
             f"indexd  pid {index.proc.pid:<7} 127.0.0.1:{port}  (bcrypt cost {BCRYPT_COST} for a"
             " quick demo; the default is 12)"
@@ -294,16 +306,22 @@ class Demo:
                 f"{peer.name:<7} pid {peer.proc.pid:<7} 127.0.0.1:{match.group(2):<6}"
                 f" {match.group(1)} files shared"
             )
-        return port
+        return port, fingerprint
 
-    def run_shell(self, index_port: int) -> int:
-        """The shell as peer3, in the foreground, on this terminal (or this script)."""
+    def run_shell(self, index_port: int, fingerprint: str) -> int:
+        """The shell as peer3, joining by enrollment, in the foreground, on this terminal (or
+        this script)."""
+        self.say(
+            f"peer3 joins with no certificate of its own: peerd ... --ca-fingerprint"
+            f" {fingerprint} (it checks the index's CA against it, then enrolls)"
+        )
         self.say(
             f"logs in {self.root}/logs; opening the shell as peer3 (try: search koala,"
             " get koala joey.txt, 2, help); quit stops everything"
         )
         env = {**self.env(), HISTORY_ENV: str(self.root / ".history")}
-        self.shell = subprocess.Popen([self.python, *self._peer_argv("peer3", index_port)], env=env)
+        argv = self._peer_argv("peer3", index_port, fingerprint)
+        self.shell = subprocess.Popen([self.python, *argv], env=env)
         while True:
             try:
                 return self.shell.wait()
@@ -422,11 +440,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGHUP, demo.on_terminate)
         try:
             demo.prepare()
-            port = demo.start_daemons()
+            port, fingerprint = demo.start_daemons()
             # From here Ctrl-C belongs to the shell (same terminal, same process group): it
             # stops a running download or leaves at the prompt; the demo waits for it.
             signal.signal(signal.SIGINT, _ignore)
-            return demo.run_shell(port)
+            return demo.run_shell(port, fingerprint)
         except DemoError as exc:
             print(f"demo: {exc}", file=sys.stderr, flush=True)
             return 1

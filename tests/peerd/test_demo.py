@@ -80,6 +80,9 @@ def test_the_scripted_demo_searches_downloads_verifies_and_exits_0(tmp_path: Pat
     out = done.stdout
     assert re.search(r"│ peer2 +│ 127\.0\.0\.1:\d+ +│ joey\.txt", out)
     assert "✓ downloaded koala/joey.txt from peer2" in out
+    assert re.search(
+        r"peer3 joins with no certificate .* --ca-fingerprint SHA256:[0-9a-f]{64}", out
+    )
     for check in ("nonce", "size", "digest", "signer", "signature", "index digest"):
         assert re.search(rf"✓\s+{check}\s", out), check
     assert "Traceback" not in out + done.stderr
@@ -98,7 +101,10 @@ def test_the_demo_generates_its_large_file_and_keeps_its_keys_private(tmp_path: 
     assert done.returncode == 0, done.stderr
     big = tmp_path / "demo" / "peer2-files" / "video" / "big-random.bin"
     assert big.stat().st_size == 2 << 20
-    assert (tmp_path / "demo" / "pki" / "peer3.key").stat().st_mode & 0o077 == 0
+    assert (tmp_path / "demo" / "pki" / "peer1.key").stat().st_mode & 0o077 == 0
+    # peer3 joined by enrollment: its key is in its state folder, made there.
+    assert not (tmp_path / "demo" / "pki" / "peer3.key").exists()
+    assert (tmp_path / "demo" / "state" / "peer3" / "peer.key").stat().st_mode & 0o077 == 0
     assert "P2P_PASSWORD" not in done.stdout
 
 
