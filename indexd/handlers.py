@@ -57,10 +57,14 @@ from netproto.framing import DEFAULT_MAX_FRAME
 from netproto.names import check_password
 from netproto.operations import (
     MAX_HIT_FILES,
+    MAX_HOLDERS,
     MAX_LISTING_FILES,
     AuthReply,
     ByeReply,
     Credentials,
+    HoldersReply,
+    HoldersRequest,
+    Holding,
     ListingReply,
     ListingRequest,
     PeerRequest,
@@ -84,8 +88,9 @@ T = TypeVar("T")
 DEFAULT_PEER_TTL = 120.0
 DEFAULT_MAX_DOMAINS_PER_USER = 4
 DEFAULT_MAX_FILES_PER_USER = 200_000
-#: Bytes a file of a ``listing`` reply may take at most (a 255-byte name, size and digest).
-_LISTED_FILE_BYTES = 330
+#: Bytes a file of a ``listing`` reply may take at most (a 255-byte name, size, digest,
+#: manifest digest and publisher signature).
+_LISTED_FILE_BYTES = 450
 
 
 @dataclass(frozen=True)
@@ -511,6 +516,19 @@ class IndexService:
             raise NotFound("this peer lists no file under this keyword")
         return ListingReply(req.domain_name, req.keyword, total, req.offset, tuple(files))
 
+    async def handle_holders(self, ctx: RequestContext, req: HoldersRequest) -> HoldersReply:
+        """The live peers holding a content, whatever its name or keyword (PROTOCOL.md §4.9)."""
+        self._authorize(ctx)
+        # Read more than the reply holds: some of the peers found may not be live.
+        rows = await self._read(self.store.holders, req.sha256, 4 * MAX_HOLDERS)
+        now = self.clock()
+        holders = tuple(
+            Holding(peer.domain_name, peer.port_number, peer.address, f.keyword, f.listed())
+            for peer, f in rows
+            if self.index.is_live(peer.domain_name, now)
+        )
+        return HoldersReply(req.sha256, holders[:MAX_HOLDERS])
+
     async def handle_ping(self, ctx: RequestContext, req: PeerRequest) -> PingReply:
         """Refresh the liveness of one of the caller's listed peers."""
         user = self._authorize(ctx).subject
@@ -559,6 +577,7 @@ class IndexService:
             "sync_delta": Operation(SyncDeltaRequest.from_wire, self.handle_sync_delta),
             "search": Operation(parse_search, self.handle_search, inline=True),
             "listing": Operation(ListingRequest.from_wire, self.handle_listing),
+            "holders": Operation(HoldersRequest.from_wire, self.handle_holders),
             "ping": Operation(PeerRequest.from_wire, self.handle_ping),
             "bye": Operation(PeerRequest.from_wire, self.handle_bye),
         }

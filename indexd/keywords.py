@@ -97,7 +97,7 @@ def prepare_hits(
         entries: list[bytes] = []
         used = len(head) + len(total) + 5
         for f in group[:max_hit_files]:
-            entry = pack({"filename": f.filename, "size": f.size, "sha256": f.sha256})
+            entry = pack(f.listed().to_wire())
             if used + len(entry) > max_hit_bytes:
                 break
             entries.append(entry)

@@ -178,6 +178,10 @@ class IndexStore(Protocol):
         ``offset`` on, in file-name order (the order of a search hit)."""
         ...
 
+    def holders(self, sha256: bytes, limit: int) -> list[tuple[PeerRecord, SharedFile]]:
+        """Files with this content on peers not withdrawn, at most ``limit``."""
+        ...
+
     def revoke_session(self, session: str, expires_at: float) -> None:
         """Deny-list a session until ``expires_at`` (its last token's expiry). Durable."""
         ...
@@ -267,7 +271,15 @@ def _migrate_to_3(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX certificates_by_user ON certificates(username)")
 
 
-_MIGRATIONS = (_migrate_to_1, _migrate_to_2, _migrate_to_3)
+def _migrate_to_4(db: sqlite3.Connection) -> None:
+    # Each file's manifest digest and publisher signature (PROTOCOL.md §4.8), NULL for entries
+    # synced without them; and the content lookup (holders, §4.9) by digest without a scan.
+    db.execute("ALTER TABLE files ADD COLUMN manifest BLOB")
+    db.execute("ALTER TABLE files ADD COLUMN signature BLOB")
+    db.execute("CREATE INDEX files_by_sha256 ON files(sha256)")
+
+
+_MIGRATIONS = (_migrate_to_1, _migrate_to_2, _migrate_to_3, _migrate_to_4)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
@@ -387,12 +399,9 @@ class SqliteIndexStore:
                 )
                 db.execute("DELETE FROM files WHERE peer_id = ?", (peer_id,))
             db.executemany(
-                "INSERT INTO files (peer_id, kw, filename, keyword, size, sha256)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    (peer_id, keyword_key(f.keyword), f.filename, f.keyword, f.size, f.sha256)
-                    for f in files
-                ),
+                "INSERT INTO files (peer_id, kw, filename, keyword, size, sha256, manifest,"
+                " signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (_file_row(peer_id, f) for f in files),
             )
             db.execute("COMMIT")
         except BaseException:
@@ -420,12 +429,9 @@ class SqliteIndexStore:
                 ((peer_id, keyword_key(k.keyword), k.filename, k.keyword) for k in change.removed),
             )
             db.executemany(
-                "INSERT OR REPLACE INTO files (peer_id, kw, filename, keyword, size, sha256)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    (peer_id, keyword_key(f.keyword), f.filename, f.keyword, f.size, f.sha256)
-                    for f in change.files
-                ),
+                "INSERT OR REPLACE INTO files (peer_id, kw, filename, keyword, size, sha256,"
+                " manifest, signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (_file_row(peer_id, f) for f in change.files),
             )
             [(count,)] = db.execute(
                 "SELECT count(*) FROM files WHERE peer_id = ?", (peer_id,)
@@ -433,11 +439,11 @@ class SqliteIndexStore:
             touched: dict[str, list[SharedFile]] = {}
             for kw in sorted(change.keywords()):
                 rows = db.execute(
-                    "SELECT filename, keyword, size, sha256 FROM files"
+                    "SELECT filename, keyword, size, sha256, manifest, signature FROM files"
                     " WHERE peer_id = ? AND kw = ? ORDER BY filename, keyword",
                     (peer_id, kw),
                 ).fetchall()
-                touched[kw] = [SharedFile(n, k, size, bytes(sha)) for n, k, size, sha in rows]
+                touched[kw] = [_shared(row) for row in rows]
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -518,15 +524,12 @@ class SqliteIndexStore:
             if record.withdrawn:
                 continue
             rows = self._query(
-                "SELECT f.filename, f.keyword, f.size, f.sha256 FROM files f"
-                " JOIN peers p ON p.id = f.peer_id WHERE p.domain_name = ?"
+                "SELECT f.filename, f.keyword, f.size, f.sha256, f.manifest, f.signature"
+                " FROM files f JOIN peers p ON p.id = f.peer_id WHERE p.domain_name = ?"
                 " ORDER BY f.kw, f.filename, f.keyword",
                 (record.domain_name,),
             )
-            yield (
-                record,
-                [SharedFile(name, keyword, size, bytes(sha)) for name, keyword, size, sha in rows],
-            )
+            yield record, [_shared(row) for row in rows]
 
     def revoked_sessions(self, now: float) -> dict[str, float]:
         """The sessions still deny-listed."""
@@ -545,18 +548,19 @@ class SqliteIndexStore:
         )
         [(total,)] = self._query("SELECT count(*)" + where, (domain_name, kw))
         rows = self._query(
-            "SELECT f.filename, f.size, f.sha256"
+            "SELECT f.filename, f.keyword, f.size, f.sha256, f.manifest, f.signature"
             + where
             + " ORDER BY f.filename, f.keyword LIMIT ? OFFSET ?",
             (domain_name, kw, limit, offset),
         )
-        return int(total), [ListedFile(name, size, bytes(sha)) for name, size, sha in rows]
+        return int(total), [_shared(row).listed() for row in rows]
 
     def search(self, keyword: str, max_files_per_peer: int) -> list[StoredHit]:
         """Peers with files under ``keyword`` (case-insensitive), in domain-name order."""
         rows = self._query(
             "SELECT p.domain_name, p.owner, p.port_number, p.address, p.last_seen, p.withdrawn,"
-            " f.filename, f.size, f.sha256 FROM files f JOIN peers p ON p.id = f.peer_id"
+            " f.filename, f.keyword, f.size, f.sha256, f.manifest, f.signature FROM files f"
+            " JOIN peers p ON p.id = f.peer_id"
             " WHERE f.kw = ? ORDER BY p.domain_name, f.filename, f.keyword",
             (keyword_key(keyword),),
         )
@@ -569,10 +573,22 @@ class SqliteIndexStore:
                     hits.append(StoredHit(current, tuple(files)))
                 current, files = _peer(row[:6]), []
             if len(files) < max_files_per_peer:
-                files.append(ListedFile(row[6], row[7], bytes(row[8])))
+                files.append(_shared(row[6:]).listed())
         if current is not None:
             hits.append(StoredHit(current, tuple(files)))
         return hits
+
+    def holders(self, sha256: bytes, limit: int) -> list[tuple[PeerRecord, SharedFile]]:
+        """Files with this content on peers not withdrawn, at most ``limit``, in domain-name
+        then keyword and file-name order (PROTOCOL.md §4.9)."""
+        rows = self._query(
+            "SELECT p.domain_name, p.owner, p.port_number, p.address, p.last_seen, p.withdrawn,"
+            " f.filename, f.keyword, f.size, f.sha256, f.manifest, f.signature FROM files f"
+            " JOIN peers p ON p.id = f.peer_id WHERE f.sha256 = ? AND p.withdrawn = 0"
+            " ORDER BY p.domain_name, f.kw, f.filename LIMIT ?",
+            (sha256, limit),
+        )
+        return [(_peer(row[:6]), _shared(row[6:])) for row in rows]
 
     # -- enrollment (PROTOCOL.md §10) ----------------------------------------------------
 
@@ -657,6 +673,32 @@ class SqliteIndexStore:
             "UPDATE users SET disabled = ? WHERE username = ?", (int(disabled), username)
         )
         return cursor.rowcount > 0
+
+
+def _file_row(peer_id: object, f: SharedFile) -> tuple[object, ...]:
+    return (
+        peer_id,
+        keyword_key(f.keyword),
+        f.filename,
+        f.keyword,
+        f.size,
+        f.sha256,
+        f.manifest,
+        f.signature,
+    )
+
+
+def _shared(row: tuple[Any, ...]) -> SharedFile:
+    """A file from ``(filename, keyword, size, sha256, manifest, signature)``."""
+    name, keyword, size, sha, manifest, signature = row
+    return SharedFile(
+        name,
+        keyword,
+        size,
+        bytes(sha),
+        None if manifest is None else bytes(manifest),
+        None if signature is None else bytes(signature),
+    )
 
 
 def _peer(row: tuple[Any, ...]) -> PeerRecord:

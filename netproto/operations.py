@@ -72,6 +72,14 @@ def _bin(body: dict[str, Any], name: str, size: int) -> bytes:
     return value
 
 
+def _publication(entry: dict[str, Any]) -> tuple[bytes | None, bytes | None]:
+    """An entry's optional ``manifest`` digest and publisher ``signature``: both or neither
+    (PROTOCOL.md §4.8)."""
+    if "manifest" not in entry and "signature" not in entry:
+        return None, None
+    return _bin(entry, "manifest", SHA256_SIZE), _bin(entry, "signature", MAX_SIGNATURE)
+
+
 def _list(body: dict[str, Any], name: str, max_len: int) -> list[Any]:
     value = body.get(name)
     if type(value) is not list:
@@ -160,26 +168,40 @@ class SharedFile:
     keyword: str
     size: int
     sha256: bytes
+    #: The manifest digest and the publisher's signature (PROTOCOL.md §4.8), when synced.
+    manifest: bytes | None = None
+    signature: bytes | None = None
 
     @classmethod
     def from_wire(cls, entry: Any) -> Self:
         """Validate one entry of a sync list."""
         entry = _map(entry, "files[]")
+        manifest, signature = _publication(entry)
         return cls(
             check_file_name(entry.get("filename"), "filename"),
             check_keyword(entry.get("keyword")),
             _int(entry, "size", 0, MAX_FILE_SIZE),
             _bin(entry, "sha256", SHA256_SIZE),
+            manifest,
+            signature,
         )
 
     def to_wire(self) -> dict[str, Any]:
         """The entry map."""
-        return {
+        entry: dict[str, Any] = {
             "filename": self.filename,
             "keyword": self.keyword,
             "size": self.size,
             "sha256": self.sha256,
         }
+        if self.manifest is not None and self.signature is not None:
+            entry["manifest"] = self.manifest
+            entry["signature"] = self.signature
+        return entry
+
+    def listed(self) -> ListedFile:
+        """The entry as a search hit carries it."""
+        return ListedFile(self.filename, self.size, self.sha256, self.manifest, self.signature)
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,20 +439,34 @@ class ListedFile:
     filename: str
     size: int
     sha256: bytes
+    #: The manifest digest and the publisher's signature (PROTOCOL.md §4.8), when synced.
+    manifest: bytes | None = None
+    signature: bytes | None = None
 
     @classmethod
     def from_wire(cls, entry: Any) -> Self:
         """Validate one file of a search hit."""
         entry = _map(entry, "files[]")
+        manifest, signature = _publication(entry)
         return cls(
             check_file_name(entry.get("filename"), "filename"),
             _int(entry, "size", 0, MAX_FILE_SIZE),
             _bin(entry, "sha256", SHA256_SIZE),
+            manifest,
+            signature,
         )
 
     def to_wire(self) -> dict[str, Any]:
         """The entry map."""
-        return {"filename": self.filename, "size": self.size, "sha256": self.sha256}
+        entry: dict[str, Any] = {
+            "filename": self.filename,
+            "size": self.size,
+            "sha256": self.sha256,
+        }
+        if self.manifest is not None and self.signature is not None:
+            entry["manifest"] = self.manifest
+            entry["signature"] = self.signature
+        return entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -588,6 +624,84 @@ class ListingReply:
             "offset": self.offset,
             "files": [f.to_wire() for f in self.files],
         }
+
+
+#: The most holders one ``holders`` reply lists (PROTOCOL.md §4.9).
+MAX_HOLDERS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class HoldersRequest:
+    """Body of ``holders``: which live peers hold the content with this SHA-256."""
+
+    sha256: bytes
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> Self:
+        """Validate a holders body."""
+        return cls(_bin(body, "sha256", SHA256_SIZE))
+
+    def to_wire(self) -> dict[str, Any]:
+        """The body map."""
+        return {"sha256": self.sha256}
+
+
+@dataclass(frozen=True, slots=True)
+class Holding:
+    """One live peer's file with the looked-up content, under its own keyword and name."""
+
+    domain_name: str
+    port_number: int
+    address: str
+    keyword: str
+    file: ListedFile
+
+    @classmethod
+    def from_wire(cls, entry: Any) -> Self:
+        """Validate one holder of a holders reply."""
+        entry = _map(entry, "holders[]")
+        return cls(
+            canonical_domain_name(entry.get("domain_name")),
+            _int(entry, "port_number", 1, 65535),
+            check_address(entry.get("address")),
+            check_keyword(entry.get("keyword")),
+            ListedFile.from_wire(entry),
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The holder map."""
+        return {
+            "domain_name": self.domain_name,
+            "port_number": self.port_number,
+            "address": self.address,
+            "keyword": self.keyword,
+            **self.file.to_wire(),
+        }
+
+    def hit(self) -> SearchHit:
+        """The holder as a search hit of its one file."""
+        return SearchHit(self.domain_name, self.port_number, self.address, (self.file,), 1)
+
+
+@dataclass(frozen=True, slots=True)
+class HoldersReply:
+    """Reply of ``holders``: the live peers holding the content, at most ``MAX_HOLDERS``."""
+
+    sha256: bytes
+    holders: tuple[Holding, ...]
+
+    @classmethod
+    def from_wire(cls, body: Any) -> Self:
+        """Validate a holders reply."""
+        body = _map(body, "reply")
+        return cls(
+            _bin(body, "sha256", SHA256_SIZE),
+            tuple(Holding.from_wire(h) for h in _list(body, "holders", MAX_HOLDERS)),
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The body map."""
+        return {"sha256": self.sha256, "holders": [h.to_wire() for h in self.holders]}
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,7 +53,7 @@ def test_new_database_is_wal_with_full_sync_at_current_schema(tmp_path: Path) ->
         db = store._write
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-        assert store.schema_version == SCHEMA_VERSION == 3
+        assert store.schema_version == SCHEMA_VERSION == 4
     finally:
         store.close()
 
@@ -221,6 +221,9 @@ def test_a_schema_1_database_is_migrated_with_its_listings_kept(tmp_path: Path) 
     store._write.execute("DROP TABLE revoked_sessions")
     store._write.execute("DROP TABLE certificates")
     store._write.execute("ALTER TABLE users DROP COLUMN disabled")
+    store._write.execute("DROP INDEX files_by_sha256")
+    store._write.execute("ALTER TABLE files DROP COLUMN manifest")
+    store._write.execute("ALTER TABLE files DROP COLUMN signature")
     store._write.execute("PRAGMA user_version = 1")
     store.close()
     store = SqliteIndexStore(path)

@@ -443,3 +443,28 @@ def test_any_body_parses_or_raises_a_request_error(body: dict[str, Any], parse: 
         parse(body)
     except RequestError as exc:
         assert isinstance(exc, BadRequest | InvalidPath)
+
+
+# --- issue 14: manifest digests in sync entries and search hits; holders ------------------
+
+
+def test_a_sync_entry_carries_its_manifest_digest_and_signature_both_or_neither() -> None:
+    from netproto.operations import SharedFile as Shared
+
+    entry = Shared("a.txt", "k", 1, b"\x01" * 32, b"\x02" * 32, b"\x03" * 64)
+    assert Shared.from_wire(entry.to_wire()) == entry
+    assert entry.listed().manifest == b"\x02" * 32
+    plain = Shared("a.txt", "k", 1, b"\x01" * 32)
+    assert "manifest" not in plain.to_wire()
+    with pytest.raises(BadRequest, match="signature"):
+        Shared.from_wire({**plain.to_wire(), "manifest": b"\x02" * 32})
+    with pytest.raises(BadRequest, match="manifest"):
+        Shared.from_wire({**plain.to_wire(), "manifest": b"\x02", "signature": b"\x03" * 64})
+
+
+def test_a_holders_request_needs_a_32_byte_digest() -> None:
+    from netproto.operations import HoldersRequest
+
+    assert HoldersRequest.from_wire({"sha256": b"\x01" * 32}).to_wire() == {"sha256": b"\x01" * 32}
+    with pytest.raises(BadRequest, match="sha256"):
+        HoldersRequest.from_wire({"sha256": b"\x01"})
