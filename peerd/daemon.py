@@ -53,6 +53,7 @@ from peerd.index_session import (
     IndexSession,
 )
 from peerd.pacing import PacePolicy
+from peerd.publish import published
 from peerd.server import (
     DEFAULT_MAX_FETCHES,
     DEFAULT_MAX_FETCHES_PER_REQUESTER,
@@ -304,8 +305,12 @@ class PeerDaemon:
         return await self.session.search(keyword)
 
     async def scan_share(self) -> list[SharedFile]:
-        """The share as it is on disk now (scanned in a worker thread)."""
-        return await asyncio.to_thread(self.share.scan)
+        """The share as it is on disk now (scanned in a worker thread), each file with its
+        manifest digest and publisher signature once the peer serves (PROTOCOL.md §4.8)."""
+        files = await asyncio.to_thread(self.share.scan)
+        if self.service is None:
+            return files
+        return await asyncio.to_thread(published, self.share, self.service.manifests, files)
 
     async def resync(self) -> int:
         """Scan the share again and bring the index's listing up to date; files listed."""
