@@ -40,6 +40,7 @@ from netproto.operations import (
     FetchHeader,
     FetchRequest,
     FetchTrailer,
+    HoldersReply,
     KeywordRequest,
     ListingReply,
     ListingRequest,
@@ -321,6 +322,11 @@ class IndexClient:
         body = ListingRequest(domain_name, keyword, offset).to_wire()
         reply = await self.conn.request("listing", body, _token(self.token))
         return parse_reply(ListingReply.from_wire, reply, "the index's listing reply")
+
+    async def holders(self, sha256: bytes) -> HoldersReply:
+        """The live peers holding this content, whatever its name or keyword (§4.9)."""
+        reply = await self.conn.request("holders", {"sha256": sha256}, _token(self.token))
+        return parse_reply(HoldersReply.from_wire, reply, "the index's holders reply")
 
     async def ping(self, domain_name: str) -> PingReply:
         """Refresh this peer's liveness; the reply says how long it now lasts (``ttl``)."""

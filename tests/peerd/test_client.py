@@ -575,3 +575,45 @@ def test_asking_for_the_trailer_before_the_stream_ended_is_our_fault() -> None:
     stream = FetchStream(Unfinished(), FetchHeader("koala", "a.txt", 1, 0))  # type: ignore[arg-type]
     with pytest.raises(LocalProtocolError):
         stream.trailer()
+
+
+async def test_signed_entries_travel_through_a_real_index_and_holders_finds_them(
+    pki: Any, index_config: Any, running_index: Any
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from netproto.manifest import ManifestBuilder, ManifestReply
+    from peerd.manifests import ManifestCache
+    from peerd.swarm import Listing, check_manifest
+
+    content = b"joey" * 1000
+    builder = ManifestBuilder(len(content))
+    builder.update_blocks(content)
+    manifest = builder.finish(sha(content))
+    key = Ed25519PrivateKey.generate()
+    signed = ManifestCache("peer1", key).sign("koala", "joey.txt", manifest)
+    entry = SharedFile(
+        "joey.txt", "koala", len(content), sha(content), signed.digest, signed.signature
+    )
+    async with running_index(index_config()) as index, asyncio.timeout(TIMEOUT):
+        client = await IndexClient.connect(
+            "127.0.0.1", index.port, pki.client_ctx("peer1"), server_hostname="indexd"
+        )
+        async with client:
+            await client.register("peer1", "correct horse battery")
+            await client.auth("peer1", "correct horse battery")
+            await client.sync("peer1", 7001, [entry])
+            [hit] = await client.search("KOALA")
+            found = await client.holders(sha(content))
+    [listed] = hit.files
+    assert (listed.manifest, listed.signature) == (signed.digest, signed.signature)
+    assert [(h.domain_name, h.keyword) for h in found.holders] == [("peer1", "koala")]
+    reply = ManifestReply(manifest, "koala", "peer1", signed.signature)
+    good = Listing(listed.size, listed.sha256, listed.manifest, listed.signature, "peer1")
+    assert check_manifest(reply, "peer1", key.public_key(), "koala", "joey.txt", good) is None
+    forged = Listing(listed.size, listed.sha256, listed.manifest, bytes(64), "peer1")
+    failed = check_manifest(reply, "peer1", key.public_key(), "koala", "joey.txt", forged)
+    assert failed is not None and failed.name == "index-signature"
+    wrong = Listing(listed.size, listed.sha256, sha(b"other"), listed.signature, "peer1")
+    failed = check_manifest(reply, "peer1", key.public_key(), "koala", "joey.txt", wrong)
+    assert failed is not None and failed.name == "index-manifest"
