@@ -526,6 +526,7 @@ class PeerDaemon:
             raise StartupError(
                 f"cannot listen on {config.bind}:{config.port}: {exc.strerror or exc}"
             ) from exc
+        files = await asyncio.to_thread(published, self.share, self.service.manifests, files)
         async with session.lock:
             await session.sync(index, files, self.port)
 
