@@ -80,6 +80,9 @@ class Holder(Protocol):
     """One peer holding the content, as the downloader uses it (a :class:`PeerHolder`)."""
 
     name: str
+    #: The keyword and file name this holder lists the content under (each its own).
+    keyword: str
+    file_name: str
 
     def public_key(self) -> Ed25519PublicKey:
         """The key of the certificate the peer presented (chain and name checked by TLS)."""
@@ -128,15 +131,36 @@ class PeerHolder:
 
 
 @dataclass(frozen=True, slots=True)
+class Source:
+    """One holder as the index listed it: where it is, and its own keyword, file name and
+    publisher signature (PROTOCOL.md §4.9)."""
+
+    domain_name: str
+    address: str
+    port_number: int
+    keyword: str
+    file_name: str
+    signature: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Listing:
     """What the index listed for the file: size, digest, and (when synced with one) the
-    manifest digest and the publisher's signature of ``publisher``."""
+    manifest digest and the publisher's signature of ``publisher``; ``sources`` are the
+    holders listed, each under its own names."""
 
     size: int
     sha256: bytes
     manifest: bytes | None = None
     signature: bytes | None = None
     publisher: str | None = None
+    sources: tuple[Source, ...] = ()
+
+    def signature_of(self, holder: str) -> bytes | None:
+        """The publisher signature the index listed for ``holder``, if any."""
+        if self.signature is not None and self.publisher == holder:
+            return self.signature
+        return next((s.signature for s in self.sources if s.domain_name == holder), None)
 
 
 @dataclass
@@ -231,7 +255,8 @@ def check_manifest(
                 f"the index lists manifest {listing.manifest.hex()[:16]}…, {holder} serves"
                 f" {digest.hex()[:16]}…",
             )
-        if listing.signature is not None and listing.publisher == holder:
+        listed_signature = listing.signature_of(holder)
+        if listed_signature is not None:
             listed = publish_signing_payload(
                 publisher=holder,
                 keyword=reply.keyword,
@@ -240,7 +265,7 @@ def check_manifest(
                 sha256=listing.sha256,
                 manifest_digest=listing.manifest or digest,
             )
-            if not publication_valid(key, listing.signature, listed):
+            if not publication_valid(key, listed_signature, listed):
                 return CheckOutcome(
                     "index-signature",
                     False,
@@ -402,7 +427,7 @@ class _Swarm:
         self,
         part: BlockPart,
         holders: Sequence[Holder],
-        request: Callable[[int, int], RangeRequest],
+        request: Callable[[Holder, int, int], RangeRequest],
         disk: DiskWork,
         on_progress: Callable[[SwarmProgress], None] | None,
         clock: Callable[[], float],
@@ -495,7 +520,7 @@ class _Swarm:
         started = self.clock()
         buf = bytearray()
         index, last = first, blocks[-1]
-        async for chunk in peer.holder.blocks(self.request(offset, length)):
+        async for chunk in peer.holder.blocks(self.request(peer.holder, offset, length)):
             buf += chunk
             peer.stats.received += len(chunk)
             while index <= last and len(buf) >= (want := self.manifest.span(index)[1]):
@@ -530,18 +555,16 @@ class _Swarm:
 
 async def _gather_manifests(
     holders: Sequence[Holder],
-    keyword: str,
-    file_name: str,
     listing: Listing | None,
     timeout: float,
 ) -> tuple[ManifestReply | None, list[Holder], dict[str, CheckOutcome]]:
-    """Every holder's manifest, checked; the agreed one, the holders that serve it, and the
-    failed check of each holder refused."""
+    """Every holder's manifest (asked under the holder's own names), checked; the agreed one,
+    the holders that serve it, and the failed check of each holder refused."""
 
     async def one(holder: Holder) -> ManifestReply | BaseException:
         try:
             async with asyncio.timeout(timeout):
-                return await holder.manifest(keyword, file_name)
+                return await holder.manifest(holder.keyword, holder.file_name)
         except (P2PError, OSError, TimeoutError) as exc:
             return exc
 
@@ -553,7 +576,7 @@ async def _gather_manifests(
             refused[holder.name] = CheckOutcome("manifest", False, f"{holder.name}: {reply}")
             continue
         failed = check_manifest(
-            reply, holder.name, holder.public_key(), keyword, file_name, listing
+            reply, holder.name, holder.public_key(), holder.keyword, holder.file_name, listing
         )
         if failed is not None:
             refused[holder.name] = failed
@@ -589,9 +612,7 @@ async def swarm_download(
     manifest_timeout: float = 30.0,
 ) -> SwarmResult:
     """Download ``keyword/file_name`` into the share ``dest`` from every holder at once."""
-    reply, serving, refused = await _gather_manifests(
-        holders, keyword, file_name, listing, manifest_timeout
-    )
+    reply, serving, refused = await _gather_manifests(holders, listing, manifest_timeout)
     checks: list[CheckOutcome] = list(refused.values())
     if reply is None:
         first = next(iter(refused.values()), CheckOutcome("manifest", False, "no holder"))
@@ -613,8 +634,9 @@ async def swarm_download(
                 missing = manifest.size - resumed * manifest.block_size
                 await disk.run(check_room, folder.fd, staging.path, max(0, missing))
 
-                def request(offset: int, length: int) -> RangeRequest:
-                    return RangeRequest(keyword, file_name, digest, offset, length)
+                def request(holder: Holder, offset: int, length: int) -> RangeRequest:
+                    # each holder is asked under its own names (PROTOCOL.md §4.9)
+                    return RangeRequest(holder.keyword, holder.file_name, digest, offset, length)
 
                 start = (
                     (rng or random.SystemRandom()).randrange(manifest.count)
@@ -680,6 +702,8 @@ class _Refused:
     """A holder refused before the transfer, listed among the peers with its reason."""
 
     name: str
+    keyword: str = ""
+    file_name: str = ""
 
     def public_key(self) -> Ed25519PublicKey:  # pragma: no cover - never asked
         raise DownloadError("refused")
@@ -698,6 +722,7 @@ __all__ = [
     "Listing",
     "PeerHolder",
     "PeerStats",
+    "Source",
     "SwarmIncomplete",
     "SwarmProgress",
     "SwarmResult",

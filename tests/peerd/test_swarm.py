@@ -50,8 +50,12 @@ class FakeHolder:
         forge: bool = False,
         manifest: Manifest | None = None,
         delay: float = 0.0,
+        keyword: str = "koala",
+        file_name: str = "file.bin",
     ) -> None:
         self.name = name
+        self.keyword = keyword
+        self.file_name = file_name
         self.content = content
         self.key = Ed25519PrivateKey.generate()
         self.bad_block = bad_block
@@ -60,6 +64,7 @@ class FakeHolder:
         self.served_manifest = manifest or manifest_of(content)
         self.delay = delay
         self.requests: list[tuple[int, int]] = []
+        self.asked: list[tuple[str, str]] = []
         self.blocks_sent = 0
 
     def public_key(self) -> Ed25519PublicKey:
@@ -78,10 +83,12 @@ class FakeHolder:
         return sign_publication(key, payload)
 
     async def manifest(self, keyword: str, file_name: str) -> ManifestReply:
+        self.asked.append((keyword, file_name))
         m = self.served_manifest
         return ManifestReply(m, keyword, self.name, self.signature(keyword, file_name, m))
 
     async def blocks(self, request: RangeRequest) -> AsyncIterator[bytes]:
+        assert (request.keyword, request.file_name) == (self.keyword, self.file_name)
         self.requests.append((request.offset, request.length))
         bs = MANIFEST.block_size
         for start in range(request.offset, request.offset + request.length, bs):
@@ -206,6 +213,19 @@ async def test_a_holder_serving_a_different_manifest_is_refused_and_named(tmp_pa
     assert "different manifest" in result.dropped["peer3"]
     assert "manifest-digest" in [c.name for c in result.checks if c.passed is False]
     assert odd.requests == []
+
+
+async def test_holders_listing_the_content_under_other_names_are_asked_under_theirs(
+    tmp_path: Path,
+) -> None:
+    holders = [
+        FakeHolder("peer1", delay=0.001),
+        FakeHolder("peer2", delay=0.001, keyword="wombat", file_name="copy.bin"),
+    ]
+    result = await get(holders, tmp_path, listing=listing())
+    assert (tmp_path / "koala" / "file.bin").read_bytes() == CONTENT
+    assert [h.asked for h in holders] == [[("koala", "file.bin")], [("wombat", "copy.bin")]]
+    assert result.dropped == {} and all(p.blocks > 0 for p in result.peers)
 
 
 async def test_an_empty_file_downloads_with_no_blocks(tmp_path: Path) -> None:
