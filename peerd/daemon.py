@@ -18,7 +18,7 @@ import contextlib
 import logging
 import os
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from certs import load_identity
 from netproto.errors import ConnectionClosed, RequestError, Timeout, TokenInvalid
 from netproto.names import canonical_domain_name, canonical_username
-from netproto.operations import ListedFile, SearchHit, SharedFile
+from netproto.operations import Holding, ListedFile, SearchHit, SharedFile
 from netproto.server import Server, ServerLimits
 from netproto.tls import certificate_dns_names, client_context
 from netproto.tokens import Principal
@@ -64,6 +64,8 @@ from peerd.server import (
 from peerd.session import PeerStatus, SyncReport
 from peerd.share import Share
 from peerd.staging import DEFAULT_PARTIAL_MAX_AGE, sweep_stale_parts
+from peerd.swarm import Listing, SwarmProgress, SwarmResult
+from peerd.swarmget import swarm_from_sources
 from peerd.watch import DEFAULT_DELAY, DEFAULT_RESCAN_INTERVAL, ShareWatcher
 from runner import StartupError
 
@@ -357,6 +359,34 @@ class PeerDaemon:
             self.file_directory,
             self.clock,
             self.config.download_limits,
+        )
+
+    async def holders(self, sha256: bytes) -> list[Holding]:
+        """The live peers holding this content, each under its own names (PROTOCOL.md §4.9)."""
+        index = await self.session.fresh_index()
+        if not isinstance(index, IndexClient):
+            return []
+        return list((await index.holders(sha256)).holders)
+
+    async def swarm_get(
+        self,
+        keyword: str,
+        file_name: str,
+        listing: Listing,
+        *,
+        overwrite: bool = False,
+        on_progress: Callable[[SwarmProgress], None] | None = None,
+    ) -> SwarmResult:
+        """Download ``keyword/file_name`` from every source of ``listing`` at once, verified
+        block by block (:func:`peerd.swarm.swarm_download`)."""
+        return await swarm_from_sources(
+            lambda s: self.connect_peer(SearchHit(s.domain_name, s.port_number, s.address, ())),
+            keyword,
+            file_name,
+            self.file_directory,
+            listing,
+            overwrite=overwrite,
+            on_progress=on_progress,
         )
 
     async def download(

@@ -7,14 +7,15 @@ shell passes a fake session and needs no index, no peers and no TLS.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self
 
-from netproto.operations import ListedFile, SearchHit, SharedFile
+from netproto.operations import Holding, ListedFile, SearchHit, SharedFile
 from peerd.download import DownloadResult, ProgressCallback
+from peerd.swarm import Listing, SwarmProgress, SwarmResult
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,23 @@ class PeerSession(Protocol):
 
     async def open_peer(self, hit: SearchHit) -> RemotePeer:
         """A connection to the peer of a search hit (use it with ``async with``)."""
+        ...
+
+    async def holders(self, sha256: bytes) -> list[Holding]:
+        """The live peers holding this content, each under its own names (PROTOCOL.md §4.9)."""
+        ...
+
+    async def swarm_get(
+        self,
+        keyword: str,
+        file_name: str,
+        listing: Listing,
+        *,
+        overwrite: bool = False,
+        on_progress: Callable[[SwarmProgress], None] | None = None,
+    ) -> SwarmResult:
+        """Download ``keyword/file_name`` from every source of ``listing`` at once, each block
+        verified against the publisher-signed manifest (:func:`peerd.swarm.swarm_download`)."""
         ...
 
 

@@ -56,6 +56,7 @@ from peerd.download import DownloadResult
 from peerd.errors import DownloadError, DownloadRefused, FileConflict, IndexUntrusted
 from peerd.index_session import certificate_untrusted
 from peerd.session import PeerSession, RemotePeer
+from peerd.sources import listing_for
 from peerd.ui import (
     PREVIEW_BYTES,
     KnownPeer,
@@ -622,6 +623,8 @@ class Shell:
                     " is there)"
                 )
                 return
+        if await self._swarm_get(keyword, file_name, hits, source, overwrite):
+            return
         for i, hit in enumerate(hits):
             if i:
                 self.view.info(f"trying the next peer that lists it: {hit.domain_name}")
@@ -634,6 +637,58 @@ class Shell:
                 self.view.error(explain(exc, _peer_where(hit)))
                 if isinstance(exc, FileConflict | InvalidPath):
                     return  # the same with every peer
+
+    async def _swarm_get(
+        self,
+        keyword: str,
+        file_name: str,
+        hits: list[SearchHit],
+        source: str | None,
+        overwrite: bool,
+    ) -> bool:
+        """Download from every holder at once when the file has a signed manifest (only from
+        ``source`` if given); True if that settled it, False to fetch the whole file instead
+        (a peer that publishes no manifest)."""
+        me = self.session.domain_name
+        listing = listing_for(keyword, file_name, hits, exclude=me, only=source)
+        if listing is None or listing.manifest is None or not listing.sources:
+            return False
+        if source is None:
+            try:
+                holdings = await self.session.holders(listing.sha256)
+            except P2PError as exc:  # an index without the content lookup: the hits alone
+                log.debug("holders failed: %s", exc)
+                holdings = []
+            listing = listing_for(keyword, file_name, hits, holdings, exclude=me) or listing
+        started = self.clock.monotonic()
+        try:
+            with self.view.swarm_transfer(keyword, file_name, len(listing.sources)) as progress:
+                result = await self.session.swarm_get(
+                    keyword, file_name, listing, overwrite=overwrite, on_progress=progress
+                )
+        except DownloadRefused as exc:
+            self.counts = replace(self.counts, refused=self.counts.refused + 1)
+            names = ", ".join(s.domain_name for s in listing.sources)
+            self.view.refused(names, keyword, file_name, exc)
+            return True
+        except (P2PError, OSError) as exc:
+            self.counts = replace(self.counts, failed=self.counts.failed + 1)
+            self.view.error(explain(exc, f"{keyword}/{file_name}"))
+            return True
+        received = sum(p.received for p in result.peers)
+        self.counts = replace(
+            self.counts,
+            downloaded=self.counts.downloaded + 1,
+            downloaded_bytes=self.counts.downloaded_bytes + received,
+        )
+        self.view.swarm_downloaded(keyword, file_name, result, self.clock.monotonic() - started)
+        try:
+            head = await asyncio.to_thread(_read_head, result.path, PREVIEW_BYTES)
+        except OSError as exc:
+            self.view.error(f"cannot read {result.path}: {exc.strerror or exc}")
+            return True
+        self.view.preview(file_name, head, result.size, result.sha256)
+        return True
 
     async def _fetch_and_show(
         self, peer: RemotePeer, hit: SearchHit, keyword: str, file_name: str, overwrite: bool

@@ -622,6 +622,15 @@ async def swarm_download(
     checks.append(
         CheckOutcome("manifest", True, f"{manifest.count} blocks of {manifest.block_size} bytes")
     )
+    checks.append(
+        CheckOutcome(
+            "publisher-signature",
+            True,
+            f"signed by {', '.join(h.name for h in serving)} under their certificate keys",
+        )
+    )
+    if listing is not None and listing.manifest is not None:
+        checks.append(CheckOutcome("index-manifest", True, "the manifest digest the index listed"))
     disk = DiskWork()
     root_fd = await disk.run(open_share_root, dest)
     try:

@@ -19,7 +19,7 @@ import re
 import shutil
 import time
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO
 
@@ -33,6 +33,7 @@ from rich.progress import (
     Progress,
     ProgressColumn,
     Task,
+    TaskID,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
@@ -43,6 +44,7 @@ from netproto.operations import SearchHit, SharedFile
 from peerd.download import DownloadResult, ProgressCallback
 from peerd.errors import DownloadRefused
 from peerd.session import PeerStatus
+from peerd.swarm import SwarmProgress, SwarmResult
 from peerd.verify import CheckOutcome
 
 #: How much of a downloaded file is read to preview or classify it.
@@ -601,6 +603,91 @@ class ShellView:
             line.append(f" in {result.elapsed:.2f} s{_rate(result.received, result.elapsed)}")
             self._emit(line, one_line=True)
         self.checks(result.checks)
+
+    @contextlib.contextmanager
+    def swarm_transfer(
+        self, keyword: str, file_name: str, sources: int
+    ) -> Iterator[Callable[[SwarmProgress], None]]:
+        """A progress callback for a multi-source download: the total's bar, then one line
+        per peer with its bytes and rate (dropped peers struck through); silent off a terminal."""
+        if not self.interactive:
+            yield lambda progress: None
+            return
+        label = Text().append(self._safe(f"{keyword}/{file_name}"))
+        label.append(f" from {sources} peer{'s' if sources != 1 else ''}")
+        progress = Progress(
+            _LabelColumn(),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+        )
+        total = progress.add_task("", total=None, label=label)
+        rows: dict[str, TaskID] = {}
+
+        def update(state: SwarmProgress) -> None:
+            progress.update(total, completed=state.done, total=state.total)
+            for peer in state.peers:
+                row = rows.get(peer.name)
+                if row is None:
+                    row = rows[peer.name] = progress.add_task("", total=None)
+                name = Text("  ").append(self._safe(peer.name, "cyan"))
+                if peer.dropped is not None:
+                    name.append(" dropped", "red")
+                elif peer.rate:
+                    name.append(f" {human_size(int(peer.rate))}/s", "dim")
+                progress.update(row, completed=peer.received, label=name)
+
+        with progress:
+            yield update
+
+    def swarm_downloaded(
+        self, keyword: str, file_name: str, result: SwarmResult, elapsed: float
+    ) -> None:
+        """The outcome of a multi-source download, then the checks panel: every check, blocks
+        verified, each peer used with its share, and each peer dropped with why."""
+        where = self._safe(f"{keyword}/{file_name}")
+        used = [p for p in result.peers if p.blocks and p.dropped is None]
+        if result.already_present:
+            self.print(
+                Text(f"{self.ok_mark} ", "green"),
+                where,
+                " is already in your share with the listed digest; nothing downloaded",
+            )
+        else:
+            line = Text(f"{self.ok_mark} ", "green").append("downloaded ").append(where)
+            names = ", ".join(p.name for p in used) if len(used) <= 3 else f"{len(used)} peers"
+            line.append(" from ").append(self._safe(names, "cyan"))
+            line.append(f": {human_size(result.size)}")
+            if result.resumed_blocks:
+                line.append(f" ({result.resumed_blocks} blocks resumed)")
+            received = sum(p.received for p in result.peers)
+            line.append(f" in {elapsed:.2f} s{_rate(received, elapsed)}")
+            self._emit(line, one_line=True)
+        checks = [c for c in result.checks if c.name != "blocks"]
+        fetched = result.blocks - result.resumed_blocks
+        checks.append(
+            CheckOutcome(
+                "blocks",
+                True,
+                f"{fetched} of {result.blocks} blocks verified as they arrived"
+                + (f", {result.resumed_blocks} already verified" if result.resumed_blocks else ""),
+            )
+        )
+        for peer in result.peers:
+            if peer.dropped is not None:
+                checks.append(CheckOutcome("peer", False, f"{peer.name} dropped: {peer.dropped}"))
+            elif peer.blocks:
+                checks.append(
+                    CheckOutcome(
+                        "peer",
+                        True,
+                        f"{peer.name}: {peer.blocks} blocks, {human_size(peer.received)}"
+                        + (f" at {human_size(int(peer.rate))}/s" if peer.rate else ""),
+                    )
+                )
+        self.checks(checks)
 
     def checks(self, checks: Sequence[CheckOutcome]) -> None:
         """One line per check: ✓ passed, ✗ failed, – not applicable, with what it means."""

@@ -83,7 +83,7 @@ def test_the_scripted_demo_searches_downloads_verifies_and_exits_0(tmp_path: Pat
     assert re.search(
         r"peer3 joins with no certificate .* --ca-fingerprint SHA256:[0-9a-f]{64}", out
     )
-    for check in ("nonce", "size", "digest", "signer", "signature", "index digest"):
+    for check in ("manifest", "publisher-signature", "index-manifest", "digest", "blocks"):
         assert re.search(rf"✓\s+{check}\s", out), check
     assert "Traceback" not in out + done.stderr
     assert (tmp_path / "demo" / "peer3-files" / "koala" / "joey.txt").exists()

@@ -38,7 +38,8 @@ TIMEOUT = 20.0
 PASSWORD = "correct horse battery"  # the conftest peer_config password
 REPO = Path(__file__).resolve().parents[2]
 FAKE = b"a file whose signature is made with mallory's key\n"
-CHECKED = (r"✓\s+nonce", r"✓\s+digest", r"✓\s+signature")
+#: What a download from every holder ticks (a signed manifest, PROTOCOL.md §7.1), in order.
+SWARM_CHECKED = (r"✓\s+manifest", r"✓\s+digest", r"✓\s+blocks", r"✓\s+peer\s+peer2")
 
 
 def put(root: Path, rel: str, content: bytes) -> Path:
@@ -117,7 +118,7 @@ async def test_get_downloads_verifies_shows_the_content_and_lands_in_the_share(
     _, peer3 = koala_peers
     out = await run_script(peer3, "get koala joey.txt")
     assert "✓ downloaded koala/joey.txt from peer2" in out
-    for check in CHECKED:
+    for check in SWARM_CHECKED:
         assert re.search(check, out)
     assert "a baby koala" in out
     assert (tmp_path / "peer3-files" / "koala" / "joey.txt").read_bytes() == b"a baby koala\n"
@@ -316,12 +317,12 @@ def test_in_a_terminal_search_shows_a_table_of_peers_and_files(terminal_shell: A
     terminal_shell.expect_exact("p2pshare> ")
 
 
-def test_in_a_terminal_a_download_ticks_the_nonce_digest_and_signature(
+def test_in_a_terminal_a_download_ticks_the_manifest_digest_and_blocks(
     terminal_shell: Any,
 ) -> None:
     terminal_shell.sendline("get koala joey.txt")
     terminal_shell.expect(r"downloaded .*koala/joey\.txt")
-    for check in CHECKED:
+    for check in SWARM_CHECKED:
         terminal_shell.expect(check.replace(r"\s+", r"[^\n]*"))  # colour codes in between
     terminal_shell.expect_exact("a baby koala")
     terminal_shell.expect_exact("p2pshare> ")

@@ -131,7 +131,13 @@ async def test_three_honest_holders_each_serve_blocks_and_the_file_is_whole(
     assert all(p.blocks > 0 for p in result.peers)
     assert result.dropped == {}
     assert seen[-1].done == seen[-1].total == len(CONTENT)
-    assert [c.name for c in result.checks] == ["manifest", "blocks", "sha256"]
+    assert [c.name for c in result.checks] == [
+        "manifest",
+        "publisher-signature",
+        "index-manifest",
+        "blocks",
+        "sha256",
+    ]
 
 
 async def test_a_bad_block_is_charged_to_its_sender_who_is_dropped_and_named(

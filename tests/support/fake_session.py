@@ -16,10 +16,12 @@ from types import TracebackType
 from typing import Self
 
 from netproto.errors import NotFound
-from netproto.operations import ListedFile, SearchHit, SharedFile
+from netproto.manifest import manifest_of
+from netproto.operations import Holding, ListedFile, SearchHit, SharedFile
 from peerd.download import CHECKS, CheckOutcome, DownloadResult, ProgressCallback
-from peerd.errors import FileConflict
+from peerd.errors import DownloadRefused, FileConflict
 from peerd.session import PeerStatus
+from peerd.swarm import Listing, PeerStats, SwarmProgress, SwarmResult
 from tests.support.fake_clock import FakeClock
 
 #: What each check says when it passes, as the real download words it.
@@ -50,6 +52,10 @@ class FakePeer:
     connect_error: BaseException | None = None
     #: Raised by a download, by file name (a forged signature, a busy peer, ...).
     download_errors: dict[str, BaseException] = field(default_factory=dict)
+    #: True when the peer publishes signed manifests (its hits carry the manifest digest).
+    signed: bool = False
+    #: Why the multi-source downloader drops this peer (a bad block, a vanished connection).
+    drop_reason: str | None = None
 
     def _folder(self, keyword: str) -> dict[str, bytes] | None:
         for name, files in self.files.items():
@@ -62,8 +68,25 @@ class FakePeer:
         folder = self._folder(keyword)
         if folder is None:
             return None
-        listed = tuple(ListedFile(n, len(c), sha(c)) for n, c in sorted(folder.items()))
+        listed = tuple(self.entry(n, c) for n, c in sorted(folder.items()))
         return SearchHit(self.domain_name, self.port, self.address, listed)
+
+    def entry(self, name: str, content: bytes) -> ListedFile:
+        """One file as the index lists it (with its manifest digest when ``signed``)."""
+        if not self.signed:
+            return ListedFile(name, len(content), sha(content))
+        return ListedFile(
+            name, len(content), sha(content), manifest_of(content).digest(), b"s" * 64
+        )
+
+    def holdings(self, sha256: bytes) -> list[Holding]:
+        """The files of this peer with that content, as ``holders`` returns them."""
+        return [
+            Holding(self.domain_name, self.port, self.address, kw, self.entry(n, c))
+            for kw, folder in sorted(self.files.items())
+            for n, c in sorted(folder.items())
+            if sha(c) == sha256
+        ]
 
 
 class FakeRemote:
@@ -175,6 +198,8 @@ class FakeSession:
         self.searches: list[str] = []
         self.downloads: list[str] = []
         self.connections: list[FakeRemote] = []
+        #: Each multi-source download: the sources' ``peer:keyword/file`` names.
+        self.swarms: list[list[str]] = []
 
     @property
     def domain_name(self) -> str:
@@ -228,3 +253,47 @@ class FakeSession:
         remote = FakeRemote(peer, self.file_directory, self.downloads)
         self.connections.append(remote)
         return remote
+
+    async def holders(self, sha256: bytes) -> list[Holding]:
+        return [h for p in self.peers.values() for h in p.holdings(sha256)]
+
+    async def swarm_get(
+        self,
+        keyword: str,
+        file_name: str,
+        listing: Listing,
+        *,
+        overwrite: bool = False,
+        on_progress: Callable[[SwarmProgress], None] | None = None,
+    ) -> SwarmResult:
+        self.swarms.append([f"{s.domain_name}:{s.keyword}/{s.file_name}" for s in listing.sources])
+        stats: list[PeerStats] = []
+        content: bytes | None = None
+        for source in listing.sources:
+            peer = self.peers[source.domain_name]
+            data = (peer._folder(source.keyword) or {}).get(source.file_name)
+            if peer.drop_reason is not None or data is None:
+                stats.append(PeerStats(peer.domain_name, dropped=peer.drop_reason or "not found"))
+            else:
+                content = data
+                stats.append(PeerStats(peer.domain_name, len(data), 1, 1e6))
+        if content is None:
+            raise DownloadRefused(
+                "holders",
+                "every holder is gone; the verified blocks are kept",
+                (CheckOutcome("manifest", True, "1 blocks"),),
+                partial_kept=True,
+            )
+        path = self.file_directory / keyword / file_name
+        if path.exists() and path.read_bytes() != content and not overwrite:
+            raise FileConflict(path, f"{path} exists with different content")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        if on_progress is not None:
+            on_progress(SwarmProgress(len(content), len(content), tuple(stats)))
+        checks = (
+            CheckOutcome("manifest", True, "1 blocks"),
+            CheckOutcome("blocks", True, "1 blocks verified"),
+            CheckOutcome("sha256", True, sha(content).hex()),
+        )
+        return SwarmResult(path, len(content), sha(content), 1, 0, tuple(stats), checks)
