@@ -23,8 +23,9 @@ from netproto.operations import SharedFile
 
 MiB = 1 << 20
 
-#: Leaf certificates: the index, the serving peer, and the benchmark's own client.
-PKI_NAMES = ("indexd", "peer1", "bench")
+#: Leaf certificates: the index, the serving peers (peer2-4 hold copies in the multi-source
+#: figures, bench/swarm.py), and the benchmark's own client.
+PKI_NAMES = ("indexd", "peer1", "peer2", "peer3", "peer4", "bench")
 #: The user the benchmark searches and fetches as, and the serving peer's user.
 BENCH_USER = "bench"
 PEER_USER = "peer1"

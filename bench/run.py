@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import bcrypt
 import msgpack
 
-from bench import baseline, clients, fixtures, hosts
+from bench import baseline, clients, fixtures, hosts, swarm
 from bench.fixtures import MiB
 from bench.harness import (
     Figure,
@@ -68,6 +68,8 @@ class Sizes:
     fetch_repeat: int
     logins: int
     login_repeat: int
+    #: The file of the multi-source figures (bench/swarm.py); 0 leaves them out.
+    swarm_hosts_size: int = 64 * MiB
     bcrypt_cost: int = 12
     probe_interval: float = 0.002
 
@@ -99,6 +101,7 @@ QUICK = Sizes(
     fetch_repeat=2,
     logins=4,
     login_repeat=1,
+    swarm_hosts_size=0,
 )
 
 
@@ -153,9 +156,11 @@ class Bench:
             )
             self.info["index_shapes"][label] = asdict(shape)
         folder = self.share / FETCH_KEYWORD
-        if groups & {"fetch", "hosts"}:
+        if groups & {"fetch", "hosts", "swarm"}:
             await asyncio.to_thread(fixtures.make_file, folder / "large.bin", s.fetch_large)
             await asyncio.to_thread(fixtures.make_file, folder / "small.bin", s.fetch_small)
+        if "swarm" in groups and s.swarm_hosts_size:
+            await asyncio.to_thread(fixtures.make_file, folder / "swarm.bin", s.swarm_hosts_size)
         self.log(f"set-up in {now() - t:.1f} s ({self.info['index_shapes']})")
 
     def indexd(self, label: str) -> contextlib.AbstractAsyncContextManager[Process]:
@@ -544,10 +549,63 @@ class Bench:
                 )
             )
 
+    # --- issue 14: manifests, a download to disk, several holders (bench/swarm.py) ----------
 
-GROUPS = ("search", "scale", "logins", "fetch", "hosts")
-#: ``--quick`` leaves out the fetch across two hosts (bench/hosts.py) unless ``--only`` names it.
-QUICK_GROUPS = ("search", "scale", "logins", "fetch")
+    async def swarm(self, index_port: int) -> None:
+        """The manifest rate, the download to disk, and (full runs) the multi-source figures."""
+        s = self.sizes
+        folder = self.share / FETCH_KEYWORD
+        self.log("  manifest computation vs plain SHA-256")
+        self.figures.append(swarm.manifest_rate(folder / "large.bin", s.fetch_repeat, self.log))
+        index = await self.connect(index_port, cert=True)
+        reply = await index.request(
+            "auth", {"username": fixtures.BENCH_USER, "password": fixtures.PASSWORD}
+        )
+        await index.close()
+        stream_args = [
+            "-m", "bench.baseline", "stream", "--pki", str(self.pki), "--name", "peer1",
+            "--root", str(folder),
+        ]  # fmt: skip
+        self.log("  download to disk vs bare stream and dd conv=fsync")
+        async with self.peerd(index_port) as peer, spawn(stream_args) as stream:
+            client = await PeerClient.connect(
+                "127.0.0.1",
+                peer.port,
+                "peer1",
+                self._client_ctx(True),
+                token=str(reply["peer_token"]),
+                requester=fixtures.BENCH_USER,
+            )
+            try:
+                self.figures.append(
+                    await swarm.disk_download(
+                        client,
+                        stream.port,
+                        self.ca,
+                        FETCH_KEYWORD,
+                        "large.bin",
+                        s.fetch_large,
+                        self.tmp,
+                        s.fetch_repeat,
+                        self.log,
+                    )
+                )
+            finally:
+                await client.close()
+        if not s.swarm_hosts_size:
+            self.log("  multi-source on the host test bed: left out (--quick)")
+            return
+        self.log("  multi-source on the host test bed")
+        self.figures += await swarm.multi_source(
+            self.tmp, self.pki, self.share, FETCH_KEYWORD, "swarm.bin",
+            size=s.swarm_hosts_size, repeat=max(2, s.fetch_repeat - 2), log=self.log,
+        )  # fmt: skip
+
+
+GROUPS = ("search", "scale", "logins", "fetch", "hosts", "swarm")
+#: ``--quick`` leaves out the fetch across two hosts (bench/hosts.py) unless ``--only`` names
+#: it, and the multi-source figures of the ``swarm`` group (Sizes.swarm_hosts_size).
+QUICK_GROUPS = ("search", "scale", "logins", "fetch", "swarm")
 
 
 async def run(
@@ -585,6 +643,9 @@ async def run(
                     bench.tmp, bench.pki, bench.share, FETCH_KEYWORD, ("small.bin", "large.bin"),
                     size=sizes.fetch_large, repeat=sizes.fetch_repeat, log=log,
                 )  # fmt: skip
+            if "swarm" in groups:
+                log("swarm: manifests, download to disk, several holders")
+                await bench.swarm(small.port)
         order = [
             "search_pipelined",
             "search_one_in_flight",
@@ -595,6 +656,11 @@ async def run(
             "logins",
             "login_probe",
             "search_latency_scale",
+            "manifest_rate",
+            "swarm_disk",
+            "swarm_hosts_1",
+            "swarm_hosts_2",
+            "swarm_hosts_4",
         ]
         figures = sorted(bench.figures, key=lambda f: order.index(f.key))
         return figures, bench.info

@@ -22,6 +22,8 @@ FIGURES = {
     "logins",
     "login_probe",
     "search_latency_scale",
+    "manifest_rate",
+    "swarm_disk",
 }
 
 
