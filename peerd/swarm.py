@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -60,6 +59,7 @@ from peerd.staging import (
 )
 from peerd.threadjob import DiskWork
 from peerd.verify import CheckOutcome
+from peerd.writeback import PrefixDigest, start_writeback
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,6 @@ MAX_RUN = 16
 #: The bitmap is written (after an ``fdatasync`` of the data) at least this often.
 CHECKPOINT_SECONDS = 2.0
 CHECKPOINT_BYTES = 64 << 20
-_HASH_BLOCK = 4 << 20
 _BITMAP_VERSION = 1
 
 
@@ -331,6 +330,12 @@ class BlockPart:
     digest: bytes
     manifest: Manifest
     unsynced: int = 0
+    #: The whole file's SHA-256, computed over the in-order prefix as blocks are written.
+    prefix: PrefixDigest = field(init=False)
+
+    def __post_init__(self) -> None:
+        have = (i for i in range(self.manifest.count) if i in self.have)
+        self.prefix = PrefixDigest(self.fd, self.manifest.count, self.manifest.span, have)
 
     @classmethod
     def open(
@@ -375,6 +380,10 @@ class BlockPart:
         while view:
             written = os.pwrite(self.fd, view, pos)
             view, pos = view[written:], pos + written
+        # Writeback starts now, so the final fsync has little left (the pages stay cached:
+        # the running digest may still read them back).
+        start_writeback(self.fd, index * self.manifest.block_size, len(data))
+        self.prefix.written(index, data)
 
     def checkpoint(self) -> None:
         """Put the written blocks on disk, then record them in the bitmap (in a new file,
@@ -393,16 +402,9 @@ class BlockPart:
         os.replace(tmp, self.staging.meta, src_dir_fd=d, dst_dir_fd=d)
 
     def whole_digest(self) -> bytes:
-        """SHA-256 of the whole partial file."""
-        h = hashlib.sha256()
-        pos = 0
-        while pos < self.manifest.size:
-            data = os.pread(self.fd, min(_HASH_BLOCK, self.manifest.size - pos), pos)
-            if not data:
-                break
-            h.update(data)
-            pos += len(data)
-        return h.digest()
+        """SHA-256 of the whole partial file: the running digest of the blocks written in
+        order, finished by reading back the blocks past it."""
+        return self.prefix.finish()
 
 
 # --- the download ------------------------------------------------------------------------------
