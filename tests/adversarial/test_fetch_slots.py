@@ -135,16 +135,14 @@ async def test_resuming_at_the_end_of_a_large_file_reads_none_of_it(
     monkeypatch.setattr(OpenFile, "read", counting)
     async with live_daemons(pki, tmp_path) as live:
         peer = await connect(live, "peer2")
+        read.clear()  # what the peer read at start (its share's digests and manifests)
         try:
-            started = time.monotonic()
             for _ in range(50):
                 stream = await peer.fetch("bulk", "big.bin", os.urandom(32), len(BIG))
                 assert [c async for c in stream.chunks()] == []
                 trailer = stream.trailer()
                 assert (trailer.size, trailer.sha256) == (len(BIG), sha256(BIG))
-            elapsed = time.monotonic() - started
         finally:
             await peer.close()
         assert read == []  # 50 × 24 MiB not read again, not even once
-        assert elapsed < 5.0
         await fetch_whole(live)

@@ -635,6 +635,13 @@ def _processes_in(inodes: set[int]) -> Iterator[int]:
                 yield int(entry.name)
 
 
+def _netns_of(pid: int) -> str:
+    """The name of the named namespace process ``pid`` is in ("" if none): a namespace's
+    number is reused once it is gone, so a process another run put in a namespace of its
+    own that got one of this run's old numbers is told apart by the name."""
+    return _run(["ip", "netns", "identify", str(pid)], check=False).stdout.strip()
+
+
 def leftovers(pid: int | None = None) -> list[str]:
     """What test beds of run ``pid`` (default: this one) left behind: namespaces, links in
     this namespace, processes they started, and processes still inside their namespaces."""
@@ -648,7 +655,11 @@ def leftovers(pid: int | None = None) -> list[str]:
             found.append(f"link {link}")
     if pid == os.getpid():
         found += [f"process {p.pid} ({p.args!r:.80})" for p in _started if p.poll() is None]
-        found += [f"process {p} inside a test bed namespace" for p in _processes_in(_inodes)]
+        found += [
+            f"process {p} inside a test bed namespace"
+            for p in _processes_in(_inodes)
+            if _netns_of(p).startswith(mine) or not _netns_of(p)
+        ]
     return found
 
 
