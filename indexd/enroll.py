@@ -10,6 +10,7 @@ again every ``refresh_interval`` seconds.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import datetime as dt
 import logging
 import time
@@ -34,7 +35,14 @@ from certs.requests import (
 )
 from indexd.handlers import IndexService
 from indexd.store import IssuedCertificate, PeerOwned, SqliteIndexStore, UnknownUser, UserDisabled
-from netproto.enrollment import MAX_REVOKED, CaReply, EnrollReply, EnrollRequest, RevokedReply
+from netproto.enrollment import (
+    MAX_REVOKED,
+    CaReply,
+    EnrollReply,
+    EnrollRequest,
+    RevokedReply,
+    RevokedRequest,
+)
 from netproto.errors import BadRequest, Forbidden, TokenInvalid
 from netproto.operations import parse_empty
 from netproto.server import Operation, RequestContext
@@ -104,6 +112,7 @@ class Enrollment:
         self.reserved = frozenset(certificate_dns_names(index_cert)) | {"localhost"}
         self.disabled: frozenset[str] = frozenset()
         self.revoked: frozenset[str] = frozenset()
+        self._revoked_order: tuple[str, ...] = ()  # sorted, for the pages of ``revoked``
         self._ca_der = authority.cert.public_bytes(serialization.Encoding.DER)
 
     async def open(self) -> None:
@@ -121,6 +130,8 @@ class Enrollment:
             log.info(
                 "revocations: %d users disabled, %d serials revoked", len(disabled), len(revoked)
             )
+        if revoked != self.revoked:
+            self._revoked_order = tuple(sorted(revoked))
         self.disabled, self.revoked = disabled, revoked
 
     async def run(self) -> None:
@@ -145,10 +156,14 @@ class Enrollment:
         """The CA certificate, for a newcomer to check against its fingerprint."""
         return CaReply(self._ca_der)
 
-    async def handle_revoked(self, ctx: RequestContext, req: None) -> RevokedReply:
-        """The serials revoked and not yet expired, for peers to refuse."""
+    async def handle_revoked(self, ctx: RequestContext, req: RevokedRequest) -> RevokedReply:
+        """A page of the serials revoked and not yet expired, for peers to refuse: never cut
+        silently, ``more`` says another page follows (PROTOCOL.md §10)."""
         self.service._authorize(ctx)
-        return RevokedReply(tuple(sorted(self.revoked))[:MAX_REVOKED])
+        order = self._revoked_order
+        start = 0 if req.after is None else bisect.bisect_right(order, req.after)
+        page = order[start : start + MAX_REVOKED]
+        return RevokedReply(page, start + len(page) < len(order))
 
     async def handle_enroll(self, ctx: RequestContext, req: EnrollRequest) -> EnrollReply:
         """Issue the fixed-profile leaf for a checked request, for a name free or the user's."""
@@ -162,6 +177,8 @@ class Enrollment:
             raise BadRequest(str(exc)) from None
         if name in self.reserved:
             raise Forbidden("this domain_name is the index's own")
+        if principal.thumbprint is not None:
+            self._check_renewal(ctx, name, req.csr)
         service = self.service
         claiming = service._check_owner(user, name) is None
         limit = service.settings.max_domains_per_user
@@ -200,6 +217,19 @@ class Enrollment:
             der, int(not_after), tokens.token, tokens.peer_token, int(tokens.expires_at)
         )
 
+    @staticmethod
+    def _check_renewal(ctx: RequestContext, name: str, csr: bytes) -> None:
+        """A renewal over mutual TLS is for the presented certificate's name and key only
+        (PROTOCOL.md §10): a stolen bound token cannot move the name to another key."""
+        cert = ctx.peer_cert
+        if cert is None:  # the binding check has already refused this; kept as a guard
+            raise Forbidden("a renewal needs the current client certificate")
+        if name not in certificate_dns_names(cert):
+            raise Forbidden("a renewal is for the name of the certificate presented")
+        spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        if request_public_key(csr).public_bytes(*spki) != cert.public_key().public_bytes(*spki):
+            raise Forbidden("a renewal is for the key of the certificate presented")
+
     def _record(self, record: IssuedCertificate) -> str | None:
         """Record the certificate; the reason it may not be issued, or None."""
         try:
@@ -216,7 +246,7 @@ class Enrollment:
         """``ca`` and ``revoked`` always; ``enroll`` when the index holds the CA key."""
         table: dict[str, Operation[Any]] = {
             "ca": Operation(parse_empty, self.handle_ca, needs_token=False),
-            "revoked": Operation(parse_empty, self.handle_revoked),
+            "revoked": Operation(RevokedRequest.from_wire, self.handle_revoked),
         }
         if self.authority.key is not None:
             table["enroll"] = Operation(EnrollRequest.from_wire, self.handle_enroll)

@@ -119,19 +119,45 @@ class EnrollReply:
 
 
 @dataclass(frozen=True, slots=True)
+class RevokedRequest:
+    """Body of ``revoked``: the page after serial ``after`` (the first page without it)."""
+
+    after: str | None = None
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> Self:
+        """Validate a ``revoked`` body (PROTOCOL.md §10)."""
+        after = body.get("after")
+        return cls(None if after is None else check_serial(after, "after"))
+
+    def to_wire(self) -> dict[str, Any]:
+        """The body map."""
+        return {} if self.after is None else {"after": self.after}
+
+
+@dataclass(frozen=True, slots=True)
 class RevokedReply:
-    """Reply of ``revoked``: serials revoked and not yet expired, lower-case hex."""
+    """Reply of ``revoked``: a page of serials revoked and not yet expired, lower-case hex in
+    ascending order; ``more`` when further pages follow (ask again ``after`` the last)."""
 
     serials: tuple[str, ...]
+    more: bool = False
 
     @classmethod
     def from_wire(cls, body: Any) -> Self:
         """Validate a ``revoked`` reply."""
-        serials = _map(body, "reply").get("serials")
+        body = _map(body, "reply")
+        serials = body.get("serials")
         if type(serials) is not list or len(serials) > MAX_REVOKED:
             raise BadRequest(f"serials: expected an array of at most {MAX_REVOKED}")
-        return cls(tuple(check_serial(s, "serials") for s in serials))
+        more = body.get("more", False)
+        if type(more) is not bool or (more and not serials):
+            raise BadRequest("more: expected a boolean, true only after a serial")
+        return cls(tuple(check_serial(s, "serials") for s in serials), more)
 
     def to_wire(self) -> dict[str, Any]:
         """The body map."""
-        return {"serials": list(self.serials)}
+        body: dict[str, Any] = {"serials": list(self.serials)}
+        if self.more:
+            body["more"] = True
+        return body

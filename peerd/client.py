@@ -22,7 +22,7 @@ from typing import Any, Self, TypeVar
 from cryptography import x509
 
 from netproto.client import Connection, ResponseStream
-from netproto.enrollment import EnrollReply, EnrollRequest, RevokedReply
+from netproto.enrollment import EnrollReply, EnrollRequest, RevokedReply, RevokedRequest
 from netproto.errors import (
     AuthRequired,
     BadRequest,
@@ -241,10 +241,18 @@ class IndexClient:
 
     async def revoked(self, token: str | None = None) -> frozenset[str]:
         """The serials the index says are revoked and not yet expired (PROTOCOL.md §10)."""
-        reply = await self.conn.request("revoked", {}, _token(token or self.token))
-        return frozenset(
-            parse_reply(RevokedReply.from_wire, reply, "the index's revoked reply").serials
-        )
+        serials: set[str] = set()
+        after: str | None = None
+        while True:  # page by page: the index never cuts the list silently
+            body = RevokedRequest(after).to_wire()
+            reply = await self.conn.request("revoked", body, _token(token or self.token))
+            page = parse_reply(RevokedReply.from_wire, reply, "the index's revoked reply")
+            serials.update(page.serials)
+            if not page.more:
+                return frozenset(serials)
+            if after is not None and page.serials[-1] <= after:
+                raise RemoteProtocolError("the index's revoked pages do not advance")
+            after = page.serials[-1]
 
     async def sync(
         self,

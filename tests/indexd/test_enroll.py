@@ -25,9 +25,10 @@ from indexd.app import IndexConfig, IndexDaemon
 from indexd.enroll import load_authority
 from indexd.store import IssuedCertificate
 from netproto.client import Connection
-from netproto.enrollment import EnrollReply
+from netproto.enrollment import EnrollReply, RevokedReply
 from netproto.errors import AuthFailed, AuthRequired, BadRequest, Forbidden, TokenInvalid, UnknownOp
 from netproto.tls import client_context
+from peerd.client import IndexClient
 from runner import StartupError
 from tests.conftest import PKI
 
@@ -374,3 +375,60 @@ async def test_a_failed_reread_of_the_revocations_keeps_the_last_ones(
         monkeypatch.setattr(index.enrollment.store, "revocations", broken)
         await asyncio.sleep(0.3)
     assert "could not read the revocations: database is locked" in caplog.text
+
+
+async def test_a_renewal_over_mutual_tls_with_another_key_or_name_is_refused(
+    pki: PKI, enrolling: IndexConfig, running_index: IndexRunner, tmp_path: Path
+) -> None:
+    key, thief = ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()
+    async with running_index(enrolling) as index:
+        async with connect(pki, index.port) as conn:
+            token = await login(conn, "alice")
+            first = await enroll(conn, token, "laptop", make_request(key, "laptop"))
+            await enroll(conn, token, "desktop", make_request(key, "desktop"))
+        cert, key_path = write_identity(tmp_path, key, first.certificate)
+        async with connect(pki, index.port, cert, key_path) as conn:
+            bound = (await conn.request("auth", {"username": "alice", "password": PASSWORD}))[
+                "token"
+            ]
+            with pytest.raises(Forbidden, match="key of the certificate"):
+                await enroll(conn, bound, "laptop", make_request(thief, "laptop"))
+            with pytest.raises(Forbidden, match="name of the certificate"):
+                await enroll(conn, bound, "desktop", make_request(key, "desktop"))
+            renewed = await enroll(conn, bound, "laptop", make_request(key, "laptop"))
+    assert x509.load_der_x509_certificate(renewed.certificate).public_key() == key.public_key()
+
+
+async def test_revoked_pages_every_serial_and_says_when_more_follow(
+    pki: PKI,
+    enrolling: IndexConfig,
+    running_index: IndexRunner,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("indexd.enroll.MAX_REVOKED", 2)
+    key = ed25519.Ed25519PrivateKey.generate()
+    async with running_index(enrolling) as index, connect(pki, index.port) as conn:
+        token = await login(conn, "alice")
+        issued = set()
+        for _ in range(5):
+            reply = await enroll(conn, token, "laptop", make_request(key, "laptop"))
+            issued.add(serial_hex(x509.load_der_x509_certificate(reply.certificate)))
+        assert admin.main(["--db", str(enrolling.db), "revoke", "--user", "alice"]) == 0
+        await asyncio.sleep(0.3)
+        seen: list[str] = []
+        body: dict[str, Any] = {}
+        pages = 0
+        while True:
+            page = RevokedReply.from_wire(await conn.request("revoked", body, token))
+            pages += 1
+            assert len(page.serials) <= 2
+            seen += page.serials
+            if not page.more:
+                break
+            body = {"after": page.serials[-1]}
+        assert pages == 3 and seen == sorted(issued)
+        client = IndexClient(conn, "indexd")
+        client.token = token
+        assert await client.revoked() == frozenset(issued)
+        with pytest.raises(BadRequest):
+            await conn.request("revoked", {"after": "XYZ"}, token)
