@@ -387,6 +387,7 @@ class PeerDaemon:
             listing,
             overwrite=overwrite,
             on_progress=on_progress,
+            limits=self.config.download_limits,
         )
 
     async def download(

@@ -23,6 +23,7 @@ import errno
 import fcntl
 import json
 import logging
+import math
 import os
 import random
 import stat
@@ -34,7 +35,7 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from netproto.errors import ConnectionClosed, P2PError, RequestError
+from netproto.errors import Busy, ConnectionClosed, P2PError, RequestError
 from netproto.manifest import (
     Manifest,
     ManifestReply,
@@ -44,8 +45,10 @@ from netproto.manifest import (
 )
 from peerd.blockplan import BlockMap, BlockPlan
 from peerd.client import PeerClient
+from peerd.download import DownloadLimits
 from peerd.errors import DownloadError, DownloadRefused, UnsafeLocalFile
 from peerd.install import install
+from peerd.pacing import PaceMeter, PacePolicy
 from peerd.share import check_private
 from peerd.staging import (
     PART_MODE,
@@ -58,7 +61,7 @@ from peerd.staging import (
     unlink_quietly,
 )
 from peerd.threadjob import DiskWork
-from peerd.verify import CheckOutcome
+from peerd.verify import CheckOutcome, check_size_limit
 from peerd.writeback import PrefixDigest, start_writeback
 
 log = logging.getLogger(__name__)
@@ -72,6 +75,10 @@ MAX_RUN = 16
 #: The bitmap is written (after an ``fdatasync`` of the data) at least this often.
 CHECKPOINT_SECONDS = 2.0
 CHECKPOINT_BYTES = 64 << 20
+#: A holder answering ``BUSY`` with ``retry_after`` is asked again after it (at most this long),
+#: and at most this many times before it is dropped.
+MAX_BUSY_WAIT = 30.0
+MAX_BUSY_RETRIES = 5
 _BITMAP_VERSION = 1
 
 
@@ -203,6 +210,14 @@ class SwarmResult:
 
 class SwarmIncomplete(DownloadRefused):
     """Every holder is gone before the last block; the verified blocks are kept to resume."""
+
+
+class TooSlow(P2PError):
+    """A holder under the floor of ``--min-transfer-rate`` (PROTOCOL.md §6)."""
+
+
+class LocalWriteFailed(DownloadError):
+    """Our own disk failed a block write: the download stops, no holder is blamed."""
 
 
 class BadBlock(P2PError):
@@ -416,6 +431,11 @@ class _Peer:
     stats: PeerStats
     tasks: dict[asyncio.Task[None], list[int]] = field(default_factory=dict)
     started: float = 0.0
+    #: Its pace while it has requests in flight (a fresh meter each time it starts again).
+    meter: PaceMeter | None = None
+    #: Not asked again before this time (it answered ``BUSY``), and how often it did.
+    resting_until: float = 0.0
+    busy: int = 0
 
     def window(self, block_size: int) -> tuple[int, int]:
         """How many requests it may have in flight, and how many blocks each asks for."""
@@ -434,8 +454,10 @@ class _Swarm:
         on_progress: Callable[[SwarmProgress], None] | None,
         clock: Callable[[], float],
         start: int,
+        pace: PacePolicy | None = None,
     ) -> None:
         self.part = part
+        self.pace = pace or PacePolicy()
         self.manifest = part.manifest
         self.plan = BlockPlan(part.have, start)
         self.peers = [_Peer(h, PeerStats(h.name)) for h in holders]
@@ -454,15 +476,21 @@ class _Swarm:
                 done -= self.manifest.count * bs - size  # the last block is short
             self.on_progress(SwarmProgress(done, size, tuple(p.stats for p in self.peers)))
 
+    def _missing_bytes(self) -> int:
+        return max(0, self.manifest.size - self.plan.have.done * self.manifest.block_size)
+
     def _issue(self) -> None:
+        now = self.clock()
         for peer in self.peers:
-            if peer.stats.dropped is not None:
+            if peer.stats.dropped is not None or peer.resting_until > now:
                 continue
             limit, run = peer.window(self.manifest.block_size)
             while len(peer.tasks) < limit:
                 blocks = self.plan.take(peer.stats.name, run) or self.plan.endgame(peer.stats.name)
                 if not blocks:
                     break
+                if peer.meter is None:
+                    peer.meter = PaceMeter(self.pace, now, self._missing_bytes())
                 task = asyncio.create_task(self._fetch(peer, blocks))
                 peer.tasks[task] = blocks
                 self.task_peer[task] = peer
@@ -471,23 +499,74 @@ class _Swarm:
         self.progress()
         while not self.plan.complete:
             self._issue()
+            wake = self._next_wake()
+            delay = None if wake is None else max(0.0, wake - self.clock())
             if not self.task_peer:
-                break
-            done, _ = await asyncio.wait(self.task_peer, return_when=asyncio.FIRST_COMPLETED)
+                if delay is None:
+                    break
+                await asyncio.sleep(delay)  # every holder left is resting after a BUSY
+                continue
+            done, _ = await asyncio.wait(
+                self.task_peer, timeout=delay, return_when=asyncio.FIRST_COMPLETED
+            )
             for task in done:
                 peer = self.task_peer.pop(task)
                 blocks = peer.tasks.pop(task)
+                if not peer.tasks:
+                    peer.meter = None  # idle from now: its pace is measured afresh
                 if task.cancelled():
                     self.plan.give_back(peer.stats.name, blocks)
                     continue
                 exc = task.exception()
+                if isinstance(exc, LocalWriteFailed):
+                    raise exc  # our disk, not the holder's fault
+                if isinstance(exc, Busy) and self._rest(peer, exc, blocks):
+                    continue
                 if exc is not None:
                     self._drop(peer, exc, blocks)
+            self._check_pace()
             await self._maybe_checkpoint()
+
+    def _next_wake(self) -> float | None:
+        """When a pace check falls due or a resting holder may be asked again, if ever."""
+        now, times = self.clock(), []
+        for peer in self.peers:
+            if peer.stats.dropped is not None:
+                continue
+            if peer.resting_until > now:
+                times.append(peer.resting_until)
+            if peer.tasks and peer.meter is not None:
+                times.append(peer.meter.next_check())
+        wake = min(times, default=math.inf)
+        return None if math.isinf(wake) else wake
+
+    def _check_pace(self) -> None:
+        """Drop every holder under the floor, even one that sends nothing at all."""
+        now = self.clock()
+        for peer in self.peers:
+            if peer.stats.dropped is None and peer.tasks and peer.meter is not None:
+                failure = peer.meter.update(now)
+                if failure is not None:
+                    self._drop(peer, TooSlow(failure), [])
+
+    def _rest(self, peer: _Peer, exc: Busy, blocks: list[int]) -> bool:
+        """Rest a holder that answered ``BUSY`` for its ``retry_after`` (bounded); False to
+        drop it instead (no ``retry_after``, or too many times)."""
+        retry = exc.extra.get("retry_after")
+        peer.busy += 1
+        if not isinstance(retry, int | float) or peer.busy > MAX_BUSY_RETRIES:
+            return False
+        wait = min(max(float(retry), 0.0), MAX_BUSY_WAIT)
+        peer.resting_until = max(peer.resting_until, self.clock() + wait)
+        log.info("%s is busy; asking it again in %.1f s", peer.stats.name, wait)
+        self.plan.give_back(peer.stats.name, blocks)
+        return True
 
     def _drop(self, peer: _Peer, exc: BaseException, blocks: list[int]) -> None:
         if isinstance(exc, BadBlock):
             reason = f"sent a bad block ({exc.index})"
+        elif isinstance(exc, TooSlow):
+            reason = f"too slow ({exc})"
         elif isinstance(exc, ConnectionClosed | OSError | TimeoutError):
             reason = f"vanished ({exc})"
         elif isinstance(exc, RequestError | P2PError):
@@ -525,6 +604,8 @@ class _Swarm:
         async for chunk in peer.holder.blocks(self.request(peer.holder, offset, length)):
             buf += chunk
             peer.stats.received += len(chunk)
+            if peer.meter is not None and (why := peer.meter.update(self.clock(), len(chunk))):
+                raise TooSlow(why)
             while index <= last and len(buf) >= (want := self.manifest.span(index)[1]):
                 data = bytes(buf[:want])
                 del buf[:want]
@@ -541,7 +622,10 @@ class _Swarm:
     async def _deliver(self, peer: _Peer, index: int, data: bytes) -> None:
         if index in self.plan.have:
             return  # the endgame's loser: already here from another peer
-        await self.disk.run(self.part.write_block, index, data)
+        try:
+            await self.disk.run(self.part.write_block, index, data)
+        except OSError as exc:
+            raise LocalWriteFailed(_write_failed(self.part.staging.path, exc)) from exc
         if index in self.plan.have:
             return
         peer.stats.blocks += 1
@@ -612,14 +696,20 @@ async def swarm_download(
     rng: random.Random | None = None,
     clock: Callable[[], float] = time.monotonic,
     manifest_timeout: float = 30.0,
+    limits: DownloadLimits | None = None,
 ) -> SwarmResult:
-    """Download ``keyword/file_name`` into the share ``dest`` from every holder at once."""
+    """Download ``keyword/file_name`` into the share ``dest`` from every holder at once, held
+    to ``limits`` (the largest file, and each holder's pace: PROTOCOL.md §6)."""
+    limits = limits or DownloadLimits()
+    if listing is not None:
+        _check_size(listing.size, limits, [])  # before a holder is even asked
     reply, serving, refused = await _gather_manifests(holders, listing, manifest_timeout)
     checks: list[CheckOutcome] = list(refused.values())
     if reply is None:
         first = next(iter(refused.values()), CheckOutcome("manifest", False, "no holder"))
         raise DownloadRefused(first.name, first.detail, tuple(checks))
     manifest = reply.manifest
+    _check_size(manifest.size, limits, checks)
     digest = manifest.digest()
     checks.append(
         CheckOutcome("manifest", True, f"{manifest.count} blocks of {manifest.block_size} bytes")
@@ -654,7 +744,7 @@ async def swarm_download(
                     if manifest.count
                     else 0
                 )
-                swarm = _Swarm(part, serving, request, disk, on_progress, clock, start)
+                swarm = _Swarm(part, serving, request, disk, on_progress, clock, start, limits.pace)
                 for name, check in refused.items():
                     swarm.peers.append(_Peer(_Refused(name), PeerStats(name, dropped=check.detail)))
                 try:
@@ -664,7 +754,10 @@ async def swarm_download(
                         task.cancel()
                     if swarm.task_peer:
                         await asyncio.wait(swarm.task_peer)
-                    await disk.run(part.checkpoint)
+                    try:
+                        await disk.run(part.checkpoint)
+                    except OSError as exc:
+                        raise LocalWriteFailed(_write_failed(staging.path, exc)) from exc
                 peers = tuple(p.stats for p in swarm.peers)
                 if not part.have.complete:
                     gone = "; ".join(f"{p.name} {p.dropped}" for p in peers if p.dropped)
@@ -704,6 +797,18 @@ async def swarm_download(
     )
 
 
+def _check_size(size: int, limits: DownloadLimits, checks: list[CheckOutcome]) -> None:
+    """Refuse a file over ``--max-download-size`` (PROTOCOL.md §6)."""
+    failed = check_size_limit(size, limits.max_size)
+    if failed is not None:
+        raise DownloadRefused(failed.name, failed.detail, (*checks, failed))
+
+
+def _write_failed(path: Path, exc: OSError) -> str:
+    """The message of a local write error (disk full, I/O error) on ``path``."""
+    return f"cannot write {path}: {exc.strerror or exc}; the verified blocks are kept"
+
+
 def _install(staging: Staging, fd: int, file_name: str, digest: bytes, overwrite: bool) -> bool:
     return install(staging, fd, file_name, digest, overwrite=overwrite)
 
@@ -731,12 +836,14 @@ __all__ = [
     "BlockPart",
     "Holder",
     "Listing",
+    "LocalWriteFailed",
     "PeerHolder",
     "PeerStats",
     "Source",
     "SwarmIncomplete",
     "SwarmProgress",
     "SwarmResult",
+    "TooSlow",
     "check_manifest",
     "part_names",
     "swarm_download",

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from netproto.errors import P2PError
 from peerd.client import PeerClient
+from peerd.download import DownloadLimits
 from peerd.errors import DownloadRefused
 from peerd.swarm import (
     Listing,
@@ -41,6 +42,7 @@ async def swarm_from_sources(
     overwrite: bool = False,
     on_progress: Callable[[SwarmProgress], None] | None = None,
     connect_timeout: float = 30.0,
+    limits: DownloadLimits | None = None,
 ) -> SwarmResult:
     """Connect to every source of ``listing`` at once and download from all that answer."""
 
@@ -78,6 +80,7 @@ async def swarm_from_sources(
             listing=listing,
             overwrite=overwrite,
             on_progress=on_progress,
+            limits=limits,
         )
     finally:
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)

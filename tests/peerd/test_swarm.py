@@ -5,6 +5,7 @@ and the manifest checks (PROTOCOL.md §7.1); then over real mutual TLS from two 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import random
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from netproto.errors import ConnectionClosed
+from netproto.errors import Busy, ConnectionClosed
 from netproto.manifest import (
     MIN_BLOCK,
     Manifest,
@@ -25,8 +26,17 @@ from netproto.manifest import (
     publish_signing_payload,
     sign_publication,
 )
+from peerd.download import DownloadLimits
 from peerd.errors import DownloadRefused
-from peerd.swarm import Listing, PeerHolder, SwarmIncomplete, SwarmProgress, swarm_download
+from peerd.swarm import (
+    BlockPart,
+    Listing,
+    LocalWriteFailed,
+    PeerHolder,
+    SwarmIncomplete,
+    SwarmProgress,
+    swarm_download,
+)
 
 CONTENT = os.urandom(12 * MIN_BLOCK + 777)
 MANIFEST = manifest_of(CONTENT)
@@ -269,3 +279,103 @@ async def test_two_real_peers_serve_one_download_with_signed_manifests(
     assert (tmp_path / "mine" / "koala" / "file.bin").read_bytes() == content
     assert result.dropped == {}
     assert sum(p.blocks for p in result.peers) == manifest.count
+
+
+class Trickler(FakeHolder):
+    """A holder sending one byte every 29 s of an injected clock (each inside the frame
+    timeout); it gives up after ``chunks`` of them."""
+
+    def __init__(self, name: str, clock: list[float], chunks: int = 20) -> None:
+        super().__init__(name)
+        self.clock = clock
+        self.chunks = chunks
+
+    async def blocks(self, request: RangeRequest) -> AsyncIterator[bytes]:
+        self.requests.append((request.offset, request.length))
+        for i in range(self.chunks):
+            await asyncio.sleep(0)
+            self.clock[0] += 29.0
+            yield self.content[request.offset + i : request.offset + i + 1]
+        raise ConnectionClosed("the trickle ran dry")
+
+
+async def test_a_sole_holder_trickling_under_the_rate_floor_is_dropped_as_too_slow(
+    tmp_path: Path,
+) -> None:
+    now = [0.0]
+    slow = Trickler("snail", now)
+    with pytest.raises(SwarmIncomplete) as info:
+        await get([slow], tmp_path, listing=listing(), clock=lambda: now[0])
+    assert info.value.partial_kept
+    assert "snail too slow" in str(info.value)
+
+
+async def test_a_file_over_max_download_size_is_refused_before_a_holder_is_asked(
+    tmp_path: Path,
+) -> None:
+    holder = FakeHolder("peer1")
+    small = DownloadLimits(max_size=len(CONTENT) - 1)
+    with pytest.raises(DownloadRefused) as info:
+        await get([holder], tmp_path, listing=listing(), limits=small)
+    assert info.value.check == "size"
+    assert holder.asked == [] and not (tmp_path / "koala").exists()
+
+
+async def test_a_manifest_over_max_download_size_is_refused_before_a_byte_lands(
+    tmp_path: Path,
+) -> None:
+    holder = FakeHolder("peer1")
+    small = DownloadLimits(max_size=len(CONTENT) - 1)
+    with pytest.raises(DownloadRefused) as info:
+        await get([holder], tmp_path, limits=small)
+    assert info.value.check == "size"
+    assert holder.requests == [] and not (tmp_path / "koala").exists()
+
+
+async def test_a_local_disk_error_fails_the_download_without_dropping_the_holders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(self: BlockPart, index: int, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(BlockPart, "write_block", disk_full)
+    holders = [FakeHolder("peer1"), FakeHolder("peer2")]
+    with pytest.raises(LocalWriteFailed) as info:
+        await get(holders, tmp_path, listing=listing())
+    assert not isinstance(info.value, SwarmIncomplete)
+    assert "No space left on device" in str(info.value)
+    assert "vanished" not in str(info.value)
+    assert sum(len(h.requests) for h in holders) <= 2 * 3  # one window each, no holder rotation
+
+
+class BusyOnce(FakeHolder):
+    """A holder that answers its first request ``BUSY`` with ``retry_after``."""
+
+    async def blocks(self, request: RangeRequest) -> AsyncIterator[bytes]:
+        if not self.requests:
+            self.requests.append((request.offset, 0))
+            raise Busy("all fetch slots taken", retry_after=0.05)
+        async for block in super().blocks(request):
+            yield block
+
+
+async def test_a_busy_holder_is_asked_again_after_its_retry_after(tmp_path: Path) -> None:
+    holder = BusyOnce("peer1")
+    result = await get([holder], tmp_path, listing=listing())
+    assert (tmp_path / "koala" / "file.bin").read_bytes() == CONTENT
+    assert result.dropped == {}
+
+
+class AlwaysBusy(FakeHolder):
+    """A holder that answers every request ``BUSY``."""
+
+    async def blocks(self, request: RangeRequest) -> AsyncIterator[bytes]:
+        self.requests.append((request.offset, 0))
+        raise Busy("all fetch slots taken", retry_after=0.01)
+        yield b""  # pragma: no cover - an async generator
+
+
+async def test_a_holder_busy_too_often_is_dropped(tmp_path: Path) -> None:
+    with pytest.raises(SwarmIncomplete) as info:
+        await get([AlwaysBusy("peer1")], tmp_path, listing=listing())
+    assert "server busy" in str(info.value) or "slots" in str(info.value)
