@@ -651,7 +651,7 @@ class Shell:
         (a peer that publishes no manifest)."""
         me = self.session.domain_name
         listing = listing_for(keyword, file_name, hits, exclude=me, only=source)
-        if listing is None or listing.manifest is None or not listing.sources:
+        if listing is None or not any(s.manifest for s in listing.sources):
             return False
         if source is None:
             try:
@@ -667,9 +667,14 @@ class Shell:
                     keyword, file_name, listing, overwrite=overwrite, on_progress=progress
                 )
         except DownloadRefused as exc:
-            self.counts = replace(self.counts, refused=self.counts.refused + 1)
             names = ", ".join(s.domain_name for s in listing.sources)
             self.view.refused(names, keyword, file_name, exc)
+            if exc.check not in ("holders", "size"):
+                # a manifest refused or a whole file that did not match: one publisher's
+                # manifest must not stop an honest holder serving the file whole
+                self.view.info("fetching the whole file from one holder instead")
+                return False
+            self.counts = replace(self.counts, refused=self.counts.refused + 1)
             return True
         except (P2PError, OSError) as exc:
             self.counts = replace(self.counts, failed=self.counts.failed + 1)

@@ -35,7 +35,8 @@ def listing_for(
 ) -> Listing | None:
     """The :class:`Listing` of ``keyword/file_name``: the content of the first hit that lists
     it, and as sources every hit and holding with that very content (size and SHA-256), each
-    under its own names; ``exclude`` (this peer) is left out, ``only`` keeps that one peer."""
+    under its own names and with its own manifest digest and signature; ``exclude`` (this
+    peer) is left out, ``only`` keeps that one peer."""
     hits = [h for h in hits if h.domain_name != exclude]
     first = listed_file(hits, file_name)
     if first is None:
@@ -43,11 +44,9 @@ def listing_for(
     _, entry = first
     content = (entry.size, entry.sha256)
     sources: dict[str, Source] = {}
-    manifest = entry.manifest
     for hit in hits:
         for f in hit.files:
             if f.filename == file_name and (f.size, f.sha256) == content:
-                manifest = manifest or f.manifest
                 sources.setdefault(
                     hit.domain_name,
                     Source(
@@ -57,12 +56,12 @@ def listing_for(
                         keyword,
                         file_name,
                         f.signature,
+                        f.manifest,
                     ),
                 )
     for h in holdings:
         if h.domain_name == exclude or (h.file.size, h.file.sha256) != content:
             continue
-        manifest = manifest or h.file.manifest
         sources.setdefault(
             h.domain_name,
             Source(
@@ -72,11 +71,13 @@ def listing_for(
                 h.keyword,
                 h.file.filename,
                 h.file.signature,
+                h.file.manifest,
             ),
         )
     if only is not None:
         sources = {k: v for k, v in sources.items() if k == only.lower()}
-    return Listing(entry.size, entry.sha256, manifest, sources=tuple(sources.values()))
+    # each source keeps its own manifest digest: one publisher's is never lent to another
+    return Listing(entry.size, entry.sha256, entry.manifest, sources=tuple(sources.values()))
 
 
 __all__ = ["listed_file", "listing_for"]

@@ -138,8 +138,8 @@ class PeerHolder:
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    """One holder as the index listed it: where it is, and its own keyword, file name and
-    publisher signature (PROTOCOL.md §4.9)."""
+    """One holder as the index listed it: where it is, and its own keyword, file name,
+    manifest digest and publisher signature (PROTOCOL.md §4.9)."""
 
     domain_name: str
     address: str
@@ -147,6 +147,7 @@ class Source:
     keyword: str
     file_name: str
     signature: bytes | None = None
+    manifest: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +162,12 @@ class Listing:
     signature: bytes | None = None
     publisher: str | None = None
     sources: tuple[Source, ...] = ()
+
+    def manifest_of(self, holder: str) -> bytes | None:
+        """The manifest digest the index listed for ``holder`` itself: a source's own, never
+        another publisher's (``manifest`` stands for a holder that is not a source)."""
+        source = next((s for s in self.sources if s.domain_name == holder), None)
+        return self.manifest if source is None else source.manifest
 
     def signature_of(self, holder: str) -> bytes | None:
         """The publisher signature the index listed for ``holder``, if any."""
@@ -262,11 +269,12 @@ def check_manifest(
             return CheckOutcome(
                 "index-digest", False, f"{holder}'s manifest is not of the content the index listed"
             )
-        if listing.manifest is not None and digest != listing.manifest:
+        listed_manifest = listing.manifest_of(holder)
+        if listed_manifest is not None and digest != listed_manifest:
             return CheckOutcome(
                 "index-manifest",
                 False,
-                f"the index lists manifest {listing.manifest.hex()[:16]}…, {holder} serves"
+                f"the index lists manifest {listed_manifest.hex()[:16]}…, {holder} serves"
                 f" {digest.hex()[:16]}…",
             )
         listed_signature = listing.signature_of(holder)
@@ -277,7 +285,7 @@ def check_manifest(
                 file_name=file_name,
                 size=listing.size,
                 sha256=listing.sha256,
-                manifest_digest=listing.manifest or digest,
+                manifest_digest=listed_manifest or digest,
             )
             if not publication_valid(key, listed_signature, listed):
                 return CheckOutcome(
@@ -670,7 +678,7 @@ async def _gather_manifests(
             good.append((holder, reply))
     if not good:
         return None, [], refused
-    agreed = good[0][1].manifest.digest()
+    agreed = _agreed_digest([reply.manifest.digest() for _, reply in good], listing)
     chosen: ManifestReply | None = None
     serving: list[Holder] = []
     for holder, reply in good:
@@ -682,6 +690,16 @@ async def _gather_manifests(
                 "manifest-digest", False, f"{holder.name} serves a different manifest"
             )
     return chosen, serving, refused
+
+
+def _agreed_digest(digests: list[bytes], listing: Listing | None) -> bytes:
+    """The manifest most holders serve; on a tie the one the searched entry listed, else the
+    first (one publisher alone cannot push the others' manifest out)."""
+    counts = {d: digests.count(d) for d in digests}
+    best = max(counts.values())
+    tied = [d for d in counts if counts[d] == best]
+    searched = listing.manifest if listing is not None else None
+    return searched if searched is not None and searched in tied else tied[0]
 
 
 async def swarm_download(
@@ -721,7 +739,7 @@ async def swarm_download(
             f"signed by {', '.join(h.name for h in serving)} under their certificate keys",
         )
     )
-    if listing is not None and listing.manifest is not None:
+    if listing is not None and all(listing.manifest_of(h.name) for h in serving):
         checks.append(CheckOutcome("index-manifest", True, "the manifest digest the index listed"))
     disk = DiskWork()
     root_fd = await disk.run(open_share_root, dest)

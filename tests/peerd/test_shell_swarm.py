@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from peerd.errors import DownloadRefused
 from peerd.shell import Shell
-from peerd.swarm import PeerStats, SwarmProgress
+from peerd.swarm import PeerStats, SwarmProgress, SwarmResult
 from peerd.ui import ShellView, make_console
 from tests.support.fake_session import FakePeer, FakeSession
 
@@ -131,3 +132,14 @@ def test_the_live_progress_shows_the_total_and_each_peers_rate() -> None:
     text = out.getvalue()
     assert "koala/joey.txt from 2 peers" in text
     assert "peer1 2.0 MB/s" in text and "peer2 dropped" in text
+
+
+async def test_a_refused_manifest_falls_back_to_a_whole_file_fetch(session: FakeSession) -> None:
+    async def refused(*args: object, **kwargs: object) -> SwarmResult:
+        raise DownloadRefused("index-manifest", "mallory serves another manifest")
+
+    session.swarm_get = refused  # type: ignore[method-assign]
+    out = await run_script(session, "get koala joey.txt")
+    assert "fetching the whole file from one holder instead" in out
+    assert session.downloads == ["peer1:koala/joey.txt"]
+    assert (session.file_directory / "koala" / "joey.txt").read_bytes() == JOEY

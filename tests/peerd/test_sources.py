@@ -38,7 +38,8 @@ def test_holders_add_peers_listing_the_content_under_their_own_names() -> None:
         Holding("me", 7000, "10.0.0.1", "koala", plain),
     ]
     listing = listing_for("koala", "a.bin", [hit("p1", plain)], holdings, exclude="me")
-    assert listing is not None and listing.manifest == MAN
+    assert listing is not None and listing.manifest is None
+    assert listing.manifest_of("p4") == MAN and listing.manifest_of("p1") is None
     assert [(s.domain_name, s.keyword, s.file_name) for s in listing.sources] == [
         ("p1", "koala", "a.bin"),
         ("p4", "wombat", "copy.bin"),
@@ -50,3 +51,12 @@ def test_holders_add_peers_listing_the_content_under_their_own_names() -> None:
 def test_nothing_listed_under_the_name_gives_no_listing() -> None:
     assert listing_for("koala", "a.bin", [hit("p1", ListedFile("b.bin", 1, SHA))]) is None
     assert listed_file([], "a.bin") is None
+
+
+def test_a_manifest_listed_by_another_publisher_is_not_lent_to_the_first_hit() -> None:
+    honest = ListedFile("a.bin", 10, SHA)
+    garbage = ListedFile("a.bin", 10, SHA, bytes([7]) * 32, SIG)
+    listing = listing_for("koala", "a.bin", [hit("p1", honest), hit("mallory", garbage)])
+    assert listing is not None and listing.manifest is None
+    assert listing.manifest_of("p1") is None
+    assert listing.manifest_of("mallory") == bytes([7]) * 32

@@ -33,6 +33,7 @@ from peerd.swarm import (
     Listing,
     LocalWriteFailed,
     PeerHolder,
+    Source,
     SwarmIncomplete,
     SwarmProgress,
     swarm_download,
@@ -379,3 +380,26 @@ async def test_a_holder_busy_too_often_is_dropped(tmp_path: Path) -> None:
     with pytest.raises(SwarmIncomplete) as info:
         await get([AlwaysBusy("peer1")], tmp_path, listing=listing())
     assert "server busy" in str(info.value) or "slots" in str(info.value)
+
+
+async def test_each_holder_is_checked_against_its_own_listed_manifest(tmp_path: Path) -> None:
+    garbage = bytes(len(CONTENT))
+    fake = Manifest(len(CONTENT), sha(CONTENT), MANIFEST.block_size, manifest_of(garbage).blocks)
+    mallory = FakeHolder("mallory", garbage, manifest=fake)
+    honest = [FakeHolder("peer1"), FakeHolder("peer2")]
+
+    def source(name: str, digest: bytes) -> Source:
+        return Source(name, "127.0.0.1", 7000, "koala", "file.bin", manifest=digest)
+
+    listed = listing(
+        manifest=None,
+        sources=(
+            source("mallory", fake.digest()),
+            source("peer1", MANIFEST.digest()),
+            source("peer2", MANIFEST.digest()),
+        ),
+    )
+    result = await get([mallory, *honest], tmp_path, listing=listed)
+    assert (tmp_path / "koala" / "file.bin").read_bytes() == CONTENT
+    assert list(result.dropped) == ["mallory"]
+    assert mallory.requests == []
