@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import ssl
@@ -245,6 +246,10 @@ class PeerDaemon:
         )
         self.renewer: CertificateRenewer | None = None
         self._enrollment_tasks: list[asyncio.Task[None]] = []
+        #: Renewals so far, and the peer token bound to each certificate renewed away: a
+        #: connection keeps the token of the certificate it presented (PROTOCOL.md §8, §10).
+        self._cert_generation = 0
+        self._retired_peer_tokens: dict[int, str] = {}
 
     # --- what the shell and scripts use (the PeerSession protocol) --------------------
 
@@ -346,7 +351,7 @@ class PeerDaemon:
         return await PeerClient.for_hit(
             hit,
             self.client_context,
-            token=lambda: self.peer_token,
+            token=functools.partial(self._peer_token_for, self._cert_generation),
             requester=self.username,
             connect_timeout=self.config.connect_timeout,
             request_timeout=self.config.request_timeout,
@@ -500,8 +505,27 @@ class PeerDaemon:
             tasks.append(self.renewer.run())
         self._enrollment_tasks = [asyncio.create_task(t) for t in tasks]
 
+    def _peer_token_for(self, generation: int) -> str:
+        """The peer token bound to the certificate a connection presented: the current one,
+        or the one kept from before a renewal for connections opened with the old one."""
+        if generation != self._cert_generation:
+            kept = self._retired_peer_tokens.get(generation)
+            if kept is not None:
+                return kept
+        return self.peer_token
+
     def _reload_certificate(self) -> None:
-        """New connections present the renewed certificate (the key stays the same)."""
+        """New connections present the renewed certificate (the key stays the same); the
+        token bound to the old one is kept for the connections that presented it."""
+        # called before the session takes the tokens bound to the new certificate
+        old = self.session.peer_token
+        if old is not None:
+            self._retired_peer_tokens[self._cert_generation] = old
+        self._cert_generation += 1
+        # a renewal comes at two thirds of a certificate's life: a token two renewals old
+        # has long expired, so only the last one is kept
+        for generation in [g for g in self._retired_peer_tokens if g < self._cert_generation - 1]:
+            del self._retired_peer_tokens[generation]
         config = self.config
         for context in (self.client_context, self._server_ctx):
             if context is not None:

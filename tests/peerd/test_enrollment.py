@@ -188,3 +188,34 @@ async def test_a_revoked_peer_is_refused_by_other_peers_within_one_refresh(
             async with await laptop.open_peer(hit) as peer:
                 with pytest.raises(TokenInvalid, match="revoked"):
                     await peer.list("koala")
+
+
+async def test_a_connection_opened_before_a_renewal_keeps_its_token_after_it(
+    enrolling: IndexConfig,
+    joining: Callable[..., PeerConfig],
+    running_index: IndexRunner,
+    running_peer: PeerRunner,
+) -> None:
+    async with running_index(enrolling) as index:
+        laptop_config = joining("laptop", index.port)
+        (laptop_config.file_directory / "koala").mkdir(parents=True)
+        (laptop_config.file_directory / "koala" / "joey.txt").write_bytes(b"a baby koala\n")
+        async with (
+            running_peer(laptop_config),
+            running_peer(joining("desk", index.port)) as desk,
+        ):
+            [hit] = await desk.search("koala")
+            before = await desk.connect_peer(hit)
+            try:
+                assert await before.list("koala") == ["joey.txt"]
+                assert desk.renewer is not None
+                await asyncio.wait_for(desk.renewer.renew(), 10)
+                # the old connection presented the old certificate: it keeps the old token
+                assert await asyncio.wait_for(before.list("koala"), 10) == ["joey.txt"]
+            finally:
+                await before.close()
+            after = await desk.connect_peer(hit)
+            try:
+                assert await asyncio.wait_for(after.list("koala"), 10) == ["joey.txt"]
+            finally:
+                await after.close()
