@@ -25,6 +25,7 @@ import certs
 from certs.requests import DEFAULT_CERT_TTL
 from indexd.enroll import DEFAULT_REFRESH_INTERVAL, Enrollment, load_authority
 from indexd.handlers import (
+    DEFAULT_LOOKUP_BURST,
     DEFAULT_MAX_DOMAINS_PER_USER,
     DEFAULT_MAX_FILES_PER_USER,
     DEFAULT_PEER_TTL,
@@ -69,6 +70,10 @@ class IndexConfig:
     max_domains_per_user: int = DEFAULT_MAX_DOMAINS_PER_USER
     max_files_per_user: int = DEFAULT_MAX_FILES_PER_USER
     sync_rate: BucketPolicy = field(default_factory=BucketPolicy)
+    #: ``holders`` and ``listing`` per user (PROTOCOL.md §6).
+    lookup_rate: BucketPolicy = field(
+        default_factory=lambda: BucketPolicy(burst=DEFAULT_LOOKUP_BURST, interval=0.05)
+    )
     staging: StagingLimits = field(default_factory=StagingLimits)
     #: The CA's key: with it the index enrolls peers (PROTOCOL.md §10); None: it does not.
     ca_key: Path | None = None
@@ -160,6 +165,7 @@ class IndexDaemon:
                 max_domains_per_user=config.max_domains_per_user,
                 max_files_per_user=config.max_files_per_user,
                 sync_rate=config.sync_rate,
+                lookup_rate=config.lookup_rate,
                 staging=config.staging,
             )
             hasher = PasswordHasher(config.bcrypt_cost, concurrency=config.bcrypt_threads)

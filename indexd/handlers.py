@@ -88,6 +88,8 @@ T = TypeVar("T")
 DEFAULT_PEER_TTL = 120.0
 DEFAULT_MAX_DOMAINS_PER_USER = 4
 DEFAULT_MAX_FILES_PER_USER = 200_000
+#: ``holders`` and ``listing`` a user may send at once; then one every 50 ms (PROTOCOL.md §6).
+DEFAULT_LOOKUP_BURST = 200
 #: Bytes a file of a ``listing`` reply may take at most (a 255-byte name, size, digest,
 #: manifest digest and publisher signature).
 _LISTED_FILE_BYTES = 450
@@ -113,6 +115,10 @@ class IndexSettings:
     max_files_per_user: int = DEFAULT_MAX_FILES_PER_USER
     #: ``sync`` per user: one-shot syncs and first parts of uploads (PROTOCOL.md §4.3).
     sync_rate: BucketPolicy = field(default_factory=BucketPolicy)
+    #: ``holders`` and ``listing`` per user: store reads on demand (PROTOCOL.md §4.9, §6).
+    lookup_rate: BucketPolicy = field(
+        default_factory=lambda: BucketPolicy(burst=DEFAULT_LOOKUP_BURST, interval=0.05)
+    )
     staging: StagingLimits = field(default_factory=StagingLimits)
 
 
@@ -183,6 +189,8 @@ class IndexService:
         self.address_attempts = AttemptLimiter(s.address_backoff)
         self.register_attempts = AttemptLimiter(s.register_backoff)
         self.sync_rate = RateBucket(s.sync_rate)
+        self.lookup_rate = RateBucket(s.lookup_rate)
+        self._holders_turn = 0  # which owner the next holders reply starts with
         self.binding = BindingChecker()
         # Every domain name ever synced and its owner; withdrawn peers keep their owner.
         self.owners: dict[str, str] = {}
@@ -199,6 +207,9 @@ class IndexService:
         self.gates: list[Callable[[RequestContext, Principal], None]] = []
         self._writes = ThreadPoolExecutor(1, thread_name_prefix="indexd-store-write")
         self._reads = ThreadPoolExecutor(1, thread_name_prefix="indexd-store-read")
+        # Password look-ups have a thread (and store connection) of their own: a flood of
+        # other reads (listing, holders) cannot delay a login behind it.
+        self._logins = ThreadPoolExecutor(1, thread_name_prefix="indexd-store-login")
         # Numbered on the write thread, so the order of generations is the order of commits.
         self._generations: Iterator[int] = itertools.count(1)
 
@@ -234,6 +245,7 @@ class IndexService:
 
     def _shutdown(self) -> None:
         self._reads.shutdown(wait=True)
+        self._logins.shutdown(wait=True)
         self._writes.shutdown(wait=True)
         self.hasher.close()
         self.register_hasher.close()
@@ -250,6 +262,7 @@ class IndexService:
         ):
             limiter.prune(now)
         self.sync_rate.prune(now)
+        self.lookup_rate.prune(now)
         expired = [s for s, until in self.revoked.items() if until <= now]
         for session in expired:
             del self.revoked[session]
@@ -261,6 +274,9 @@ class IndexService:
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         return await self._in_store(self._reads, fn, *args)
+
+    async def _password_hash(self, username: str) -> bytes | None:
+        return await self._in_store(self._logins, self.store.password_hash, username)
 
     @staticmethod
     async def _in_store(executor: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
@@ -327,7 +343,7 @@ class IndexService:
         self.register_attempts.check(where, now)
         self.register_attempts.charge(where, now)
         password = check_password(req.password)
-        if await self._read(self.store.password_hash, req.username) is not None:
+        if await self._password_hash(req.username) is not None:
             raise UserExists()
         hashed = await self.register_hasher.hash(password)
         if not await self._write(self.store.add_user, req.username, hashed, self.clock()):
@@ -354,7 +370,7 @@ class IndexService:
         for limiter, key in limits:
             limiter.charge(key, now)
         try:
-            hashed = await self._read(self.store.password_hash, user)
+            hashed = await self._password_hash(user)
             ok = await self.hasher.verify(req.password.encode("utf-8", "surrogatepass"), hashed)
         except BaseException:
             for limiter, key in limits:
@@ -377,7 +393,7 @@ class IndexService:
         principal = self._authorize(ctx)
         if principal.thumbprint is None:
             raise Forbidden("renew needs a token bound to a client certificate; log in again")
-        if await self._read(self.store.password_hash, principal.subject) is None:
+        if await self._password_hash(principal.subject) is None:
             raise Forbidden("the token's user is not registered")
         tokens = self.issuer.issue_session(
             principal.subject, ctx.peer_cert, session=principal.session_id
@@ -503,7 +519,8 @@ class IndexService:
 
     async def handle_listing(self, ctx: RequestContext, req: ListingRequest) -> ListingReply:
         """A page of one live peer's files under a keyword: the rest of a search hit."""
-        self._authorize(ctx)
+        user = self._authorize(ctx).subject
+        self.lookup_rate.take(user, self.clock())
         if not self.index.is_live(req.domain_name, self.clock()):
             raise NotFound("no live peer with this domain_name")
         limit = min(
@@ -517,17 +534,22 @@ class IndexService:
         return ListingReply(req.domain_name, req.keyword, total, req.offset, tuple(files))
 
     async def handle_holders(self, ctx: RequestContext, req: HoldersRequest) -> HoldersReply:
-        """The live peers holding a content, whatever its name or keyword (PROTOCOL.md §4.9)."""
-        self._authorize(ctx)
-        # Read more than the reply holds: some of the peers found may not be live.
-        rows = await self._read(self.store.holders, req.sha256, 4 * MAX_HOLDERS)
+        """The live peers holding a content, whatever its name or keyword (PROTOCOL.md §4.9):
+        one entry per peer, owners dealt in turn from a rotating first one."""
+        user = self._authorize(ctx).subject
+        self.lookup_rate.take(user, self.clock())
+        rows = await self._read(self.store.holders, req.sha256)
         now = self.clock()
-        holders = tuple(
-            Holding(peer.domain_name, peer.port_number, peer.address, f.keyword, f.listed())
-            for peer, f in rows
-            if self.index.is_live(peer.domain_name, now)
-        )
-        return HoldersReply(req.sha256, holders[:MAX_HOLDERS])
+        by_owner: dict[str, list[Holding]] = {}
+        # Liveness before the limit: stale peers take no place in the reply.
+        for peer, f in sorted(rows, key=lambda row: row[0].domain_name):
+            if self.index.is_live(peer.domain_name, now):
+                holding = Holding(
+                    peer.domain_name, peer.port_number, peer.address, f.keyword, f.listed()
+                )
+                by_owner.setdefault(peer.owner, []).append(holding)
+        turn, self._holders_turn = self._holders_turn, self._holders_turn + 1
+        return HoldersReply(req.sha256, deal_fairly(by_owner, turn, MAX_HOLDERS))
 
     async def handle_ping(self, ctx: RequestContext, req: PeerRequest) -> PingReply:
         """Refresh the liveness of one of the caller's listed peers."""
@@ -581,6 +603,25 @@ class IndexService:
             "ping": Operation(PeerRequest.from_wire, self.handle_ping),
             "bye": Operation(PeerRequest.from_wire, self.handle_bye),
         }
+
+
+def deal_fairly(by_owner: dict[str, list[Holding]], turn: int, limit: int) -> tuple[Holding, ...]:
+    """At most ``limit`` holdings, dealt in rounds (each owner's r-th peer in round r), the
+    owners ordered by first domain name and turned to start at ``turn``: no owner's many
+    peers or low-sorting names crowd the others out."""
+    groups = sorted(by_owner.values(), key=lambda g: g[0].domain_name)
+    if not groups:
+        return ()
+    start = turn % len(groups)
+    groups = groups[start:] + groups[:start]
+    dealt: list[Holding] = []
+    for r in range(max(len(g) for g in groups)):
+        for group in groups:
+            if r < len(group):
+                dealt.append(group[r])
+                if len(dealt) == limit:
+                    return tuple(dealt)
+    return tuple(dealt)
 
 
 def _new_version() -> int:

@@ -127,7 +127,11 @@ class IndexStore(Protocol):
         ...
 
     def password_hash(self, username: str) -> bytes | None:
-        """The user's bcrypt hash, or None for an unknown user."""
+        """The user's bcrypt hash, or None for an unknown user.
+
+        Called from a thread of its own (logins'), beside the other reads: an implementation
+        gives it a connection of its own, so that no flood of other reads delays a login.
+        """
         ...
 
     def replace_listing(self, listing: Listing) -> int:
@@ -178,8 +182,9 @@ class IndexStore(Protocol):
         ``offset`` on, in file-name order (the order of a search hit)."""
         ...
 
-    def holders(self, sha256: bytes, limit: int) -> list[tuple[PeerRecord, SharedFile]]:
-        """Files with this content on peers not withdrawn, at most ``limit``."""
+    def holders(self, sha256: bytes) -> list[tuple[PeerRecord, SharedFile]]:
+        """One file with this content per peer not withdrawn (its first in keyword then
+        file-name order): a peer listing many copies takes one row, like any other."""
         ...
 
     def revoke_session(self, session: str, expires_at: float) -> None:
@@ -314,7 +319,10 @@ class SqliteIndexStore:
             # FULL: each commit fsyncs the WAL, so a commit that returned is on disk.
             self._write.execute("PRAGMA synchronous = FULL")
             self._migrate()
-            self._read = self._write if self.path == ":memory:" else _connect(self.path)
+            memory = self.path == ":memory:"
+            self._read = self._write if memory else _connect(self.path)
+            # Logins read password hashes on a connection (and thread) of their own.
+            self._login = self._write if memory else _connect(self.path)
         except BaseException:
             self._write.close()
             raise
@@ -348,6 +356,8 @@ class SqliteIndexStore:
         """Close both connections (checkpointing the WAL)."""
         if self._read is not self._write:
             self._read.close()
+        if self._login is not self._write:
+            self._login.close()
         self._write.close()
 
     # -- writes ---------------------------------------------------------------------------
@@ -494,11 +504,14 @@ class SqliteIndexStore:
             return self._read.execute(sql, tuple(args)).fetchall()
 
     def password_hash(self, username: str) -> bytes | None:
-        """The user's bcrypt hash, or None."""
+        """The user's bcrypt hash, or None (on the logins' own connection)."""
         # A disabled user has no password that works: auth fails like an unknown user's.
-        rows = self._query(
-            "SELECT password_hash FROM users WHERE username = ? AND NOT disabled", (username,)
-        )
+        sql = "SELECT password_hash FROM users WHERE username = ? AND NOT disabled"
+        if self._read_lock is None:
+            rows = self._login.execute(sql, (username,)).fetchall()
+        else:
+            with self._read_lock:
+                rows = self._login.execute(sql, (username,)).fetchall()
         return bytes(rows[0][0]) if rows else None
 
     def peer(self, domain_name: str) -> PeerRecord | None:
@@ -578,15 +591,27 @@ class SqliteIndexStore:
             hits.append(StoredHit(current, tuple(files)))
         return hits
 
-    def holders(self, sha256: bytes, limit: int) -> list[tuple[PeerRecord, SharedFile]]:
-        """Files with this content on peers not withdrawn, at most ``limit``, in domain-name
-        then keyword and file-name order (PROTOCOL.md §4.9)."""
+    def holders(self, sha256: bytes) -> list[tuple[PeerRecord, SharedFile]]:
+        """One file with this content per peer not withdrawn, its first in keyword then
+        file-name order (PROTOCOL.md §4.9).
+
+        ``files_by_sha256`` holds the primary key after the digest, so the peers are found by
+        seeking from one peer to the next (a recursive skip-scan), and each peer's first file
+        by one more seek: the cost grows with the peers, not with the copies one peer lists.
+        """
         rows = self._query(
-            "SELECT p.domain_name, p.owner, p.port_number, p.address, p.last_seen, p.withdrawn,"
-            " f.filename, f.keyword, f.size, f.sha256, f.manifest, f.signature FROM files f"
-            " JOIN peers p ON p.id = f.peer_id WHERE f.sha256 = ? AND p.withdrawn = 0"
-            " ORDER BY p.domain_name, f.kw, f.filename LIMIT ?",
-            (sha256, limit),
+            "WITH RECURSIVE ids(pid) AS ("
+            " SELECT (SELECT min(peer_id) FROM files WHERE sha256 = ?1)"
+            " UNION ALL SELECT (SELECT min(peer_id) FROM files WHERE sha256 = ?1 AND peer_id > pid)"
+            " FROM ids WHERE pid IS NOT NULL)"
+            " SELECT p.domain_name, p.owner, p.port_number, p.address, p.last_seen, p.withdrawn,"
+            " f.filename, f.keyword, f.size, f.sha256, f.manifest, f.signature"
+            " FROM ids JOIN peers p ON p.id = ids.pid"
+            " JOIN files f ON f.peer_id = ids.pid AND (f.kw, f.filename, f.keyword) = ("
+            "  SELECT kw, filename, keyword FROM files WHERE sha256 = ?1 AND peer_id = ids.pid"
+            "  ORDER BY kw, filename, keyword LIMIT 1)"
+            " WHERE p.withdrawn = 0",
+            (sha256,),
         )
         return [(_peer(row[:6]), _shared(row[6:])) for row in rows]
 

@@ -9,11 +9,13 @@ from typing import Any
 
 import pytest
 
+from indexd.handlers import deal_fairly
 from indexd.store import SqliteIndexStore
 from netproto.operations import (
     MAX_HOLDERS,
     HoldersReply,
     HoldersRequest,
+    Holding,
     ListingRequest,
     SharedFile,
     SyncDeltaRequest,
@@ -116,7 +118,35 @@ def test_the_store_keeps_manifest_digests_across_a_reopen(tmp_path: Path) -> Non
     try:
         [(_record, files)] = list(store.iter_listings())
         assert files[0].manifest == MANIFEST and files[0].signature == SIGNATURE
-        [(peer, f)] = store.holders(CONTENT, 10)
+        [(peer, f)] = store.holders(CONTENT)
         assert (peer.domain_name, f.filename) == ("peer1", "a")
     finally:
         store.close()
+
+
+async def test_stale_peers_copies_take_no_place_and_live_owners_take_turns_first(
+    pki: Any, db: Path, clock: Clock
+) -> None:
+    async with opened(pki, db, clock) as service:
+        await _users(service, "alice", "bob", "carol")
+        copies = [_signed("k", f"copy{i:05d}") for i in range(2_000)]
+        await service.handle_sync(ctx("alice", peer="peer1"), _sync("peer1", copies))
+        clock.now += TTL + 1  # peer1 and its 2,000 copies are stale now
+        for user, peer in (("bob", "peer2"), ("carol", "peer3")):
+            await service.handle_sync(ctx(user, peer=peer), _sync(peer, [_signed("k", "a")]))
+        firsts = set()
+        for _ in range(2):
+            reply = await service.handle_holders(ctx("bob"), HoldersRequest(CONTENT))
+            assert sorted(h.domain_name for h in reply.holders) == ["peer2", "peer3"]
+            firsts.add(reply.holders[0].domain_name)
+        assert firsts == {"peer2", "peer3"}  # the first place turns
+
+
+def test_deal_fairly_gives_each_owner_a_place_before_anyone_a_second() -> None:
+    def held(name: str) -> Holding:
+        return Holding(name, 7001, "127.0.0.1", "k", _signed("k", "a").listed())
+
+    by_owner = {"mallory": [held(f"a{i}") for i in range(4)], "bob": [held("zzz")]}
+    assert [h.domain_name for h in deal_fairly(by_owner, 0, 2)] == ["a0", "zzz"]
+    assert [h.domain_name for h in deal_fairly(by_owner, 1, 3)] == ["zzz", "a0", "a1"]
+    assert deal_fairly({}, 5, 2) == ()
