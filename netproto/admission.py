@@ -58,6 +58,9 @@ class Admission(Generic[C]):
         """The connections counted now, oldest first."""
         return list(self._keys)
 
+    def __contains__(self, conn: object) -> bool:
+        return conn in self._keys
+
     @property
     def total(self) -> int:
         """How many connections are counted."""

@@ -80,8 +80,7 @@ class ResponseStream:
     def close(self) -> None:
         """Stop listening for this stream (frames still arriving are dropped)."""
         self._conn.streams.pop(self.id, None)
-        while not self.queue.empty():
-            self.queue.get_nowait()
+        self.queue = asyncio.Queue()  # what arrived is dropped; nothing more will
         if self._conn.paused_by is self:
             self._conn.resume_stream()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,7 +34,7 @@ def transport_errors(what: str) -> Iterator[None]:
         yield
     except TimeoutError as exc:
         raise Timeout(f"{what}: timed out") from exc
-    except (OSError, ssl.SSLError, EOFError) as exc:
+    except (OSError, EOFError) as exc:  # ssl.SSLError is an OSError
         raise ConnectionClosed(f"{what}: {exc or type(exc).__name__}") from exc
 
 
@@ -191,10 +190,8 @@ class FramedConnection(asyncio.BufferedProtocol):
 
     def _on_timer(self) -> None:
         self._timer, self._timer_at = None, float("inf")
-        if self.failure is None:
-            when = self.deadline(self.loop.time())
-            if when is not None:
-                self.schedule(when)
+        if self.failure is None and (when := self.deadline(self.loop.time())) is not None:
+            self.schedule(when)
 
     async def close(self, timeout: float = 1.0) -> None:
         """Flush, close gracefully (TLS close_notify) within ``timeout``, else abort."""

@@ -44,9 +44,7 @@ class Server:
         limits: ServerLimits | None = None,
         name: str = "server",
     ) -> None:
-        self.operations = operations
         self.ssl_context = ssl_context
-        self.authenticate = authenticate
         self.limits = limits or ServerLimits()
         self.name = name
         self._server: asyncio.Server | None = None
@@ -98,16 +96,14 @@ class ServerConnection(FramedConnection):
         self.server = server
         self.limits = limits = server.limits
         super().__init__(ServerProtocol(limits.max_frame), limits.write_high_water)
-        self.address, self.port, self.key = "?", 0, "?"
-        self.pending = True
-        self._accepted = self.loop.time()
+        self.address, self.port, self.key, self.pending = "?", 0, "?", True
+        self._tcp: asyncio.Transport
+        self._accepted = self._last_active = self.loop.time()
         self.state = ConnectionState()
         self.tasks: set[asyncio.Task[None]] = set()
         #: Requests read but not yet started (while output or in-flight slots are full).
         self._queue: collections.deque[Request | Rejected | Unreadable] = collections.deque()
-        self._ready = False
-        self._reading = True
-        self._last_active = self.loop.time()
+        self._ready, self._reading = False, True
         self._frame_started: float | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -115,7 +111,7 @@ class ServerConnection(FramedConnection):
         assert isinstance(transport, asyncio.Transport)
         peer = transport.get_extra_info("peername") or ("?", 0)
         self.address, self.port = str(peer[0]), int(peer[1])
-        self.key = address_key(self.address)
+        self.key, self._tcp = address_key(self.address), transport
         admitted = self.server.admit(self)
         if admitted is Admit.DROP:
             transport.abort()
@@ -139,6 +135,9 @@ class ServerConnection(FramedConnection):
             tcp.abort()
             return
         super().connection_made(tls)  # type: ignore[arg-type]  # None only on a closed loop
+        if self not in self.server.admission:  # pushed out while it was handshaking
+            self.abort()
+            return
         if busy:
             self.write(ServerProtocol.error(0, errors.Busy("too many connections")))
             await self.close()
@@ -147,6 +146,12 @@ class ServerConnection(FramedConnection):
         self._prove(not self.limits.proof_required)  # else finishing TLS is proof enough
         self.schedule(self.loop.time())  # deadline() arms the idle or frame deadline
         self._dispatch()  # requests that arrived with the end of the handshake
+
+    def abort(self) -> None:
+        """Drop the connection now, even while it is still plain TCP (in its handshake)."""
+        super().abort()
+        if self.transport is None:
+            self._tcp.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Uncount the connection and stop its requests."""
@@ -170,7 +175,7 @@ class ServerConnection(FramedConnection):
     def _dispatch(self) -> None:
         """Start queued requests while output and in-flight slots allow; else stop reading
         (TCP then holds the client back) until they do (PROTOCOL.md §6)."""
-        queue, operations = self._queue, self.server.operations
+        queue, operations = self._queue, self.server.dispatch.operations
         while queue and self._ready and self._writable is None and not self.is_closing:
             if len(self.tasks) >= self.limits.max_in_flight:
                 break
@@ -225,8 +230,7 @@ class ServerConnection(FramedConnection):
         self.write(frame)
         self._prove(self.state.proven)
 
-    def _prove(self, proven: bool = True) -> None:
-        """If the client proved itself, it leaves the pending cap and its deadline."""
+    def _prove(self, proven: bool = True) -> None:  # leaves the pending cap and its deadline
         if self.pending and proven:
             self.pending, self.state.proven = False, True
             self.server.admission.proven(self)

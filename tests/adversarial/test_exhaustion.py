@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import os
 import socket
@@ -92,7 +93,9 @@ PROOF = ServerLimits(max_pending=8, max_pending_per_address=4, proof_required=Tr
 async def test_strangers_holding_tcp_connections_without_tls_cannot_shut_out_a_client(
     pki: Any, tmp_path: Path, kind: str
 ) -> None:
-    async with live_daemons(pki, tmp_path, index_limits=PROOF, peer_limits=PROOF) as live:
+    # A handshake deadline far off: only making room may close the strangers' connections.
+    limits = dataclasses.replace(PROOF, handshake_timeout=120.0)
+    async with live_daemons(pki, tmp_path, index_limits=limits, peer_limits=limits) as live:
         port, _, _ = live.target(kind)
         loop = asyncio.get_running_loop()
         held: list[socket.socket] = []
@@ -104,15 +107,26 @@ async def test_strangers_holding_tcp_connections_without_tls_cannot_shut_out_a_c
                     sock.bind((f"127.0.0.{n}", 0))
                     await loop.sock_connect(sock, (HOST, port))
                     held.append(sock)
-            await asyncio.sleep(0.2)
+            # The oldest were closed to make room: at most max_pending are left open.
+            await wait_until(lambda: sum(map(_still_open, held)) <= PROOF.max_pending, 5.0)
             server = live.index._server if kind == "index" else live.peer._server
-            assert server is not None
-            assert server.admission.pending <= PROOF.max_pending
+            assert server is not None and server.admission.pending <= PROOF.max_pending
             # A newcomer still gets in (the oldest unproven connection made room) and proves.
             await assert_serves(live, kind)
+            assert sum(map(_still_open, held)) < PROOF.max_pending  # it pushed one more out
         finally:
             for sock in held:
                 sock.close()
+
+
+def _still_open(sock: socket.socket) -> bool:
+    """Whether the server still holds this raw TCP connection open (nothing was sent)."""
+    try:
+        return sock.recv(1) != b""  # (the server never sends on it unasked)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
 
 
 @pytest.mark.parametrize("kind", KINDS)
