@@ -5,8 +5,9 @@ version and cached (:class:`peerd.manifests.ManifestCache`). ``fetch_range`` str
 block-aligned range of the version whose manifest digest the requester names (PROTOCOL.md
 §7.1): a file changed since is ``NOT_FOUND`` before a byte is sent, and ``BUSY`` if it changes
 during the stream. The requester checks every block against the manifest as it arrives, so
-the stream carries no signature of its own. It takes a fetch slot like ``fetch`` and is held
-to the same floor of pace.
+the stream carries no signature of its own. Both take a fetch slot like ``fetch`` (``manifest``
+while it is computed), ``fetch_range`` is held to the same floor of pace, and their disk work
+runs in the serving pool (:data:`peerd.threadjob.SERVING`), never in local downloads' one.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from peerd.errors import InvalidName, ShareError
 from peerd.manifests import SignedManifest
 from peerd.pacing import PaceMeter
 from peerd.share import OpenFile, ShareFile
-from peerd.threadjob import ThreadJob
+from peerd.threadjob import SERVING, ThreadJob
 
 if TYPE_CHECKING:
     from peerd.server import PeerService
@@ -61,7 +62,7 @@ def _signed(service: PeerService, keyword: str, file_name: str) -> tuple[ShareFi
 async def _open_signed(
     service: PeerService, keyword: str, file_name: str
 ) -> tuple[ShareFile, SignedManifest]:
-    job = ThreadJob(_signed, service, keyword, file_name)
+    job = ThreadJob(_signed, service, keyword, file_name, pool=SERVING)
     try:
         return await asyncio.shield(job.future)
     except asyncio.CancelledError:
@@ -74,9 +75,14 @@ async def _open_signed(
 async def handle_manifest(
     service: PeerService, ctx: RequestContext, req: ManifestRequest
 ) -> ManifestReply:
-    """``manifest``: the publisher-signed manifest of one file."""
-    _requester(service, ctx)
-    opened, signed = await _open_signed(service, req.keyword, req.file_name)
+    """``manifest``: the publisher-signed manifest of one file. It may read the whole file,
+    so it takes a fetch slot of the requester's for as long as that lasts, like ``fetch``."""
+    requester = _requester(service, ctx)
+    service.slots.acquire(requester)
+    try:
+        opened, signed = await _open_signed(service, req.keyword, req.file_name)
+    finally:
+        service.slots.release(requester)
     opened.close()
     return ManifestReply(signed.manifest, signed.keyword, signed.publisher, signed.signature)
 
@@ -112,7 +118,9 @@ async def _range_chunks(
     clock = service.clock
     meter = PaceMeter(service.pace, clock.monotonic(), length)
     pos, end = offset, offset + length
-    pending: ThreadJob[bytes] | None = ThreadJob(opened.read, pos, min(_READ_BLOCK, end - pos))
+    pending: ThreadJob[bytes] | None = ThreadJob(
+        opened.read, pos, min(_READ_BLOCK, end - pos), pool=SERVING
+    )
     try:
         while pending is not None:
             data = await pending
@@ -121,7 +129,7 @@ async def _range_chunks(
                 raise Busy("the file changed during the transfer; fetch it again")
             pos += len(data)
             if pos < end:
-                pending = ThreadJob(opened.read, pos, min(_READ_BLOCK, end - pos))
+                pending = ThreadJob(opened.read, pos, min(_READ_BLOCK, end - pos), pool=SERVING)
             view = memoryview(data)
             for start in range(0, len(data), CHUNK_SIZE):
                 chunk = view[start : start + CHUNK_SIZE]

@@ -2,9 +2,11 @@
 
 A manifest (PROTOCOL.md §4.8) is cached by the file's ``(keyword folder, file name)`` and its
 identity (size, mtime and inode, :class:`~peerd.share.FileIdentity`): a file is read again
-only once it changed. Computing one reads the file once; the whole-file SHA-256 runs in the
-calling thread while each stretch's block digests run in a second one (``hashlib`` lets go of
-the GIL), so a manifest costs about what a plain SHA-256 of the file does (BENCHMARKS.md).
+only once it changed. Requests for a version being computed wait for that one computation; the
+cache grows to the share (:meth:`ManifestCache.fit`), so a scan never evicts what it needs.
+Computing one reads the file once; the whole-file SHA-256 runs in the calling thread while
+each stretch's block digests run in a second one (``hashlib`` lets go of the GIL), so a
+manifest costs about what a plain SHA-256 of the file does (BENCHMARKS.md).
 
 Everything here blocks: the peer server runs it in a worker thread.
 """
@@ -34,7 +36,8 @@ log = logging.getLogger(__name__)
 
 #: Bytes read per step: a whole number of blocks of every block size up to 4 MiB.
 _READ = 4 << 20
-#: Manifests kept in memory (a 2,000-block manifest is about 70 KiB).
+#: Manifests kept in memory at least (a 2,000-block manifest is about 70 KiB); more once the
+#: share has more files (:meth:`ManifestCache.fit`).
 DEFAULT_CAPACITY = 4096
 _HASHER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="manifest")
 
@@ -99,6 +102,8 @@ class ManifestCache:
             OrderedDict()
         )
         self._lock = threading.Lock()
+        #: Versions being computed now, with the future their other requesters wait on.
+        self._computing: dict[tuple[str, str, FileIdentity], Future[SignedManifest]] = {}
         #: Manifests computed by reading a file (a cached one reads nothing).
         self.computed = 0
 
@@ -111,22 +116,45 @@ class ManifestCache:
             self._entries.move_to_end((folder, file_name))
             return entry[1]
 
+    def fit(self, files: int) -> None:
+        """Hold at least ``files`` manifests: every file of a share that has that many."""
+        with self._lock:
+            self._capacity = max(self._capacity, files)
+
     def signed(self, folder: str, file_name: str, opened: ShareFile) -> SignedManifest:
         """The signed manifest of the opened file, from the cache or computed now (blocking).
 
-        The signature names the keyword as this peer lists it, its folder's name (PROTOCOL.md
-        §4.8), whatever case the requester asked with.
+        One computation per file version: a second request for a version being computed
+        waits for it. The signature names the keyword as this peer lists it, its folder's name
+        (PROTOCOL.md §4.8), whatever case the requester asked with.
         """
-        cached = self.get(folder, file_name, opened.identity)
-        if cached is None:
-            manifest = compute_manifest(opened)
-            self.computed += 1
-            cached = self.sign(folder, file_name, manifest)
-            with self._lock:
-                self._entries[(folder, file_name)] = (opened.identity, cached)
+        key = (folder, file_name, opened.identity)
+        with self._lock:
+            entry = self._entries.get((folder, file_name))
+            if entry is not None and entry[0] == opened.identity:
                 self._entries.move_to_end((folder, file_name))
-                while len(self._entries) > self._capacity:
-                    self._entries.popitem(last=False)
+                return entry[1]
+            running = self._computing.get(key)
+            if running is None:
+                mine: Future[SignedManifest] = Future()
+                self._computing[key] = mine
+        if running is not None:
+            return running.result()
+        try:
+            cached = self.sign(folder, file_name, compute_manifest(opened))
+        except BaseException as exc:
+            mine.set_exception(exc)
+            with self._lock:
+                del self._computing[key]
+            raise
+        with self._lock:
+            self.computed += 1
+            self._entries[(folder, file_name)] = (opened.identity, cached)
+            self._entries.move_to_end((folder, file_name))
+            while len(self._entries) > self._capacity:
+                self._entries.popitem(last=False)
+            del self._computing[key]
+        mine.set_result(cached)
         return cached
 
     def sign(self, keyword: str, file_name: str, manifest: Manifest) -> SignedManifest:

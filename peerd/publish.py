@@ -26,6 +26,9 @@ def published(
     share: Share, manifests: ManifestCache, files: Iterable[SharedFile]
 ) -> list[SharedFile]:
     """``files`` with the manifest digest and signature of each that has one (blocking)."""
+    files = list(files)
+    # Room for every file: an unchanged file is then never hashed again for the next scan.
+    manifests.fit(len(files))
     out: list[SharedFile] = []
     for f in files:
         try:

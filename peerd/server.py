@@ -47,7 +47,7 @@ from peerd.errors import InvalidName, ShareError
 from peerd.manifests import ManifestCache
 from peerd.pacing import PaceMeter, PacePolicy
 from peerd.share import ShareFile, ShareStore
-from peerd.threadjob import ThreadJob
+from peerd.threadjob import SERVING, ThreadJob
 
 log = logging.getLogger(__name__)
 
@@ -258,14 +258,14 @@ class _Transfer:
         pending: ThreadJob[Any] | None = None
         try:
             if self.sha256 is not None and self.req.offset:
-                pending = ThreadJob(self._hash_prefix, self.req.offset)
+                pending = ThreadJob(self._hash_prefix, self.req.offset, pool=SERVING)
                 await pending
                 pending = None
             pos = self.req.offset
             meter = PaceMeter(self.service.pace, clock.monotonic(), size - pos)
             if pos < size:
                 want = min(_READ_BLOCK, size - pos)
-                pending = ThreadJob(self._read_hashed, pos, want)
+                pending = ThreadJob(self._read_hashed, pos, want, pool=SERVING)
             while pending is not None:
                 data = await pending
                 pending = None
@@ -275,7 +275,7 @@ class _Transfer:
                 if pos < size:
                     # Read the next block while this one is encrypted and sent.
                     want = min(_READ_BLOCK, size - pos)
-                    pending = ThreadJob(self._read_hashed, pos, want)
+                    pending = ThreadJob(self._read_hashed, pos, want, pool=SERVING)
                 view = memoryview(data)
                 for start in range(0, len(data), CHUNK_SIZE):
                     chunk = view[start : start + CHUNK_SIZE]

@@ -6,6 +6,10 @@ must therefore watch the thread's :class:`concurrent.futures.Future`, which :cla
 keeps; otherwise the thread may read or write a descriptor number already closed and reused.
 :class:`DiskWork` keeps the jobs of one task together, so its descriptors are closed only once
 none of them is in use.
+
+Two pools: :data:`LOCAL` for this peer's own downloads and :data:`SERVING` for the disk work
+of what others ask (``fetch``, ``manifest``, ``fetch_range``), so that requesters, however many
+and however slow, can never occupy every thread a local download needs.
 """
 
 from __future__ import annotations
@@ -19,14 +23,24 @@ from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
-_EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="peerd-io")
+#: This peer's own downloads (the default).
+LOCAL = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="peerd-io")
+#: Threads of :data:`SERVING`.
+SERVING_THREADS = 8
+#: Disk work serving other peers' requests.
+SERVING = concurrent.futures.ThreadPoolExecutor(SERVING_THREADS, thread_name_prefix="peerd-serve")
 
 
 class ThreadJob(Generic[T]):
     """``fn(*args)`` running in a worker thread; awaitable for its result."""
 
-    def __init__(self, fn: Callable[..., T], *args: Any) -> None:
-        self._thread_future = _EXECUTOR.submit(fn, *args)
+    def __init__(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        pool: concurrent.futures.ThreadPoolExecutor = LOCAL,
+    ) -> None:
+        self._thread_future = pool.submit(fn, *args)
         self.future: asyncio.Future[T] = asyncio.wrap_future(self._thread_future)
 
     def __await__(self) -> Generator[Any, None, T]:
@@ -114,4 +128,4 @@ class DiskWork:
             job.when_finished(one_done)
 
 
-__all__ = ["DiskWork", "ThreadJob"]
+__all__ = ["LOCAL", "SERVING", "SERVING_THREADS", "DiskWork", "ThreadJob"]

@@ -89,6 +89,24 @@ async def test_one_user_cannot_hold_every_fetch_slot(live: Live) -> None:
     await assert_index_serves(live)
 
 
+async def test_manifest_takes_a_fetch_slot_of_the_requester(live: Live) -> None:
+    greedy = [await connect(live, "greedy") for _ in range(3)]
+    try:
+        [await g.fetch("bulk", "big.bin", os.urandom(32)) for g in greedy[:2]]  # held, unread
+        with pytest.raises(Busy, match="2 transfers of yours"):  # no hashing beyond the cap
+            await greedy[2].manifest("bulk", "big.bin")
+        other = await connect(live, "peer2")
+        try:
+            assert (await other.manifest("bulk", "big.bin")).manifest.sha256 == sha256(BIG)
+        finally:
+            await other.close()
+        assert slots(live) == 2  # the manifest's slot is back once it is answered
+    finally:
+        for g in greedy:
+            await g.close()
+    await wait_until(lambda: slots(live) == 0, STEP)
+
+
 async def test_a_requester_reading_under_the_floor_loses_its_slot(pki: Any, tmp_path: Path) -> None:
     floor = PacePolicy(min_rate=4 << 20, window=0.5)  # 4 MiB/s, over half a second
     async with live_daemons(

@@ -40,3 +40,16 @@ def test_an_entry_that_changed_or_vanished_since_the_scan_goes_without(tmp_path:
     gone = dataclasses.replace(entry, filename="gone.txt")
     cache = ManifestCache("peer1", Ed25519PrivateKey.generate())
     assert published(share, cache, [stale, gone]) == [stale, gone]
+
+
+def test_a_share_larger_than_the_cache_is_not_hashed_again_by_the_next_scan(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "koala").mkdir()
+    for i in range(5):
+        (tmp_path / "koala" / f"{i}.txt").write_bytes(b"joey" * (i + 1))
+    share = Share(tmp_path, cache_file=None)
+    cache = ManifestCache("peer1", Ed25519PrivateKey.generate(), capacity=2)
+    for _ in range(3):
+        published(share, cache, share.scan())
+    assert cache.computed == 5

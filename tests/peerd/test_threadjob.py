@@ -8,7 +8,7 @@ import os
 import threading
 from typing import Any
 
-from peerd.threadjob import DiskWork, ThreadJob
+from peerd.threadjob import SERVING, SERVING_THREADS, DiskWork, ThreadJob
 
 
 async def test_result_is_awaited_from_the_thread() -> None:
@@ -101,3 +101,14 @@ async def test_what_a_cancelled_step_opened_is_released(tmp_path: Any) -> None:
         gate.set()
         assert await asyncio.to_thread(done.wait, 5)
     assert released == [42]
+
+
+async def test_local_disk_work_runs_while_every_serving_thread_is_busy() -> None:
+    gate = threading.Event()
+    busy = [ThreadJob(gate.wait, 10, pool=SERVING) for _ in range(SERVING_THREADS * 2)]
+    try:
+        async with asyncio.timeout(5):
+            assert await DiskWork().run(sum, [1, 2]) == 3
+        assert not any(job.done() for job in busy)
+    finally:
+        gate.set()
