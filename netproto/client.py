@@ -92,7 +92,7 @@ class Connection(FramedConnection):
         self.protocol = ClientProtocol(max_frame)
         super().__init__(self.protocol, 4 << 20)
         self.request_timeout = request_timeout
-        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._pending: dict[int, tuple[asyncio.Future[Any], float, str]] = {}  # future, when, op
         self.streams: dict[int, ResponseStream] = {}
         self.paused_by: ResponseStream | None = None
 
@@ -154,14 +154,20 @@ class Connection(FramedConnection):
         """Send one request and return its reply body, or raise its typed error."""
         future: asyncio.Future[Any] = self.loop.create_future()
         rid = self._send(op, body, token)
-        self._pending[rid] = future
-        wait = timeout if timeout is not None else self.request_timeout
-        timer = self.loop.call_later(wait, _time_out, future, op)
+        when = self.loop.time() + (timeout if timeout is not None else self.request_timeout)
+        self._pending[rid] = (future, when, op)
+        self.schedule(when)  # the connection's one timer: re-armed only for an earlier time
         try:
             return await future
         finally:
-            timer.cancel()
-            self._pending.pop(rid, None)
+            del self._pending[rid]
+
+    def deadline(self, now: float) -> float | None:
+        """Time out the requests whose deadline passed; the earliest one left, if any."""
+        for future, when, op in self._pending.values():
+            if when <= now and not future.done():
+                future.set_exception(Timeout(f"no answer to {op!r} in time"))
+        return min((w for f, w, _ in self._pending.values() if not f.done()), default=None)
 
     async def stream(
         self, op: str, body: Body, token: Token = None, *, timeout: float | None = None
@@ -202,7 +208,7 @@ class Connection(FramedConnection):
                 self._lose(msg.error)
                 return
             else:
-                future = self._pending.get(msg.id)
+                future = self._pending.get(msg.id, (None,))[0]
                 if future is None or future.done():
                     continue  # an answer to a request that timed out or was abandoned
                 if isinstance(msg, Reply):
@@ -241,7 +247,7 @@ class Connection(FramedConnection):
 
     def closing(self, failure: P2PError) -> None:
         """Fail every request and stream still waiting."""
-        for future in self._pending.values():
+        for future, _, _ in self._pending.values():
             if not future.done():
                 future.set_exception(failure)
         for stream in self.streams.values():
@@ -261,8 +267,3 @@ class Connection(FramedConnection):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-
-def _time_out(future: asyncio.Future[Any], op: str) -> None:
-    if not future.done():
-        future.set_exception(Timeout(f"no answer to {op!r} in time"))

@@ -97,7 +97,6 @@ class ServerConnection(FramedConnection):
         self.limits = limits = server.limits
         super().__init__(ServerProtocol(limits.max_frame), limits.write_high_water)
         self.address, self.port, self.key, self.pending = "?", 0, "?", True
-        self._tcp: asyncio.Transport
         self._accepted = self._last_active = self.loop.time()
         self.state = ConnectionState()
         self.tasks: set[asyncio.Task[None]] = set()
