@@ -28,6 +28,8 @@ from netproto.names import (
 NONCE_SIZE = 32
 SHA256_SIZE = 32
 MAX_FILE_SIZE = 2**53  # sizes travel as msgpack ints; keep them exact in every language
+#: A stream chunk carries 1 to this many bytes (PROTOCOL.md §7).
+MAX_CHUNK = 256 << 10
 MAX_SYNC_FILES_PER_PART = 20_000
 MAX_SYNC_SEQ = 10_000  # a multi-part upload has at most MAX_SYNC_SEQ + 1 parts
 MAX_LISTING_VERSION = 2**63 - 1  # listing versions are opaque ints (PROTOCOL.md §4.3.1)

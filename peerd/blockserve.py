@@ -17,35 +17,20 @@ import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from netproto.errors import BadRequest, Busy, InvalidPath, NotFound, RequestError, Timeout
+from netproto.errors import BadRequest, Busy, NotFound, RequestError, Timeout
 from netproto.manifest import ManifestReply, ManifestRequest, RangeHeader, RangeRequest
+from netproto.operations import MAX_CHUNK
 from netproto.server import RequestContext, StreamReply
-from peerd.errors import InvalidName, ShareError
+from peerd.errors import ShareError, wire_error
 from peerd.manifests import SignedManifest
 from peerd.pacing import PaceMeter
-from peerd.share import OpenFile, ShareFile
+from peerd.share import READ_BLOCK, OpenFile, ShareFile
 from peerd.threadjob import SERVING, ThreadJob
 
 if TYPE_CHECKING:
     from peerd.server import PeerService
 
 log = logging.getLogger(__name__)
-
-CHUNK_SIZE = 256 << 10  # PROTOCOL.md §7: chunks of at most 256 KiB
-_READ_BLOCK = 4 * CHUNK_SIZE
-
-
-def _wire_error(exc: ShareError) -> RequestError:
-    if isinstance(exc, InvalidName):
-        return InvalidPath(str(exc))
-    return NotFound(str(exc))
-
-
-def _requester(service: PeerService, ctx: RequestContext) -> str:
-    assert ctx.principal is not None
-    if service.check_token is not None:
-        service.check_token(ctx.principal, ctx.peer_cert)
-    return ctx.principal.subject
 
 
 def _signed(service: PeerService, keyword: str, file_name: str) -> tuple[ShareFile, SignedManifest]:
@@ -69,7 +54,7 @@ async def _open_signed(
         job.on_result(lambda result: result[0].close())
         raise
     except ShareError as exc:
-        raise _wire_error(exc) from exc
+        raise wire_error(exc) from exc
 
 
 async def handle_manifest(
@@ -77,7 +62,7 @@ async def handle_manifest(
 ) -> ManifestReply:
     """``manifest``: the publisher-signed manifest of one file. It may read the whole file,
     so it takes a fetch slot of the requester's for as long as that lasts, like ``fetch``."""
-    requester = _requester(service, ctx)
+    requester = service.requester(ctx)
     service.slots.acquire(requester)
     try:
         opened, signed = await _open_signed(service, req.keyword, req.file_name)
@@ -91,7 +76,7 @@ async def handle_fetch_range(
     service: PeerService, ctx: RequestContext, req: RangeRequest
 ) -> StreamReply:
     """``fetch_range``: a block-aligned range of the named version, as chunks."""
-    requester = _requester(service, ctx)
+    requester = service.requester(ctx)
     service.slots.acquire(requester)
     try:
         opened, signed = await _open_signed(service, req.keyword, req.file_name)
@@ -119,7 +104,7 @@ async def _range_chunks(
     meter = PaceMeter(service.pace, clock.monotonic(), length)
     pos, end = offset, offset + length
     pending: ThreadJob[bytes] | None = ThreadJob(
-        opened.read, pos, min(_READ_BLOCK, end - pos), pool=SERVING
+        opened.read, pos, min(READ_BLOCK, end - pos), pool=SERVING
     )
     try:
         while pending is not None:
@@ -129,10 +114,10 @@ async def _range_chunks(
                 raise Busy("the file changed during the transfer; fetch it again")
             pos += len(data)
             if pos < end:
-                pending = ThreadJob(opened.read, pos, min(_READ_BLOCK, end - pos), pool=SERVING)
+                pending = ThreadJob(opened.read, pos, min(READ_BLOCK, end - pos), pool=SERVING)
             view = memoryview(data)
-            for start in range(0, len(data), CHUNK_SIZE):
-                chunk = view[start : start + CHUNK_SIZE]
+            for start in range(0, len(data), MAX_CHUNK):
+                chunk = view[start : start + MAX_CHUNK]
                 yield chunk
                 if meter.update(clock.monotonic(), len(chunk)) is not None:
                     log.info("range fetch by %s read too slowly: %s", requester, meter.failure)

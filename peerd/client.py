@@ -34,6 +34,7 @@ from netproto.errors import (
 from netproto.manifest import ManifestReply, ManifestRequest, RangeHeader, RangeRequest
 from netproto.names import canonical_domain_name
 from netproto.operations import (
+    MAX_CHUNK,
     AuthReply,
     ByeReply,
     Credentials,
@@ -362,7 +363,6 @@ class IndexClient:
 
 
 #: The largest chunk a fetch stream may carry (PROTOCOL.md §7).
-MAX_CHUNK = 256 << 10
 
 
 class FetchStream:

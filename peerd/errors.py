@@ -4,7 +4,7 @@ Three families, each raised by one layer and chained to its cause (``raise ... f
 
 - :class:`SessionError`: the peer's session with the index (reach it, trust it, log in,
   publish the share). :meth:`peerd.daemon.PeerDaemon.start` turns one into a
-  :class:`~netproto.daemon.StartupError`; later (a search, the keep-alive loop) it stays itself,
+  :class:`~runner.StartupError`; later (a search, the keep-alive loop) it stays itself,
   so the shell can tell an untrusted index from an unreachable one.
 - :class:`ShareError`: the share's storage refusing a name or not having it, or a folder or
   file in it that is not this user's own (:class:`UnsafeLocalFile`); the peer server's
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from netproto.errors import P2PError, VerificationFailed
+from netproto.errors import InvalidPath, NotFound, P2PError, RequestError, VerificationFailed
 from peerd.verify import CheckOutcome
 
 # --- the session with the index -------------------------------------------------------------
@@ -131,3 +131,10 @@ __all__ = [
     "ShareUnavailable",
     "UnsafeLocalFile",
 ]
+
+
+def wire_error(exc: ShareError) -> RequestError:
+    """The wire error (PROTOCOL.md §5) that answers a refusal of the share store."""
+    if isinstance(exc, InvalidName):
+        return InvalidPath(str(exc))
+    return NotFound(str(exc))

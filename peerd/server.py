@@ -32,10 +32,16 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from netproto.errors import BadRequest, Busy, InvalidPath, NotFound, RequestError, Timeout
+from netproto.errors import BadRequest, Busy, Timeout
 from netproto.framing import DEFAULT_MAX_FRAME
 from netproto.manifest import ManifestRequest, RangeRequest
-from netproto.operations import FetchHeader, FetchRequest, FetchTrailer, KeywordRequest
+from netproto.operations import (
+    MAX_CHUNK,
+    FetchHeader,
+    FetchRequest,
+    FetchTrailer,
+    KeywordRequest,
+)
 from netproto.server import Operation, RequestContext, Server, ServerLimits, StreamReply
 from netproto.service import Authenticator
 from netproto.signing import fetch_signing_payload, sign_fetch
@@ -43,19 +49,16 @@ from netproto.tls import server_context
 from netproto.tokens import Principal
 from peerd.blockserve import handle_fetch_range, handle_manifest
 from peerd.clock import SYSTEM_CLOCK, Clock
-from peerd.errors import InvalidName, ShareError
+from peerd.errors import ShareError, wire_error
 from peerd.manifests import ManifestCache
 from peerd.pacing import PaceMeter, PacePolicy
-from peerd.share import ShareFile, ShareStore
+from peerd.share import READ_BLOCK, ShareFile, ShareStore
 from peerd.threadjob import SERVING, ThreadJob
 
 log = logging.getLogger(__name__)
 
-CHUNK_SIZE = 256 << 10  # PROTOCOL.md §4: chunks of at most 256 KiB
+CHUNK_SIZE = MAX_CHUNK  # the largest a chunk may be (PROTOCOL.md §7)
 _PREFIX_BLOCK = 1 << 20
-#: File bytes read (and hashed) per trip to a worker thread: four chunks, so the hand-off to
-#: and from the thread is paid once per MiB, not per chunk (BENCHMARKS.md).
-_READ_BLOCK = 4 * CHUNK_SIZE
 DEFAULT_MAX_FETCHES = 32
 #: Of those, the most one requester (a token's ``sub``) may hold at once.
 DEFAULT_MAX_FETCHES_PER_REQUESTER = 4
@@ -113,13 +116,6 @@ class FetchSlots:
         return self._by_requester.get(requester, 0)
 
 
-def wire_error(exc: ShareError) -> RequestError:
-    """The wire error (PROTOCOL.md §5) that answers a refusal of the share store."""
-    if isinstance(exc, InvalidName):
-        return InvalidPath(str(exc))
-    return NotFound(str(exc))
-
-
 @dataclass
 class PeerService:
     """What the handlers need: the share, this peer's name and signing key, the fetch slots,
@@ -144,7 +140,7 @@ class PeerService:
         self.slots = FetchSlots(self.max_fetches, self.max_fetches_per_requester)
         self.manifests = ManifestCache(self.domain_name, self.signing_key)
 
-    def _bound(self, ctx: RequestContext) -> str:
+    def requester(self, ctx: RequestContext) -> str:
         """The requester, once its token is shown to be bound to this connection's certificate."""
         assert ctx.principal is not None
         if self.check_token is not None:
@@ -158,7 +154,7 @@ class PeerService:
 
     async def handle_list(self, ctx: RequestContext, req: KeywordRequest) -> list[str]:
         """``list``: the file names under a keyword (matched case-insensitively)."""
-        self._bound(ctx)
+        self.requester(ctx)
         try:
             names = await asyncio.to_thread(self.share.list_files, req.keyword)
         except ShareError as exc:
@@ -167,7 +163,7 @@ class PeerService:
 
     async def handle_fetch(self, ctx: RequestContext, req: FetchRequest) -> StreamReply:
         """``fetch``: a header, the file from ``offset`` in chunks, a signed trailer."""
-        requester = self._bound(ctx)
+        requester = self.requester(ctx)
         self.slots.acquire(requester)
         try:
             opened = await self._open(req.keyword, req.file_name)
@@ -264,7 +260,7 @@ class _Transfer:
             pos = self.req.offset
             meter = PaceMeter(self.service.pace, clock.monotonic(), size - pos)
             if pos < size:
-                want = min(_READ_BLOCK, size - pos)
+                want = min(READ_BLOCK, size - pos)
                 pending = ThreadJob(self._read_hashed, pos, want, pool=SERVING)
             while pending is not None:
                 data = await pending
@@ -274,7 +270,7 @@ class _Transfer:
                 pos += len(data)
                 if pos < size:
                     # Read the next block while this one is encrypted and sent.
-                    want = min(_READ_BLOCK, size - pos)
+                    want = min(READ_BLOCK, size - pos)
                     pending = ThreadJob(self._read_hashed, pos, want, pool=SERVING)
                 view = memoryview(data)
                 for start in range(0, len(data), CHUNK_SIZE):

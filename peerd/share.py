@@ -52,6 +52,9 @@ TEMP_SUFFIXES = ("~", ".tmp", ".swp", ".part", ".partial", ".crdownload", ".p2ps
 RACY_WINDOW_NS = 2_000_000_000
 _MAX_CACHE_BYTES = 256 << 20
 _HASH_BLOCK = 1 << 20
+#: File bytes a server reads (and hashes) per trip to a worker thread: four chunks, so the
+#: hand-off to and from the thread is paid once per MiB, not per chunk (BENCHMARKS.md).
+READ_BLOCK = 1 << 20
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
