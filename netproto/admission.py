@@ -52,6 +52,8 @@ class Admission(Generic[C]):
         self._pending: dict[C, str] = {}  # those not yet proven, in the order admitted
         self._by_key: Counter[str] = Counter()
         self._pending_by_key: Counter[str] = Counter()
+        #: Connections offered to :meth:`admit` so far, served or not (for metrics).
+        self.accepted = 0
 
     @property
     def connections(self) -> list[C]:
@@ -74,6 +76,7 @@ class Admission(Generic[C]):
     def admit(self, conn: C, key: str, *, closing: bool = False) -> tuple[Admit, list[C]]:
         """Count a new (pending) connection from ``key``, or say why not to serve it; also
         return the oldest pending connections it pushed out (the caller closes them)."""
+        self.accepted += 1
         caps, mine = self.caps, self._by_key[key]
         if (
             self._pending_by_key[key] >= caps.max_pending_per_address

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from cryptography import x509
 
@@ -60,6 +60,9 @@ class RequestContext:
     peer_cert: x509.Certificate | None
     principal: Principal | None = None
     conn: ConnectionState = field(default_factory=ConnectionState)
+    #: When the request started, on the clock of the server's :class:`RequestObserver`
+    #: (set only when there is one).
+    started: float = 0.0
 
     @property
     def subject(self) -> str:
@@ -103,6 +106,26 @@ class Operation(Generic[Req]):
 #: Verifies a request's token against the client certificate of its connection (RFC 8705
 #: binding, PROTOCOL.md §8) and returns who it names; raises the token's wire error.
 Authenticator = Callable[[str, x509.Certificate | None], Principal]
+
+
+class RequestObserver(Protocol):
+    """Told of every request a server answers, for an operator's metrics (README.md,
+    "Operating"). Called on the event loop, on the hot path: each call must be cheap and must
+    not raise. The core keeps no clock, so the observer brings its own."""
+
+    def clock(self) -> float:
+        """Now, in seconds, on a monotonic clock."""
+        ...
+
+    def request_done(self, operation: str, code: str, seconds: float) -> None:
+        """A request ended: its operation (a name of the handler table, or ``unknown``),
+        ``ok`` or its error code (PROTOCOL.md §5; ``CLOSED`` if the connection went first),
+        and the seconds from its parsing to its answer (a stream's last chunk)."""
+        ...
+
+    def bytes_served(self, operation: str, count: int) -> None:
+        """``count`` payload bytes of a streamed answer went to the connection."""
+        ...
 
 
 def to_wire(value: Any) -> Any:
