@@ -20,6 +20,7 @@ from indexd.handlers import (
     DEFAULT_PEER_TTL,
 )
 from indexd.passwords import DEFAULT_COST
+from indexd.pgstore import is_postgres_url
 from indexd.ratelimit import BackoffPolicy, BucketPolicy
 from runner import (
     ExitCode,
@@ -56,7 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=_number(int, 0, 65535), default=DEFAULT_PORT, help="TCP port (%(default)s)"
     )
     parser.add_argument(
-        "--db", type=Path, default=Path("indexd.db"), help="SQLite database file (%(default)s)"
+        "--db",
+        default="indexd.db",
+        metavar="DB",
+        help="SQLite database file, or a postgresql://user@host:port/dbname URL shared by "
+        "several index servers (%(default)s)",
     )
     parser.add_argument("--cert", type=Path, required=True, help="the index's certificate (PEM)")
     parser.add_argument("--key", type=Path, required=True, help="its Ed25519 private key (PEM)")
@@ -185,7 +190,7 @@ def config_from_args(args: argparse.Namespace) -> IndexConfig:
         cert=args.cert,
         key=args.key,
         ca=args.ca,
-        db=args.db,
+        db=args.db if is_postgres_url(args.db) else Path(args.db),
         host=args.host,
         port=args.port,
         token_ttl=args.token_ttl,
@@ -201,6 +206,7 @@ def config_from_args(args: argparse.Namespace) -> IndexConfig:
         sync_rate=BucketPolicy(burst=args.sync_burst, interval=args.sync_interval),
         ca_key=args.ca_key,
         cert_ttl=args.cert_ttl,
+        metrics=args.metrics,
     )
 
 
@@ -215,6 +221,8 @@ async def serve(config: IndexConfig) -> None:
         assert daemon.enrollment is not None
         # What newcomers pass to peerd --ca-fingerprint (PROTOCOL.md §10).
         print(f"CA fingerprint: {daemon.enrollment.authority.fingerprint}", flush=True)
+        if daemon.metrics is not None:
+            print(f"metrics on {daemon.metrics.url}", flush=True)
 
     await run_until_signalled(start, daemon.stop)
 

@@ -1,10 +1,11 @@
-"""``indexd admin --db FILE ...``: the operator's commands, run beside a live daemon.
+"""``indexd admin --db FILE|URL ...``: the operator's commands, run beside a live daemon.
 
 ``revoke --serial N | --user U | --domain D`` revokes certificates issued at enrollment;
 ``disable-user U`` stops a user from logging in, renewing and enrolling, and revokes its
 certificates; ``enable-user U`` undoes the disabling (not the revocations); ``certificates``
-lists what was issued. They write the daemon's database; the daemon reads revocations again
-within a second and peers within their next refresh (PROTOCOL.md §10).
+lists what was issued; ``stats`` prints what the database holds. They write the daemon's
+database (a SQLite file or a ``postgresql://`` URL); the daemon reads revocations again within
+a second and peers within their next refresh (PROTOCOL.md §10).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from indexd.store import SchemaTooNew, SqliteIndexStore
+from indexd.handlers import DEFAULT_PEER_TTL
+from indexd.pgstore import describe, is_postgres_url
+from indexd.store import STATS, IndexDatabase, SchemaTooNew, SqliteIndexStore, StoreError
 from runner import CommandError, ExitCode, run_command
 
 
@@ -37,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="indexd admin", description="Revoke certificates and disable users of an index."
     )
-    parser.add_argument("--db", type=Path, required=True, help="the index's SQLite database")
+    parser.add_argument(
+        "--db", required=True, help="the index's SQLite database file or postgresql:// URL"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     revoke = sub.add_parser("revoke", help="revoke certificates issued at enrollment")
     which = revoke.add_mutually_exclusive_group(required=True)
@@ -49,17 +54,41 @@ def build_parser() -> argparse.ArgumentParser:
     enable = sub.add_parser("enable-user", help="let a disabled user log in again")
     enable.add_argument("user", type=str.lower)
     sub.add_parser("certificates", help="list the certificates issued at enrollment")
+    stats = sub.add_parser("stats", help="count users, peers, files and what else is stored")
+    stats.add_argument(
+        "--peer-ttl",
+        type=float,
+        default=DEFAULT_PEER_TTL,
+        metavar="S",
+        help="a peer seen within S seconds counts as live (%(default)s)",
+    )
     return parser
+
+
+def open_database(database: str) -> IndexDatabase:
+    """The index's database, or :class:`CommandError` naming it (never its password)."""
+    if is_postgres_url(database):
+        import psycopg
+
+        from indexd.pgstore import PostgresIndexStore
+
+        try:
+            return PostgresIndexStore(database)
+        except (StoreError, psycopg.Error) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CommandError(f"cannot open {describe(database)}: {reason}") from None
+    path = Path(database)
+    if not path.is_file():
+        raise CommandError(f"no database at {path}")
+    try:
+        return SqliteIndexStore(path)
+    except (sqlite3.Error, SchemaTooNew) as exc:
+        raise CommandError(f"cannot open {path}: {exc}") from None
 
 
 def run(args: argparse.Namespace, out: TextIO, now: float) -> None:
     """Carry out one admin command on the database."""
-    if not args.db.is_file():
-        raise CommandError(f"no database at {args.db}")
-    try:
-        store = SqliteIndexStore(args.db)
-    except (sqlite3.Error, SchemaTooNew) as exc:
-        raise CommandError(f"cannot open {args.db}: {exc}") from None
+    store = open_database(args.db)
     try:
         if args.command == "revoke":
             count = store.revoke_certificates(
@@ -77,6 +106,10 @@ def run(args: argparse.Namespace, out: TextIO, now: float) -> None:
                 print(f"disabled {args.user}; revoked {count} certificate(s)", file=out)
             else:
                 print(f"enabled {args.user}", file=out)
+        elif args.command == "stats":
+            counts = store.stats(now, args.peer_ttl)
+            for name in STATS:
+                print(f"{name} {counts[name]}", file=out)
         else:
             _, revoked = store.revocations(0.0)
             for cert in store.certificates():

@@ -33,13 +33,15 @@ from indexd.handlers import (
     IndexSettings,
 )
 from indexd.passwords import DEFAULT_COST, PasswordHasher
+from indexd.pgstore import describe, is_postgres_url
 from indexd.ratelimit import BackoffPolicy, BucketPolicy
 from indexd.staging import StagingLimits
-from indexd.store import SchemaTooNew, SqliteIndexStore
+from indexd.store import IndexDatabase, SchemaTooNew, SqliteIndexStore, StoreError
 from netproto.server import Server, ServerLimits
 from netproto.tls import certificate_dns_names, server_context
 from netproto.tokens import INDEX_AUDIENCE, TokenIssuer, TokenVerifier
 from runner import StartupError
+from runner.metrics import LoopGauges, MetricsEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,8 @@ class IndexConfig:
     cert: Path
     key: Path
     ca: Path
-    db: Path
+    #: The database: a SQLite file, or a ``postgresql://`` URL (README "Database").
+    db: Path | str
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     token_ttl: float = DEFAULT_TOKEN_TTL
@@ -80,6 +83,8 @@ class IndexConfig:
     cert_ttl: float = DEFAULT_CERT_TTL
     #: How often revocations and disabled users are read from the database (``indexd admin``).
     revocation_refresh: float = DEFAULT_REFRESH_INTERVAL
+    #: Where to serve Prometheus metrics (``--metrics HOST:PORT``); None: nowhere.
+    metrics: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -108,14 +113,52 @@ def load_identity(cert_path: Path, key_path: Path, ca_path: Path) -> Identity:
     return Identity(cert, key, names[0], context)
 
 
-def open_store(path: Path) -> SqliteIndexStore:
-    """Open (creating or migrating) the SQLite database, or raise :class:`StartupError`."""
+def open_store(database: Path | str) -> IndexDatabase:
+    """Open (creating or migrating) the database — a SQLite file, or PostgreSQL for a
+    ``postgresql://`` URL — or raise :class:`StartupError` naming it (never its password)."""
+    if is_postgres_url(database):
+        import psycopg
+
+        from indexd.pgstore import PostgresIndexStore
+
+        url = str(database)
+        try:
+            return PostgresIndexStore(url)
+        except SchemaTooNew as exc:
+            raise StartupError(str(exc)) from None
+        except (StoreError, psycopg.Error) as exc:
+            # libpq's messages run over several lines; the first says what failed.
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise StartupError(f"cannot open database {describe(url)}: {reason}") from None
+    path = Path(database)
     try:
         return SqliteIndexStore(path)
     except SchemaTooNew as exc:
         raise StartupError(str(exc)) from None
     except (sqlite3.Error, OSError) as exc:
         raise StartupError(f"cannot open database {path}: {exc}") from None
+
+
+#: The index's gauges (README.md, "Operating"), named after ``indexd admin stats``'s counts.
+INDEX_GAUGES = {
+    "p2pshare_index_peers": "Peers (domain names) the index knows, withdrawn ones included",
+    "p2pshare_index_live_peers": "Listed peers seen (sync or ping) within the peer TTL",
+    "p2pshare_index_files": "Files listed by all peers",
+    "p2pshare_index_peer_owners": "Users who own at least one peer",
+    "p2pshare_index_revoked_sessions": "Sessions ended by bye whose tokens have not expired",
+}
+
+
+def index_counts(service: IndexService) -> dict[str, float]:
+    """The values of :data:`INDEX_GAUGES`, from the service's memory (on its event loop)."""
+    now, index = service.clock(), service.index
+    return {
+        "p2pshare_index_peers": len(service.owners),
+        "p2pshare_index_live_peers": sum(1 for name in service.owners if index.is_live(name, now)),
+        "p2pshare_index_files": sum(service.listed.values()),
+        "p2pshare_index_peer_owners": len(service.domains),
+        "p2pshare_index_revoked_sessions": len(service.revoked),
+    }
 
 
 class IndexDaemon:
@@ -126,11 +169,13 @@ class IndexDaemon:
         self.clock = clock
         self.service: IndexService | None = None
         self.identity: Identity | None = None
-        self._store: SqliteIndexStore | None = None
+        self._store: IndexDatabase | None = None
         self._server: Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.enrollment: Enrollment | None = None
         self._refresher: asyncio.Task[None] | None = None
+        #: The metrics endpoint (``config.metrics``); its ``port`` is the real one.
+        self.metrics: MetricsEndpoint | None = None
 
     @property
     def port(self) -> int:
@@ -192,6 +237,11 @@ class IndexDaemon:
                 limits=limits,
                 name="indexd",
             )
+            if config.metrics is not None:
+                self.metrics = MetricsEndpoint(loop)
+                self.metrics.watch(self._server)
+                service = self.service
+                self.metrics.add(LoopGauges(loop, lambda: index_counts(service), INDEX_GAUGES))
             try:
                 await self._server.start(config.host, config.port)
             except OSError as exc:
@@ -199,6 +249,8 @@ class IndexDaemon:
                 raise StartupError(
                     f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
                 ) from None
+            if self.metrics is not None and config.metrics is not None:
+                self.metrics.start(*config.metrics)
         except BaseException:
             await self.stop()
             raise
@@ -213,6 +265,9 @@ class IndexDaemon:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, let requests in flight finish within ``grace``, close the database."""
+        if self.metrics is not None:
+            metrics, self.metrics = self.metrics, None
+            await asyncio.get_running_loop().run_in_executor(None, metrics.close)
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -34,7 +34,7 @@ from certs.requests import (
     serial_hex,
 )
 from indexd.handlers import IndexService
-from indexd.store import IssuedCertificate, PeerOwned, SqliteIndexStore, UnknownUser, UserDisabled
+from indexd.store import IndexDatabase, IssuedCertificate, PeerOwned, UnknownUser, UserDisabled
 from netproto.enrollment import (
     MAX_REVOKED,
     CaReply,
@@ -95,7 +95,7 @@ class Enrollment:
     def __init__(
         self,
         service: IndexService,
-        store: SqliteIndexStore,
+        store: IndexDatabase,
         authority: Authority,
         index_cert: x509.Certificate,
         *,

@@ -6,19 +6,26 @@ is the default, on SQLite in WAL mode with ``synchronous=FULL``, so a write has 
 (the WAL, fsynced) by the time a method returns — an acknowledged ``register`` or ``sync``
 survives ``kill -9``. The methods block; the daemon runs them off the event loop (writes on one
 thread, so they are serialized; reads on another, which WAL lets run beside a write).
+
+:class:`IndexDatabase` is everything the daemon, enrollment and ``indexd admin`` need of a
+database, including the primitives several index servers sharing one PostgreSQL database
+coordinate with (PROTOCOL.md §11), which :class:`SqliteIndexStore` implements trivially for
+its one process; :class:`indexd.pgstore.PostgresIndexStore` is the PostgreSQL one.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from indexd.ratelimit import BackoffPolicy
 from netproto.errors import P2PError
 from netproto.operations import FileKey, ListedFile, SharedFile
 
@@ -119,6 +126,64 @@ class StoredHit:
     files: tuple[ListedFile, ...]
 
 
+#: The PostgreSQL channel every committed listing change and ended session is announced on
+#: (PROTOCOL.md §11); SQLite has one index process and announces nothing.
+NOTIFY_CHANNEL = "p2pshare_index"
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptState:
+    """One key's login-attempt counter, as :class:`indexd.ratelimit.AttemptLimiter` keeps it:
+    a count that decays by one every ``policy.decay`` seconds from ``updated``, and the time
+    before which the key must wait."""
+
+    count: float
+    updated: float
+    blocked_until: float
+
+    def at(self, now: float, policy: BackoffPolicy) -> AttemptState:
+        """The state decayed to ``now``."""
+        elapsed = max(0.0, now - self.updated)
+        return AttemptState(max(0.0, self.count - elapsed / policy.decay), now, self.blocked_until)
+
+    def retry_after(self, now: float) -> float:
+        """Seconds still to wait at ``now`` (0 if the key may try)."""
+        return max(0.0, self.blocked_until - now)
+
+    def charged(self, now: float, policy: BackoffPolicy) -> AttemptState:
+        """One more attempt at ``now``: from ``policy.free`` attempts on, a longer wait each
+        (the same arithmetic as ``AttemptLimiter.charge``)."""
+        state = self.at(now, policy)
+        count = state.count + 1
+        blocked = state.blocked_until
+        excess = math.ceil(count - 1e-9) - policy.free
+        if excess >= 0:
+            delay = policy.max_delay if excess > 60 else policy.base_delay * 2.0**excess
+            blocked = max(blocked, now + min(policy.max_delay, delay))
+        return AttemptState(count, now, blocked)
+
+    def refunded(self, now: float, policy: BackoffPolicy) -> AttemptState:
+        """One attempt's charge given back (the wait stays)."""
+        state = self.at(now, policy)
+        return AttemptState(max(0.0, state.count - 1), now, state.blocked_until)
+
+    def expires_at(self, policy: BackoffPolicy) -> float:
+        """When the state is no different from no state at all (decayed, not waiting)."""
+        return max(self.blocked_until, self.updated + self.count * policy.decay)
+
+
+#: One charge of :meth:`IndexDatabase.attempts_charge`: a counter's key and its policy.
+AttemptCharge = tuple[str, BackoffPolicy]
+
+
+class Listener(Protocol):
+    """A subscription made by :meth:`IndexDatabase.listen`; ``close()`` ends it."""
+
+    def close(self) -> None:
+        """Stop listening and release the connection (waits for the thread to end)."""
+        ...
+
+
 class IndexStore(Protocol):
     """What the index needs from its storage. Every method may block; writes are durable."""
 
@@ -202,6 +267,145 @@ class IndexStore(Protocol):
     def close(self) -> None:
         """Release the database."""
         ...
+
+
+class IndexDatabase(IndexStore, Protocol):
+    """A whole index database: the handlers' :class:`IndexStore`, enrollment and ``indexd
+    admin`` records (PROTOCOL.md §10), and the primitives several index servers sharing one
+    PostgreSQL database coordinate with (PROTOCOL.md §11)."""
+
+    def record_certificate(self, cert: IssuedCertificate) -> None:
+        """Record an issued certificate; its name becomes (or stays) the user's."""
+        ...
+
+    def enrolled_names(self) -> dict[str, str]:
+        """Every name a certificate was issued for, and its user."""
+        ...
+
+    def certificates(self) -> list[IssuedCertificate]:
+        """Every certificate recorded, in issue order."""
+        ...
+
+    def revocations(self, now: float) -> tuple[frozenset[str], frozenset[str]]:
+        """The disabled users, and the serials revoked and not yet expired at ``now``."""
+        ...
+
+    def revoke_certificates(
+        self,
+        now: float,
+        *,
+        serial: str | None = None,
+        username: str | None = None,
+        domain_name: str | None = None,
+    ) -> int:
+        """Revoke the unrevoked certificates matching every criterion given; how many."""
+        ...
+
+    def set_user_disabled(self, username: str, disabled: bool) -> bool:
+        """Disable (or enable again) a user; False if there is no such user."""
+        ...
+
+    def listing_of(self, domain_name: str) -> tuple[PeerRecord, list[SharedFile]] | None:
+        """One live (not withdrawn) peer with its files, read as of one moment; else None."""
+        ...
+
+    def listen(self, callback: Callable[[str | None], None]) -> Listener:
+        """Call ``callback(payload)`` for each change another writer commits (PROTOCOL.md
+        §11), and ``callback(None)`` after the subscription was lost and made again (anything
+        may have changed meanwhile: reload everything). Runs on a thread of its own."""
+        ...
+
+    def record_seen(self, seen: dict[str, float]) -> None:
+        """Move peers' ``last_seen`` forward (never back), all in one statement."""
+        ...
+
+    def seen_since(self, since: float) -> dict[str, float]:
+        """The live peers seen at or after ``since``, with when."""
+        ...
+
+    def attempts_charge(self, charges: Sequence[AttemptCharge], now: float) -> float:
+        """Atomically: if any key must still wait at ``now``, charge nothing and return the
+        longest wait (seconds, > 0); else charge one attempt to every key and return 0."""
+        ...
+
+    def attempts_refund(self, charges: Sequence[AttemptCharge], now: float) -> None:
+        """Give back one attempt's charge of each key (its wait stays)."""
+        ...
+
+    def attempts_reset(self, keys: Sequence[str]) -> None:
+        """Forget the keys' counters entirely."""
+        ...
+
+    def attempts_get(self, keys: Sequence[str]) -> dict[str, AttemptState]:
+        """The stored counters of those keys that have one."""
+        ...
+
+    def attempts_prune(self, now: float) -> int:
+        """Drop counters that have decayed away and are not waiting; how many."""
+        ...
+
+    def stats(self, now: float, peer_ttl: float) -> dict[str, int]:
+        """Counts for the operator: users, peers, live peers (seen within ``peer_ttl`` of
+        ``now`` and not withdrawn), files, keywords, revoked sessions, certificates."""
+        ...
+
+
+class _NoListener:
+    """What :meth:`SqliteIndexStore.listen` returns: one process, nothing to hear."""
+
+    def close(self) -> None:
+        """Nothing to stop."""
+
+
+class MemoryAttempts:
+    """Attempt counters in one process's memory (the SQLite store's: one index process)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._states: dict[str, tuple[AttemptState, BackoffPolicy]] = {}
+
+    def charge(self, charges: Sequence[AttemptCharge], now: float) -> float:
+        """See :meth:`IndexDatabase.attempts_charge`."""
+        with self._lock:
+            current = {
+                key: self._states[key][0].at(now, policy)
+                for key, policy in charges
+                if key in self._states
+            }
+            wait = max((state.retry_after(now) for state in current.values()), default=0.0)
+            if wait > 0:
+                return wait
+            for key, policy in charges:
+                state = current.get(key, AttemptState(0.0, now, 0.0)).charged(now, policy)
+                current[key] = state
+                self._states[key] = (state, policy)
+            return 0.0
+
+    def refund(self, charges: Sequence[AttemptCharge], now: float) -> None:
+        """See :meth:`IndexDatabase.attempts_refund`."""
+        with self._lock:
+            for key, policy in charges:
+                if key in self._states:
+                    self._states[key] = (self._states[key][0].refunded(now, policy), policy)
+
+    def reset(self, keys: Sequence[str]) -> None:
+        """See :meth:`IndexDatabase.attempts_reset`."""
+        with self._lock:
+            for key in keys:
+                self._states.pop(key, None)
+
+    def get(self, keys: Sequence[str]) -> dict[str, AttemptState]:
+        """See :meth:`IndexDatabase.attempts_get`."""
+        with self._lock:
+            return {key: self._states[key][0] for key in keys if key in self._states}
+
+    def prune(self, now: float) -> int:
+        """See :meth:`IndexDatabase.attempts_prune`."""
+        with self._lock:
+            gone = [k for k, (s, p) in self._states.items() if s.expires_at(p) <= now]
+            for key in gone:
+                del self._states[key]
+            return len(gone)
 
 
 # --- SQLite --------------------------------------------------------------------------------
@@ -327,6 +531,7 @@ class SqliteIndexStore:
             self._write.close()
             raise
         self._read_lock = threading.Lock() if self._read is self._write else None
+        self._attempts = MemoryAttempts()
 
     @property
     def schema_version(self) -> int:
@@ -388,6 +593,14 @@ class SqliteIndexStore:
             ).fetchone()
             if row is not None and row[1] != listing.owner:
                 raise PeerOwned(listing.domain_name)
+            if (
+                row is None
+                and db.execute(
+                    "SELECT 1 FROM certificates WHERE domain_name = ? AND username != ? LIMIT 1",
+                    (listing.domain_name, listing.owner),
+                ).fetchone()
+            ):
+                raise PeerOwned(listing.domain_name)  # enrolled by another user (§10)
             if row is None:
                 peer_id = db.execute(
                     "INSERT INTO peers (domain_name, owner, port_number, address, last_seen)"
@@ -698,6 +911,92 @@ class SqliteIndexStore:
             "UPDATE users SET disabled = ? WHERE username = ?", (int(disabled), username)
         )
         return cursor.rowcount > 0
+
+    # -- several index servers (PROTOCOL.md §11): trivial for one process ------------------
+
+    def listing_of(self, domain_name: str) -> tuple[PeerRecord, list[SharedFile]] | None:
+        """One live peer with its files, or None (read on the write connection: one moment)."""
+        db = self._write
+        db.execute("BEGIN")
+        try:
+            row = db.execute(
+                "SELECT domain_name, owner, port_number, address, last_seen, withdrawn, id"
+                " FROM peers WHERE domain_name = ? AND NOT withdrawn",
+                (domain_name,),
+            ).fetchone()
+            if row is None:
+                return None
+            rows = db.execute(
+                "SELECT filename, keyword, size, sha256, manifest, signature FROM files"
+                " WHERE peer_id = ? ORDER BY kw, filename, keyword",
+                (row[6],),
+            ).fetchall()
+        finally:
+            db.execute("COMMIT")
+        return _peer(row[:6]), [_shared(r) for r in rows]
+
+    def listen(self, callback: Callable[[str | None], None]) -> Listener:
+        """Nothing to listen to: this process is the only writer."""
+        return _NoListener()
+
+    def record_seen(self, seen: dict[str, float]) -> None:
+        """Move peers' ``last_seen`` forward, in one transaction."""
+        self._write.executemany(
+            "UPDATE peers SET last_seen = max(last_seen, ?) WHERE domain_name = ?",
+            [(t, name) for name, t in sorted(seen.items())],
+        )
+
+    def seen_since(self, since: float) -> dict[str, float]:
+        """The live peers seen at or after ``since``."""
+        rows = self._query(
+            "SELECT domain_name, last_seen FROM peers WHERE last_seen >= ? AND NOT withdrawn",
+            (since,),
+        )
+        return {str(name): float(t) for name, t in rows}
+
+    def attempts_charge(self, charges: Sequence[AttemptCharge], now: float) -> float:
+        """Charge every key or none (in this process's memory)."""
+        return self._attempts.charge(charges, now)
+
+    def attempts_refund(self, charges: Sequence[AttemptCharge], now: float) -> None:
+        """Give back one attempt of each key."""
+        self._attempts.refund(charges, now)
+
+    def attempts_reset(self, keys: Sequence[str]) -> None:
+        """Forget the keys' counters."""
+        self._attempts.reset(keys)
+
+    def attempts_get(self, keys: Sequence[str]) -> dict[str, AttemptState]:
+        """The counters of those keys that have one."""
+        return self._attempts.get(keys)
+
+    def attempts_prune(self, now: float) -> int:
+        """Drop counters that no longer count."""
+        return self._attempts.prune(now)
+
+    def stats(self, now: float, peer_ttl: float) -> dict[str, int]:
+        """Counts for ``indexd admin stats``."""
+        [row] = self._query(
+            "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM peers),"
+            " (SELECT count(*) FROM peers WHERE NOT withdrawn AND last_seen >= ?),"
+            " (SELECT count(*) FROM files), (SELECT count(DISTINCT kw) FROM files),"
+            " (SELECT count(*) FROM revoked_sessions WHERE expires_at > ?),"
+            " (SELECT count(*) FROM certificates)",
+            (now - peer_ttl, now),
+        )
+        return dict(zip(STATS, (int(n) for n in row), strict=True))
+
+
+#: The counts :meth:`IndexDatabase.stats` returns, in the order ``indexd admin stats`` prints.
+STATS = (
+    "users",
+    "peers",
+    "live_peers",
+    "files",
+    "keywords",
+    "revoked_sessions",
+    "certificates",
+)
 
 
 def _file_row(peer_id: object, f: SharedFile) -> tuple[object, ...]:

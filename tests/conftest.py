@@ -324,3 +324,32 @@ def running_peer() -> Callable[[PeerConfig], contextlib.AbstractAsyncContextMana
             await asyncio.wait_for(daemon.stop(grace=1.0), 15)
 
     return run
+
+
+# --- PostgreSQL (indexd.pgstore; tests/support/postgres.py) -------------------------------
+
+import os  # noqa: E402
+
+from tests.support.postgres import PostgresServer, find_binaries, start_postgres  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server for the session; skipped only when no server binaries
+    are installed and CI is not ``true`` (under CI the test fails instead)."""
+    if find_binaries() is None:
+        message = "PostgreSQL server binaries (initdb, postgres; 15 or later) not found"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The ``postgresql://`` URL of an empty database of the test's own."""
+    return postgres_server.new_database()

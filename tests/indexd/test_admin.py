@@ -1,13 +1,16 @@
-"""indexd admin: revoke, disable-user, enable-user and certificates on a database file."""
+"""indexd admin: revoke, disable-user, enable-user, certificates and stats, on a SQLite file
+and on a PostgreSQL URL."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 
 from indexd import __main__ as indexd_main
 from indexd.admin import main, parse_serial
+from indexd.pgstore import PostgresIndexStore
 from indexd.store import IssuedCertificate, SqliteIndexStore
 from runner import ExitCode
 
@@ -67,3 +70,52 @@ def test_admin_refuses_a_missing_database_and_a_bad_serial(tmp_path: Path) -> No
     assert not (tmp_path / "none.db").exists()
     with pytest.raises(Exception, match="not a hex serial"):
         parse_serial("xyz")
+
+
+def test_stats_prints_the_counts_of_a_sqlite_database(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--db", str(db), "stats"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "users 1",
+        "peers 0",
+        "live_peers 0",
+        "files 0",
+        "keywords 0",
+        "revoked_sessions 0",
+        "certificates 1",
+    ]
+
+
+def test_admin_takes_a_postgresql_url_for_stats_and_revocations(
+    postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = PostgresIndexStore(postgres_url)
+    store.add_user("alice", b"hash", 1.0)
+    store.record_certificate(IssuedCertificate("ab12", "alice", "laptop", 1.0, 4e9))
+    store.close()
+    assert indexd_main.main(["admin", "--db", postgres_url, "stats"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "users 1" in out and "certificates 1" in out
+    assert main(["--db", postgres_url, "revoke", "--user", "alice"]) == 0
+    store = PostgresIndexStore(postgres_url)
+    try:
+        assert store.revocations(0.0)[1] == {"ab12"}
+    finally:
+        store.close()
+
+
+def test_admin_names_an_unreachable_postgresql_database_without_its_password(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url = f"postgresql://op:s3cret-pw@127.0.0.1:{_closed_port()}/index"
+    assert main(["--db", url, "stats"]) == ExitCode.FAILURE
+    err = capsys.readouterr().err
+    assert "postgresql://op@127.0.0.1:" in err and "s3cret-pw" not in err
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

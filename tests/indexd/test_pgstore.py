@@ -1,0 +1,101 @@
+"""indexd.pgstore as the daemon uses it: ``indexd --db postgresql://…`` serving register, auth,
+sync and search from PostgreSQL, two daemons on one database, start-up errors that name the
+database without its password. (The store's own behaviour: tests/indexd/test_store.py.)"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from indexd.__main__ import build_parser, config_from_args
+from indexd.app import open_store
+from indexd.pgstore import PostgresIndexStore, describe, is_postgres_url
+from netproto.operations import SharedFile
+from runner import StartupError
+
+PASSWORD = "correct horse battery"
+
+
+def _file(keyword: str, name: str) -> SharedFile:
+    return SharedFile(name, keyword, 1, bytes(32))
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_a_daemon_on_postgresql_registers_logs_in_syncs_and_searches(
+    postgres_url: str,
+    index_config: Callable[..., Any],
+    running_index: Any,
+    index_client: Any,
+) -> None:
+    config = index_config(db=postgres_url)
+    async with running_index(config) as daemon, index_client(daemon.port, cert="peer1") as client:
+        assert await client.register("alice", PASSWORD) == {"username": "alice"}
+        await client.login("alice", PASSWORD)
+        assert await client.sync("peer1", [_file("Music", "a.mp3"), _file("docs", "b")]) == 2
+        [hit] = await client.search("music")
+        assert (hit.domain_name, [f.filename for f in hit.files]) == ("peer1", ["a.mp3"])
+    store = PostgresIndexStore(postgres_url)
+    try:
+        assert store.password_hash("alice") is not None
+        assert [r.domain_name for r, _ in store.iter_listings()] == ["peer1"]
+    finally:
+        store.close()
+
+
+async def test_a_second_daemon_on_the_same_database_loads_what_the_first_stored(
+    postgres_url: str,
+    index_config: Callable[..., Any],
+    running_index: Any,
+    index_client: Any,
+) -> None:
+    async with running_index(index_config(db=postgres_url)) as first:
+        async with index_client(first.port, cert="peer1") as client:
+            await client.register("alice", PASSWORD)
+            await client.login("alice", PASSWORD)
+            await client.sync("peer1", [_file("koala", "k.txt")])
+        async with (
+            running_index(index_config(db=postgres_url)) as second,
+            index_client(second.port) as other,
+        ):
+            await other.login("alice", PASSWORD)
+            [hit] = await other.search("koala")
+            assert hit.domain_name == "peer1"
+
+
+def test_an_unreachable_database_is_one_line_naming_it_without_the_password() -> None:
+    url = f"postgresql://indexd:hunter2-secret@127.0.0.1:{_closed_port()}/index"
+    with pytest.raises(StartupError) as info:
+        open_store(url)
+    message = str(info.value)
+    assert message.startswith("cannot open database postgresql://indexd@127.0.0.1:")
+    assert "hunter2-secret" not in message and "\n" not in message
+
+
+def test_a_malformed_url_is_a_startup_error_too() -> None:
+    with pytest.raises(StartupError, match="cannot open database postgresql://"):
+        open_store("postgresql://u:pw@127.0.0.1:1/db?bogus_option=1")
+
+
+def test_describe_drops_the_password_and_query_but_keeps_where() -> None:
+    assert describe("postgresql://u:pw@db.example:5433/index?sslmode=require") == (
+        "postgresql://u@db.example:5433/index"
+    )
+    assert describe("postgres://[::1]/x") == "postgres://[::1]/x"
+
+
+def test_db_flag_takes_a_url_or_a_file(tmp_path: Path) -> None:
+    common = ["--cert", "c", "--key", "k", "--ca", "a"]
+    url = "postgresql://u@127.0.0.1:5432/index"
+    assert config_from_args(build_parser().parse_args([*common, "--db", url])).db == url
+    as_file = config_from_args(build_parser().parse_args([*common, "--db", "x.db"])).db
+    assert as_file == Path("x.db")
+    assert is_postgres_url(url) and not is_postgres_url(Path("postgresql:"))
