@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from certs.requests import parse_fingerprint
-from peerd.client import DEFAULT_INDEX_PORT, parse_host_port
+from peerd.client import DEFAULT_INDEX_PORT, MAX_INDEX_SERVERS, parse_index_addresses
 from peerd.control import default_state_dir
 from peerd.daemon import (
     DEFAULT_PEER_PORT,
@@ -160,8 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--index_server_name",
         dest="index_server_name",
         required=True,
-        metavar="HOST[:PORT]",
-        help=f"the index to connect to (port {DEFAULT_INDEX_PORT} unless given)",
+        metavar="HOST[:PORT][,HOST[:PORT]...]",
+        help=f"the index to connect to (port {DEFAULT_INDEX_PORT} unless given); up to"
+        f" {MAX_INDEX_SERVERS} index servers of one deployment, comma-separated ([v6]:PORT for"
+        " IPv6), tried in order, a failed one left for the next; every address a name"
+        " resolves to is tried too",
     )
     add(
         "-peer_server_port",
@@ -310,7 +313,7 @@ def pace_from_args(args: argparse.Namespace) -> PacePolicy:
 def config_from_args(args: argparse.Namespace, password: str) -> PeerConfig:
     """The daemon's configuration from parsed flags."""
     try:
-        host, port = parse_host_port(args.index_server_name, DEFAULT_INDEX_PORT)
+        servers = parse_index_addresses(args.index_server_name, DEFAULT_INDEX_PORT)
     except ValueError as exc:
         raise UsageError(f"-index_server_name: {exc}") from None
     state_dir = args.state_dir or default_state_dir(args.hostname)
@@ -329,8 +332,9 @@ def config_from_args(args: argparse.Namespace, password: str) -> PeerConfig:
     cert, key, ca = given if given else (state.cert, state.key, state.ca)
     return PeerConfig(
         domain_name=args.hostname,
-        index_host=host,
-        index_port=port,
+        index_host=servers[0].host,
+        index_port=servers[0].port,
+        index_servers=servers,
         username=args.username,
         password=password,
         file_directory=args.file_directory,
@@ -349,6 +353,7 @@ def config_from_args(args: argparse.Namespace, password: str) -> PeerConfig:
         download_limits=DownloadLimits(args.max_download_size, pace_from_args(args)),
         partial_max_age=args.partial_max_age * 86400,
         limits=limits_from_args(args),
+        metrics=args.metrics,
         state_dir=state_dir,
         watch=not args.no_watch,
         rescan_interval=args.rescan_interval,
@@ -383,6 +388,8 @@ async def run(config: PeerConfig, *, shell: bool) -> None:
             f" {status.port}",
             flush=True,
         )
+        if daemon.metrics is not None:
+            print(f"peerd: metrics on {daemon.metrics.url}", flush=True)
 
     def resync() -> None:
         task = loop.create_task(daemon.resync())

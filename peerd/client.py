@@ -10,10 +10,12 @@ answers to *our* malformed request). Downloads, with every check of PROTOCOL.md 
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
+import socket
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -69,6 +71,8 @@ DEFAULT_REQUEST_TIMEOUT = 30.0
 #: hits, and files per hit (the first ones come with the hit, the rest through ``listing``).
 MAX_SEARCH_PAGES = 16
 MAX_FILES_PER_HIT = 1000
+#: The most index servers ``-index_server_name`` may list (README.md, "Several index servers").
+MAX_INDEX_SERVERS = 16
 
 #: Where a token comes from: a fixed string, or a function returning the current one (the
 #: daemon re-authenticates before expiry, so long-lived peer connections ask it each time).
@@ -135,6 +139,64 @@ def parse_host_port(value: str, default_port: int = DEFAULT_INDEX_PORT) -> tuple
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"bad port in {value!r}")
     return host, int(port_text)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexAddress:
+    """One index server as given: a host (DNS name or IP literal) and a port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_index_addresses(
+    value: str, default_port: int = DEFAULT_INDEX_PORT
+) -> tuple[IndexAddress, ...]:
+    """Split ``HOST[:PORT],HOST[:PORT],...`` into index addresses, in the order given.
+
+    Each entry is what :func:`parse_host_port` takes (``[v6]:PORT`` for IPv6 literals); an
+    empty entry, the same address twice, or more than :data:`MAX_INDEX_SERVERS` is a
+    ValueError.
+    """
+    entries = value.split(",")
+    if len(entries) > MAX_INDEX_SERVERS:
+        raise ValueError(f"at most {MAX_INDEX_SERVERS} index servers, not {len(entries)}")
+    addresses: list[IndexAddress] = []
+    for number, entry in enumerate(entries, 1):
+        if not entry.strip():
+            raise ValueError(f"entry {number} of {value!r} is empty")
+        address = IndexAddress(*parse_host_port(entry, default_port))
+        if address in addresses:
+            raise ValueError(f"{address} is listed twice")
+        addresses.append(address)
+    return tuple(addresses)
+
+
+#: Turns an index server's host into the addresses to dial (each one a candidate).
+Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
+
+
+async def resolve_host(host: str, port: int) -> list[str]:
+    """The addresses ``host`` resolves to for TCP, in the resolver's order, each once; an IP
+    literal is itself. A failed lookup is OSError (``socket.gaierror``)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return [host]
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses: list[str] = []
+    for _family, _type, _proto, _name, sockaddr in infos:
+        address = str(sockaddr[0])
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
 
 
 T = TypeVar("T")
@@ -539,13 +601,18 @@ class PeerClient:
 
 __all__ = [
     "DEFAULT_INDEX_PORT",
+    "MAX_INDEX_SERVERS",
     "FetchStream",
+    "IndexAddress",
     "IndexClient",
     "PeerClient",
     "RangeStream",
+    "Resolver",
     "TLSFiles",
     "TokenSource",
     "index_tls_name",
     "parse_host_port",
+    "parse_index_addresses",
     "parse_reply",
+    "resolve_host",
 ]

@@ -35,7 +35,14 @@ from netproto.operations import Holding, ListedFile, SearchHit, SharedFile
 from netproto.server import Server, ServerLimits
 from netproto.tls import certificate_dns_names, client_context
 from netproto.tokens import Principal
-from peerd.client import IndexClient, PeerClient, index_tls_name
+from peerd.client import (
+    IndexAddress,
+    IndexClient,
+    PeerClient,
+    Resolver,
+    index_tls_name,
+    resolve_host,
+)
 from peerd.clock import SYSTEM_CLOCK, Clock
 from peerd.control import ControlServer, ControlService, ControlSocketInUse
 from peerd.download import DownloadLimits, DownloadResult, ProgressCallback, download
@@ -50,7 +57,9 @@ from peerd.errors import SessionError, ShareError
 from peerd.index_session import (
     DEFAULT_PING_INTERVAL,
     REAUTH_FRACTION,
+    IndexCandidate,
     IndexLink,
+    IndexServers,
     IndexSession,
 )
 from peerd.pacing import PacePolicy
@@ -69,6 +78,7 @@ from peerd.swarm import Listing, SwarmProgress, SwarmResult
 from peerd.swarmget import swarm_from_sources
 from peerd.watch import DEFAULT_DELAY, DEFAULT_RESCAN_INTERVAL, ShareWatcher
 from runner import StartupError
+from runner.metrics import MetricsEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +102,12 @@ class PeerConfig:
     port: int = DEFAULT_PEER_PORT
     bind: str = "0.0.0.0"  # noqa: S104 - a peer serves other machines by design
     index_tls_name: str | None = None
+    #: Every index server, in order (``-index_server_name a:7000,b:7000``); empty: only
+    #: ``index_host:index_port``. A failed one is left for the next (README.md, "Several
+    #: index servers").
+    index_servers: tuple[IndexAddress, ...] = ()
+    #: How index host names become addresses (None: the system's resolver).
+    index_resolver: Resolver | None = field(default=None, repr=False)
     advertise_address: str | None = None
     register: bool = False
     ping_interval: float = DEFAULT_PING_INTERVAL
@@ -106,6 +122,8 @@ class PeerConfig:
     #: Partial downloads untouched for this long are removed at start (seconds).
     partial_max_age: float = DEFAULT_PARTIAL_MAX_AGE
     limits: ServerLimits = field(default_factory=ServerLimits)
+    #: Where to serve Prometheus metrics (``--metrics HOST:PORT``); None: nowhere.
+    metrics: tuple[str, int] | None = None
     connect_timeout: float = 10.0
     request_timeout: float = 30.0
     #: Where the control socket of the one-shot commands goes (None: no control socket).
@@ -121,6 +139,11 @@ class PeerConfig:
     ca_fingerprint: str | None = None
     #: At most this long between refreshes of the index's revoked serials.
     revocation_interval: float = DEFAULT_REVOCATION_INTERVAL
+
+    @property
+    def index_addresses(self) -> tuple[IndexAddress, ...]:
+        """The index servers to use, in order."""
+        return self.index_servers or (IndexAddress(self.index_host, self.index_port),)
 
 
 def _identity(config: PeerConfig) -> tuple[x509.Certificate, Ed25519PrivateKey]:
@@ -211,8 +234,12 @@ class PeerDaemon:
         except RequestError as exc:
             self.domain_name, self.username = config.domain_name, config.username
             self._invalid.append((exc.message, exc))
+        #: The DNS name each index server's certificate must carry (PROTOCOL.md §1).
+        self._index_tls_names: dict[IndexAddress, str] = {}
         try:
-            self.index_tls_name = index_tls_name(config.index_host, config.index_tls_name)
+            for address in config.index_addresses:
+                self._index_tls_names[address] = index_tls_name(address.host, config.index_tls_name)
+            self.index_tls_name = self._index_tls_names[config.index_addresses[0]]
         except ValueError as exc:
             self.index_tls_name = ""
             self._invalid.append((f"--index-tls-name: {exc}", exc))
@@ -220,8 +247,11 @@ class PeerDaemon:
         self.client_context: ssl.SSLContext | None = None
         self.service: PeerService | None = None
         self.session = IndexSession(
-            self._connect_index,
-            where=f"{config.index_host}:{config.index_port}",
+            IndexServers(
+                config.index_addresses,
+                self._connect_index,
+                resolve=config.index_resolver or resolve_host,
+            ),
             domain_name=self.domain_name,
             username=self.username,
             password=config.password,
@@ -232,6 +262,8 @@ class PeerDaemon:
         )
         self._server: Server | None = None
         self._server_ctx: ssl.SSLContext | None = None
+        #: The metrics endpoint (``config.metrics``); its ``port`` is the real one.
+        self.metrics: MetricsEndpoint | None = None
         self._maintainer: asyncio.Task[None] | None = None
         self.control: ControlServer | None = None
         self.watcher: ShareWatcher | None = None
@@ -296,7 +328,7 @@ class PeerDaemon:
             self.domain_name,
             self.username,
             self._server.port if self._server is not None else config.port,
-            f"{config.index_host}:{config.index_port}",
+            session.where,
             session.connected,
             session.expires_at,
             len(session.listed),
@@ -327,9 +359,7 @@ class PeerDaemon:
         """Scan the share and send the index what changed (all of it when it must)."""
         async with self._sync_lock:
             files = await self.scan_share()
-            async with self.session.lock:
-                index = await self.session.connected_index()
-                return await self.session.update(index, files, self.port)
+            return await self.session.publish(files, self.port)
 
     async def _auto_sync(self, reason: str) -> None:
         """The watcher's sync: remembered for ``status`` when it changed the listing."""
@@ -368,10 +398,13 @@ class PeerDaemon:
 
     async def holders(self, sha256: bytes) -> list[Holding]:
         """The live peers holding this content, each under its own names (PROTOCOL.md §4.9)."""
-        index = await self.session.fresh_index()
-        if not isinstance(index, IndexClient):
-            return []
-        return list((await index.holders(sha256)).holders)
+
+        async def holders(index: IndexLink) -> list[Holding]:
+            if not isinstance(index, IndexClient):
+                return []
+            return list((await index.holders(sha256)).holders)
+
+        return await self.session.call(holders)
 
     async def swarm_get(
         self,
@@ -574,6 +607,9 @@ class PeerDaemon:
         self._server = make_server(
             self.service, self._server_ctx, self._authenticate_presented, config.limits
         )
+        if config.metrics is not None:
+            self.metrics = MetricsEndpoint(asyncio.get_running_loop())
+            self.metrics.watch(self._server)
         try:
             await self._server.start(config.bind, config.port)
         except OSError as exc:
@@ -581,6 +617,8 @@ class PeerDaemon:
             raise StartupError(
                 f"cannot listen on {config.bind}:{config.port}: {exc.strerror or exc}"
             ) from exc
+        if self.metrics is not None and config.metrics is not None:
+            self.metrics.start(*config.metrics)
         files = await asyncio.to_thread(published, self.share, self.service.manifests, files)
         async with session.lock:
             await session.sync(index, files, self.port)
@@ -609,6 +647,9 @@ class PeerDaemon:
         await self._close(grace)
 
     async def _close(self, grace: float = 5.0) -> None:
+        if self.metrics is not None:
+            metrics, self.metrics = self.metrics, None
+            await asyncio.to_thread(metrics.close)
         if self._server is not None:
             await self._server.close(grace)
             self._server = None
@@ -651,14 +692,15 @@ class PeerDaemon:
         self._check_binding(principal, cert)
         return principal
 
-    async def _connect_index(self) -> IndexClient:
+    async def _connect_index(self, candidate: IndexCandidate) -> IndexClient:
+        """Dial one address of an index server; TLS checks the name given for it."""
         config = self.config
         assert self.client_context is not None
         return await IndexClient.connect(
-            config.index_host,
-            config.index_port,
+            candidate.address,
+            candidate.given.port,
             self.client_context,
-            server_hostname=self.index_tls_name,
+            server_hostname=self._index_tls_names[candidate.given],
             connect_timeout=config.connect_timeout,
             request_timeout=config.request_timeout,
         )

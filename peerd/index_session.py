@@ -5,6 +5,11 @@ index), registers and logs in, syncs the listing, and then — in :meth:`IndexSe
 — renews the token before it expires, pings so search keeps listing the peer, reconnects and
 re-syncs when the connection drops. Time comes from an injected :class:`~peerd.clock.Clock`.
 
+With several index servers (:class:`IndexServers`: every address of every server given), a
+request whose connection is lost, refused or times out moves the session to the next one,
+where it is taken up with the same token and the request runs once more (README.md, "Several
+index servers").
+
 Failures of the session itself are :class:`~peerd.errors.SessionError` subclasses chained to
 their cause: :class:`~peerd.errors.IndexUnavailable`, :class:`~peerd.errors.IndexUntrusted`,
 :class:`~peerd.errors.LoginRefused`, ... Turning one into a start-up error is the daemon's
@@ -15,9 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from cryptography import x509
 
@@ -47,6 +54,7 @@ from netproto.operations import (
     SyncReply,
 )
 from netproto.tokens import TokenVerifier
+from peerd.client import IndexAddress, Resolver
 from peerd.clock import SYSTEM_CLOCK, Clock
 from peerd.errors import (
     DomainRefused,
@@ -65,6 +73,11 @@ log = logging.getLogger(__name__)
 DEFAULT_PING_INTERVAL = 30.0  # well under indexd's default --peer-ttl of 120 s
 REAUTH_FRACTION = 0.8
 MAX_BACKOFF = 60.0
+#: Each back-off is shortened by up to this fraction, at random, so that peers which lost the
+#: same index server do not all come back to the next one in the same instant.
+BACKOFF_JITTER = 0.2
+
+T = TypeVar("T")
 
 
 class IndexLink(Protocol):
@@ -145,14 +158,132 @@ def certificate_untrusted(exc: BaseException) -> bool:
     return False
 
 
+@dataclass(frozen=True, slots=True)
+class IndexCandidate:
+    """One address to dial: an index server as given, and one address its host resolved to."""
+
+    given: IndexAddress
+    address: str
+
+    def __str__(self) -> str:
+        if self.address == self.given.host:
+            return str(self.given)
+        return f"{self.given} ({self.address})"
+
+
+#: Connects to one candidate (checking the certificate against the name given, never the
+#: address dialled).
+Dial = Callable[[IndexCandidate], Awaitable[IndexLink]]
+
+
+class IndexServers:
+    """The index servers a peer may use, in the order given, and the one it is on.
+
+    Every address each host resolves to is a candidate; a round tries each candidate once,
+    from the current one on (the first, at start: README.md, "Several index servers"). The
+    host names are resolved again each round. A ``resolve`` of None dials the hosts as given.
+    """
+
+    def __init__(
+        self,
+        addresses: Sequence[IndexAddress],
+        dial: Dial,
+        *,
+        resolve: Resolver | None = None,
+        label: str | None = None,
+    ) -> None:
+        if not addresses:
+            raise ValueError("no index server")
+        self.addresses = tuple(addresses)
+        self._dial = dial
+        self._resolve = resolve
+        self._label = label
+        #: Where the next round starts, in the candidates as last resolved.
+        self._next = 0
+        #: The candidate connected to last (None before the first connection).
+        self.current: IndexCandidate | None = None
+        #: The candidate whose failure ended the last failed round (for its message).
+        self.last_failed: IndexCandidate | None = None
+
+    @classmethod
+    def single(cls, connect: Callable[[], Awaitable[IndexLink]], where: str) -> IndexServers:
+        """One index server reached through ``connect`` (``where`` names it in messages)."""
+        return cls([IndexAddress(where, 0)], lambda _candidate: connect(), label=where)
+
+    @property
+    def several(self) -> bool:
+        """True when more than one index server was given."""
+        return len(self.addresses) > 1
+
+    def describe(self) -> str:
+        """Every index server as given, for messages."""
+        return self._label or ", ".join(str(a) for a in self.addresses)
+
+    def where(self) -> str:
+        """The index server in use (as given), else every one."""
+        if self.current is None:
+            return self.describe()
+        return self._label or str(self.current.given)
+
+    def skip(self) -> None:
+        """The current index server failed: the next round starts at the one after it."""
+        self._next += 1
+
+    async def candidates(self) -> list[IndexCandidate]:
+        """Every address of every index server, in order; hosts that do not resolve are left
+        out (ConnectionClosed if none does)."""
+        found: list[IndexCandidate] = []
+        failure: OSError | None = None
+        for given in self.addresses:
+            if self._resolve is None:
+                found.append(IndexCandidate(given, given.host))
+                continue
+            try:
+                addresses = await self._resolve(given.host, given.port)
+            except OSError as exc:
+                log.info("cannot resolve the index server %s: %s", given, exc)
+                failure = exc
+                continue
+            found += [IndexCandidate(given, address) for address in addresses]
+        if not found:
+            raise ConnectionClosed(f"cannot resolve {self.describe()}: {failure}") from failure
+        return found
+
+    async def connect(self) -> IndexLink:
+        """One round: a connection to the first candidate that answers, from the current one
+        on; the first untrusted certificate's error if none answers, else the last error."""
+        candidates = await self.candidates()
+        start = self._next % len(candidates)
+        errors: list[tuple[IndexCandidate, ConnectionClosed | Timeout]] = []
+        for step in range(len(candidates)):
+            at = (start + step) % len(candidates)
+            candidate = candidates[at]
+            try:
+                link = await self._dial(candidate)
+            except (ConnectionClosed, Timeout) as exc:
+                if len(candidates) > 1:
+                    log.info("the index server %s does not answer: %s", candidate, exc)
+                errors.append((candidate, exc))
+                continue
+            if self.current is not None and candidate != self.current:
+                log.info("moved to the index server %s", candidate)
+            elif self.current is None and len(candidates) > 1:
+                log.info("using the index server %s", candidate)
+            self.current, self._next = candidate, at
+            return link
+        untrusted = [(c, e) for c, e in errors if certificate_untrusted(e)]
+        self.last_failed, error = untrusted[0] if untrusted else errors[-1]
+        raise error
+
+
 class IndexSession:
     """This peer's session with the index; every index call goes through the one lock."""
 
     def __init__(
         self,
-        connect: Callable[[], Awaitable[IndexLink]],
+        connect: Callable[[], Awaitable[IndexLink]] | IndexServers,
         *,
-        where: str,
+        where: str | None = None,
         domain_name: str,
         username: str,
         password: str,
@@ -160,9 +291,12 @@ class IndexSession:
         ping_interval: float = DEFAULT_PING_INTERVAL,
         reauth_fraction: float = REAUTH_FRACTION,
         clock: Clock = SYSTEM_CLOCK,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
-        self._connect_link = connect
-        self.where = where  # "host:port", for messages
+        if isinstance(connect, IndexServers):
+            self.servers = connect
+        else:
+            self.servers = IndexServers.single(connect, where or "the index")
         self.domain_name = domain_name
         self.username = username
         self._password = password
@@ -170,6 +304,9 @@ class IndexSession:
         self.ping_interval = ping_interval
         self.reauth_fraction = reauth_fraction
         self.clock = clock
+        self._jitter = jitter
+        #: Lists this peer again when an index server does not know it (set by ``maintain``).
+        self._resync: Callable[[IndexLink], Awaitable[int]] | None = None
         self.index: IndexLink | None = None
         self.verifier: TokenVerifier | None = None
         self.token: str | None = None
@@ -192,6 +329,11 @@ class IndexSession:
         self.lock = asyncio.Lock()
 
     @property
+    def where(self) -> str:
+        """The index server in use ("host:port" as given), for messages."""
+        return self.servers.where()
+
+    @property
     def ping_every(self) -> float:
         """Seconds between pings: under a third of the index's peer TTL once it is known."""
         return self._interval
@@ -204,14 +346,25 @@ class IndexSession:
     # --- the steps ----------------------------------------------------------------------
 
     async def connect(self) -> IndexLink:
-        """A fresh connection to the index, replacing the old one; its key checks tokens."""
+        """A fresh connection to the index, replacing the old one; its key checks tokens.
+
+        With several index servers, one round over them from the current one (see
+        :class:`IndexServers`); IndexUnavailable when none answers.
+        """
+        servers = self.servers
         try:
-            index = await self._connect_link()
+            index = await servers.connect()
         except (ConnectionClosed, Timeout) as exc:
             if certificate_untrusted(exc):
+                failed = servers.last_failed
+                where = servers.describe() if failed is None else str(failed)
                 raise IndexUntrusted(
-                    f"the index at {self.where} presented a certificate we do not trust"
+                    f"the index at {where} presented a certificate we do not trust"
                     f" (not from our CA, or not for its name): {exc}"
+                ) from exc
+            if servers.several:
+                raise IndexUnavailable(
+                    f"cannot reach any of the index servers {servers.describe()}: {exc}"
                 ) from exc
             raise IndexUnavailable(f"cannot reach the index at {self.where}: {exc}") from exc
         old, self.index = self.index, index
@@ -370,13 +523,72 @@ class IndexSession:
         # Ping well within the index's liveness window, whatever it is configured to.
         self._interval = min(self.ping_interval, reply.ttl / 3)
 
-    async def connected_index(self) -> IndexLink:
-        """The index connection, reconnected and logged in again if it dropped (hold the lock)."""
-        if self.index is not None and not self.index.closed:
+    async def connected_index(self, *, ping: bool = True) -> IndexLink:
+        """The index connection, reconnected and logged in again if it dropped (hold the lock).
+
+        A connection that dropped moves the session to the next index server (see
+        :meth:`move_from`; ``ping=False`` when the caller lists the peer there anyway).
+        """
+        if self.index is None:
+            index = await self.connect()
+            await self.renew(index)
+            return index
+        if self.index.closed:
+            return await self.move_from(self.index, ping=ping)
+        return self.index
+
+    async def move_from(self, failed: IndexLink, *, ping: bool = True) -> IndexLink:
+        """A request on ``failed`` was lost, refused or timed out: move to the next index
+        server and take the session up there (hold the lock).
+
+        The token is valid at every index server of the deployment (renewed, or a fresh login
+        if refused); listing versions are per index process, so the next sync goes whole, and
+        a ping tells whether this server lists us (else the listing goes again). If another
+        request moved already, its connection is the answer.
+        """
+        if self.index is not failed and self.index is not None and not self.index.closed:
             return self.index
+        await failed.close()
+        self.servers.skip()
+        self.version = None
         index = await self.connect()
         await self.renew(index)
+        if not ping:
+            return index
+        resync = self._resync
+        try:
+            await self.ping(index, resync if resync is not None else _listed_at_start)
+        except (ConnectionClosed, Timeout):
+            raise
+        except P2PError as exc:  # the upkeep tries again at its next round
+            log.warning("ping after moving to the index server %s failed: %s", self.where, exc)
         return index
+
+    async def call(self, request: Callable[[IndexLink], Awaitable[T]]) -> T:
+        """Run an idempotent ``request`` (search, listing, holders, ...) on the index; if its
+        connection is lost, refused or times out, move to the next index server and run it
+        there once more. Protocol refusals (``AUTH_FAILED``, ``FORBIDDEN``, ...) are raised
+        as they come."""
+        index = await self.fresh_index()
+        try:
+            return await request(index)
+        except (ConnectionClosed, Timeout) as exc:
+            log.info("the index server %s failed (%s); moving on", self.where, exc)
+        async with self.lock:
+            index = await self.move_from(index)
+        return await request(index)
+
+    async def publish(self, files: Sequence[SharedFile], port: int) -> SyncReport:
+        """:meth:`update` the listing; if the connection is lost, refused or times out, move
+        to the next index server and send the listing whole there."""
+        async with self.lock:
+            index = await self.connected_index()
+            try:
+                return await self.update(index, files, port)
+            except (ConnectionClosed, Timeout) as exc:
+                log.info("the index server %s failed (%s); moving on", self.where, exc)
+            index = await self.move_from(index)
+            return await self.update(index, files, port)
 
     async def fresh_index(self) -> IndexLink:
         """The index connection with a token that is not due for renewal."""
@@ -387,9 +599,8 @@ class IndexSession:
             return index
 
     async def search(self, keyword: str) -> list[SearchHit]:
-        """Search the index (reconnecting and logging in again if needed)."""
-        index = await self.fresh_index()
-        return await index.search(keyword)
+        """Search the index (reconnecting, or moving to the next index server, if needed)."""
+        return await self.call(lambda index: index.search(keyword))
 
     # --- the upkeep ---------------------------------------------------------------------
 
@@ -410,20 +621,14 @@ class IndexSession:
         async def resync(index: IndexLink) -> int:
             return await self.sync(index, await rescan(), port())
 
+        self._resync = resync
         backoff = 1.0
         while True:
             now = self.clock.time()
             await self.clock.sleep(max(0.0, self.next_wakeup(now) - now))
             try:
                 async with self.lock:
-                    reconnect = not self.connected
-                    index = await self.connected_index()
-                    if reconnect:
-                        await resync(index)
-                    elif self.clock.time() >= self.reauth_at:
-                        await self.renew(index)
-                    if self.clock.time() >= (self.last_ping or 0) + self._interval:
-                        await self.ping(index, resync)
+                    await self._upkeep(resync)
                 backoff = 1.0
             except asyncio.CancelledError:
                 raise
@@ -433,16 +638,39 @@ class IndexSession:
                 await self.clock.sleep(min(backoff, 1.0))  # never a tight loop on clock skew
                 backoff = min(backoff * 2, MAX_BACKOFF)
             except (P2PError, OSError) as exc:
-                log.warning("index upkeep failed (%s); retrying in %.0f s", exc, backoff)
+                delay = self.backoff(backoff)
+                log.warning("index upkeep failed (%s); retrying in %.0f s", exc, delay)
                 suspect = SessionError | ConnectionClosed | Timeout | RemoteProtocolError | OSError
                 if self.index is not None and isinstance(exc, suspect):
                     await self.index.close()  # reconnect on the next round
-                await self.clock.sleep(backoff)
+                await self.clock.sleep(delay)
                 backoff = min(backoff * 2, MAX_BACKOFF)
             except Exception:
                 log.exception("index upkeep failed unexpectedly")
-                await self.clock.sleep(backoff)
+                await self.clock.sleep(self.backoff(backoff))
                 backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def _upkeep(self, resync: Callable[[IndexLink], Awaitable[int]]) -> None:
+        """One round of upkeep (hold the lock): reconnect and list again, renew, ping; a
+        request lost on an established connection moves to the next index server at once."""
+        reconnect = not self.connected
+        index = await self.connected_index(ping=not reconnect)  # the re-sync refreshes us
+        try:
+            if reconnect:
+                await resync(index)
+            elif self.clock.time() >= self.reauth_at:
+                await self.renew(index)
+            if self.clock.time() >= (self.last_ping or 0) + self._interval:
+                await self.ping(index, resync)
+        except (ConnectionClosed, Timeout) as exc:
+            log.info("the index server %s failed (%s); moving on", self.where, exc)
+            index = await self.move_from(index, ping=not reconnect)  # renews, pings there
+            if reconnect:
+                await resync(index)
+
+    def backoff(self, seconds: float) -> float:
+        """``seconds`` (at most a minute), shortened at random by up to a fifth."""
+        return min(seconds, MAX_BACKOFF) * (1.0 - BACKOFF_JITTER * self._jitter())
 
     async def bye(self, timeout: float) -> None:
         """Withdraw our listing, if we are connected and logged in (failures only logged)."""
@@ -462,10 +690,20 @@ class IndexSession:
             self.index = None
 
 
+async def _listed_at_start(index: IndexLink) -> int:
+    """Before the upkeep runs, the daemon's start lists the peer itself."""
+    log.info("this index server does not list us yet; the start-up sync will")
+    return 0
+
+
 __all__ = [
+    "BACKOFF_JITTER",
     "DEFAULT_PING_INTERVAL",
     "REAUTH_FRACTION",
+    "Dial",
+    "IndexCandidate",
     "IndexLink",
+    "IndexServers",
     "IndexSession",
     "certificate_untrusted",
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -22,10 +23,12 @@ from netproto.errors import (
     Forbidden,
     NotFound,
     RateLimited,
+    Timeout,
     TokenExpired,
     UserExists,
 )
 from netproto.operations import SharedFile
+from peerd.client import IndexAddress
 from peerd.errors import (
     DomainRefused,
     IndexUnavailable,
@@ -35,7 +38,14 @@ from peerd.errors import (
     SessionError,
     ShareTooLarge,
 )
-from peerd.index_session import IndexSession, certificate_untrusted
+from peerd.index_session import (
+    IndexCandidate,
+    IndexLink,
+    IndexServers,
+    IndexSession,
+    certificate_untrusted,
+)
+from tests.support.failover import NameTable
 from tests.support.fake_clock import START, FakeClock
 from tests.support.fake_index import FakeIndex
 
@@ -43,7 +53,10 @@ TIMEOUT = 5.0
 FILES = [SharedFile("a.txt", "koala", 1, bytes(32))]
 
 
-def make_session(index: FakeIndex, **overrides: Any) -> IndexSession:
+def make_session(
+    index: FakeIndex, connect: IndexServers | None = None, **overrides: Any
+) -> IndexSession:
+    """A session with ``index`` at 127.0.0.1:7000, or with the index servers ``connect``."""
     settings: dict[str, Any] = {
         "where": "127.0.0.1:7000",
         "domain_name": "peer1",
@@ -51,9 +64,10 @@ def make_session(index: FakeIndex, **overrides: Any) -> IndexSession:
         "password": "correct horse battery",
         "ping_interval": 30.0,
         "clock": index.clock,
+        "jitter": lambda: 0.0,  # the back-offs exactly; jitter has its own test
         **overrides,
     }
-    return IndexSession(index.connect, **settings)
+    return IndexSession(connect or index.connect, **settings)
 
 
 async def started(session: IndexSession) -> None:
@@ -292,3 +306,178 @@ async def test_bye_is_said_only_when_logged_in_and_its_failure_only_logged(
     await session.bye(1.0)
     assert [op for op, _ in index.calls].count("bye") == 1
     assert "could not say bye to the index" in caplog.text
+
+
+# --- several index servers (README.md, "Several index servers") ------------------------------
+
+
+@pytest.fixture
+def other(pki: Any, clock: FakeClock) -> FakeIndex:
+    """A second index server of the same deployment (same certificate and clock)."""
+    return FakeIndex(clock, load_cert(pki.cert("indexd")))
+
+
+def servers_of(
+    indexes: dict[str, FakeIndex], *given: str, resolve: NameTable | None = None
+) -> IndexServers:
+    """Index servers ``given`` (``host`` at port 7000), each address dialled in ``indexes``."""
+
+    async def dial(candidate: IndexCandidate) -> IndexLink:
+        return await indexes[candidate.address].connect()
+
+    addresses = [IndexAddress(host, 7000) for host in given or indexes]
+    return IndexServers(addresses, dial, resolve=resolve)
+
+
+def ops(index: FakeIndex) -> list[str]:
+    return [op for op, _ in index.calls]
+
+
+async def test_a_session_uses_the_first_index_server_and_skips_one_that_refuses(
+    index: FakeIndex, other: FakeIndex
+) -> None:
+    index.errors["connect"] = [ConnectionClosed("Connect call failed")]
+    session = make_session(index, connect=servers_of({"a": index, "b": other}))
+    await started(session)
+    assert ops(index) == ["connect"]
+    assert ops(other) == ["connect", "auth", "sync"]
+    assert session.where == "b:7000"
+
+
+async def test_a_search_lost_on_one_index_server_is_retried_once_on_the_next(
+    index: FakeIndex, other: FakeIndex, caplog: pytest.LogCaptureFixture
+) -> None:
+    session = make_session(index, connect=servers_of({"a": index, "b": other}))
+    await started(session)
+    other.listing = FILES  # the deployment's store lists us there too
+    index.errors["search"] = [ConnectionClosed("connection reset")]
+    with caplog.at_level(logging.INFO, logger="peerd.index_session"):
+        hits = await session.search("koala")
+    assert [f.filename for hit in hits for f in hit.files] == ["a.txt"]
+    assert ops(index)[-1] == "search"
+    assert ops(other) == ["connect", "auth", "ping", "search"]
+    assert session.where == "b:7000"
+    assert "moved to the index server b:7000" in caplog.text
+
+
+async def test_a_protocol_refusal_is_raised_and_not_tried_on_another_index_server(
+    index: FakeIndex, other: FakeIndex
+) -> None:
+    session = make_session(index, connect=servers_of({"a": index, "b": other}))
+    await started(session)
+    index.errors["search"] = [Forbidden("not for you")]
+    with pytest.raises(Forbidden):
+        await session.search("koala")
+    assert other.calls == []
+    assert session.where == "a:7000"
+
+
+async def test_two_requests_lost_on_the_same_connection_move_once(
+    index: FakeIndex, other: FakeIndex
+) -> None:
+    session = make_session(index, connect=servers_of({"a": index, "b": other}))
+    await started(session)
+    lost = session.index
+    assert lost is not None
+    index.errors["connect"] = [ConnectionClosed("Connect call failed")]  # a is gone
+    async with session.lock:  # the first request to notice moves ...
+        moved = await session.move_from(lost)
+    async with session.lock:  # ... the second one finds the session moved already
+        again = await session.move_from(lost)
+    assert again is moved and not moved.closed
+    assert ops(index) == ["connect", "auth", "sync"]
+    assert ops(other) == ["connect", "auth", "ping"]
+
+
+async def test_a_sync_lost_on_one_index_server_is_sent_whole_on_the_next(
+    index: FakeIndex, other: FakeIndex
+) -> None:
+    session = make_session(index, connect=servers_of({"a": index, "b": other}))
+    await started(session)
+    more = [*FILES, SharedFile("b.txt", "koala", 2, bytes(32))]
+    index.errors["sync_delta"] = [Timeout("no answer")]
+    report = await session.publish(more, 7001)
+    assert ops(index)[-1] == "sync_delta"
+    assert ops(other) == ["connect", "auth", "ping", "sync"]
+    assert other.listing == more and report.full and report.sent == 2
+
+
+async def test_the_upkeep_moves_to_the_next_index_server_when_a_ping_is_lost(
+    index: FakeIndex, other: FakeIndex, clock: FakeClock
+) -> None:
+    session = make_session(index, connect=servers_of({"a": index, "b": other}))
+    await started(session)
+    index.errors["ping"] = [ConnectionClosed("connection reset")]
+    async with upkeep(session):
+        await other.wait_for("ping", 2)
+    assert index.times("ping", START) == [30]
+    # moved at once, no back-off: logged in and pinged at 30, then every 30 s
+    assert [(op, t - START) for op, t in other.calls[:4]] == [
+        ("connect", 30),
+        ("auth", 30),
+        ("ping", 30),
+        ("ping", 60),
+    ]
+
+
+async def test_an_index_server_that_does_not_list_us_after_a_move_gets_the_listing(
+    index: FakeIndex, other: FakeIndex
+) -> None:
+    session = make_session(index, connect=servers_of({"a": index, "b": other}))
+    await started(session)
+    index.errors["ping"] = [Timeout("no answer")]
+    other.errors["ping"] = [NotFound("no peer with this domain_name; sync first")]
+    async with upkeep(session):
+        await other.wait_for("sync", 1)
+    assert other.listing == FILES
+
+
+async def test_when_every_index_server_is_down_the_error_names_them_all(
+    index: FakeIndex, other: FakeIndex
+) -> None:
+    index.errors["connect"] = [ConnectionClosed("Connect call failed")]
+    other.errors["connect"] = [ConnectionClosed("Connect call failed")]
+    session = make_session(index, connect=servers_of({"a": index, "b": other}))
+    with pytest.raises(IndexUnavailable) as info:
+        await session.search("koala")
+    assert str(info.value) == (
+        "cannot reach any of the index servers a:7000, b:7000: Connect call failed"
+    )
+
+
+async def test_every_address_a_name_resolves_to_is_a_candidate_in_order(
+    index: FakeIndex, other: FakeIndex
+) -> None:
+    names = NameTable({"indexd": ["a", "b"]})
+    servers = servers_of({"a": index, "b": other}, "indexd", resolve=names)
+    index.errors["connect"] = [ConnectionClosed("Connect call failed")]
+    session = make_session(index, connect=servers)
+    await started(session)
+    assert names.lookups == [("indexd", 7000)]
+    assert str(servers.current) == "indexd:7000 (b)"
+    assert session.where == "indexd:7000"
+    assert ops(other) == ["connect", "auth", "sync"]
+
+
+async def test_a_name_that_does_not_resolve_is_passed_over_for_the_next(
+    index: FakeIndex, other: FakeIndex
+) -> None:
+    names = NameTable({"b": ["b"]})
+    session = make_session(
+        index, connect=servers_of({"a": index, "b": other}, "gone", "b", resolve=names)
+    )
+    await started(session)
+    assert session.where == "b:7000"
+
+
+async def test_each_back_off_is_shortened_at_random_by_up_to_a_fifth(
+    index: FakeIndex, clock: FakeClock
+) -> None:
+    session = make_session(index, jitter=lambda: 0.5)
+    await started(session)
+    index.errors["connect"] = [ConnectionClosed("refused") for _ in range(8)]
+    index.connections[0].drop()
+    async with upkeep(session):
+        await index.wait_for("sync", 2)
+    backoffs = [s for s in clock.sleeps if s][1:9]
+    assert backoffs == pytest.approx([0.9, 1.8, 3.6, 7.2, 14.4, 28.8, 54, 54])
