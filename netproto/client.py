@@ -20,6 +20,7 @@ from netproto.errors import ConnectionClosed, P2PError, RemoteProtocolError, Req
 from netproto.framing import DEFAULT_MAX_FRAME
 from netproto.messages import ErrorReply, Reply, ServerMessage, StreamChunk, StreamEnd, StreamStart
 from netproto.protocol import ClientProtocol
+from netproto.tlsbio import TLSSession
 
 Body = dict[str, Any]
 Token = str | None
@@ -88,9 +89,9 @@ class ResponseStream:
 class Connection(FramedConnection):
     """One TLS connection to a server; use :meth:`open`."""
 
-    def __init__(self, *, max_frame: int, request_timeout: float) -> None:
+    def __init__(self, tls: TLSSession, *, max_frame: int, request_timeout: float) -> None:
         self.protocol = ClientProtocol(max_frame)
-        super().__init__(self.protocol, 4 << 20)
+        super().__init__(self.protocol, tls, 4 << 20)
         self.request_timeout = request_timeout
         self._pending: dict[int, tuple[asyncio.Future[Any], float, str]] = {}  # future, when, op
         self.streams: dict[int, ResponseStream] = {}
@@ -111,18 +112,20 @@ class Connection(FramedConnection):
     ) -> Connection:
         """Connect (from ``local_addr`` if given) and complete the TLS handshake, verifying
         ``server_hostname``."""
-        loop = asyncio.get_running_loop()
+        tls = TLSSession(ssl_context, server_side=False, server_hostname=server_hostname)
         with transport_errors(f"connecting to {host}:{port}"):
             async with asyncio.timeout(connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: cls(max_frame=max_frame, request_timeout=request_timeout),
+                _, conn = await asyncio.get_running_loop().create_connection(
+                    lambda: cls(tls, max_frame=max_frame, request_timeout=request_timeout),
                     host,
                     port,
-                    ssl=ssl_context,
-                    server_hostname=server_hostname,
-                    ssl_handshake_timeout=connect_timeout,
                     local_addr=local_addr,
                 )
+                try:
+                    await conn.ready  # the TLS handshake
+                except BaseException:
+                    conn.abort()
+                    raise
         return conn
 
     @property
@@ -240,10 +243,6 @@ class Connection(FramedConnection):
         """The server closed its side: nothing more will be answered."""
         self._lose(ConnectionClosed("the server closed the connection"))
         return False
-
-    def _lose(self, failure: P2PError) -> None:
-        self._fail(failure)
-        self.abort()
 
     def closing(self, failure: P2PError) -> None:
         """Fail every request and stream still waiting."""

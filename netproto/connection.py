@@ -1,14 +1,17 @@
-"""The one asyncio connection class of server and client: an :class:`asyncio.BufferedProtocol`
-whose transport decrypts into the sans-I/O core's buffers. Frames written in one event-loop
-turn leave as one TLS write; flow control comes from ``pause_writing``/``resume_writing``;
-deadlines are one ``loop.call_at`` timer the connection owns. The one place where ``OSError``
-and ``ssl.SSLError`` become :class:`ConnectionClosed` (or :class:`Timeout`).
+"""The one asyncio connection class of server and client: a :class:`asyncio.BufferedProtocol`
+on plain TCP running TLS itself (:mod:`netproto.tlsbio`), decrypting from a buffer its thread's
+connections share into the core's (PROTOCOL.md §6, "Memory per connection"). Frames written in
+one turn leave as one write; flow control is ``pause_writing``/``resume_writing``; deadlines are
+one ``loop.call_at`` timer per connection. The one place where ``OSError`` and ``ssl.SSLError``
+become :class:`ConnectionClosed` (or :class:`Timeout`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +19,7 @@ from cryptography import x509
 
 from netproto.errors import ConnectionClosed, P2PError, Timeout
 from netproto.protocol import ClientProtocol, ServerProtocol
+from netproto.tlsbio import TLSSession
 
 #: Frames this long or longer are written at once rather than batched.
 _LARGE = 64 << 10
@@ -25,6 +29,9 @@ _BATCH = 16 << 10
 #: The low-water mark sits this far under the high one, so a slow but steady reader is never
 #: taken for a stalled one (PROTOCOL.md §6 cuts off output that *stays* above the mark).
 _LOW_GAP = 512 << 10
+#: Ciphertext is read into one buffer per thread: a read is decrypted before the next one.
+_received = threading.local()
+_RECEIVE = 256 << 10
 
 
 @contextlib.contextmanager
@@ -39,16 +46,14 @@ def transport_errors(what: str) -> Iterator[None]:
 
 
 class FramedConnection(asyncio.BufferedProtocol):
-    """One connection: receiving into the core, coalesced writing, flow control, one timer."""
+    """One connection: TLS, receiving into the core, coalesced writing, flow control, a timer."""
 
-    def __init__(self, core: ServerProtocol | ClientProtocol, high_water: int) -> None:
-        self.core = core
+    def __init__(self, core: ServerProtocol | ClientProtocol, tls: TLSSession, high: int) -> None:
+        self.core, self.tls, self._high_water = core, tls, high
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
+        self.ready: asyncio.Future[None] = self.loop.create_future()  # the handshake's end
         self.peer_cert: x509.Certificate | None = None
-        self._high_water = high_water
-        self._out: list[bytes] = []
-        self._out_bytes = 0
         self._flush_handle: asyncio.Handle | None = None
         self._batching = False
         self._writable: asyncio.Future[None] | None = None  # while over the high-water mark
@@ -62,6 +67,9 @@ class FramedConnection(asyncio.BufferedProtocol):
         """Handle what the core completed from one read."""
         raise NotImplementedError
 
+    def established(self) -> None:
+        """The TLS handshake completed; the peer's certificate is in :attr:`peer_cert`."""
+
     def deadline(self, now: float) -> float | None:
         """Act on deadlines that passed by ``now``; return the next one (None: no timer)."""
         return None
@@ -70,27 +78,62 @@ class FramedConnection(asyncio.BufferedProtocol):
         """The connection is gone (``failure`` says why): fail whatever still waits on it."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Take a (TLS) transport: set its write limits and read the peer's certificate."""
+        """TCP is up: set its write limits and start the TLS handshake."""
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         high = self._high_water
         transport.set_write_buffer_limits(high=high, low=max(high // 2, high - _LOW_GAP))
-        ssl_object = transport.get_extra_info("ssl_object")
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        self.peer_cert = x509.load_der_x509_certificate(der) if der else None
+        self.buffer_updated(0)  # starts the handshake: a client's hello leaves
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        """Where the transport decrypts the next bytes into: the core's buffer."""
-        return self.core.get_buffer(sizehint)
+        """Where the transport reads ciphertext into: the thread's one receive buffer."""
+        view: memoryview | None = getattr(_received, "view", None)
+        if view is None:
+            view = _received.view = memoryview(bytearray(_RECEIVE))
+        return view
 
     def buffer_updated(self, nbytes: int) -> None:
-        """Feed the core; everything written in response leaves together at the end."""
+        """Decrypt into the core; everything written in response leaves together at the end."""
+        tls, was_up = self.tls, self.tls.established
         self._batching = True
         try:
-            self.received(self.core.buffer_updated(nbytes))
+            events = tls.receive_data(self.get_buffer(0)[:nbytes], self.core)
+            if tls.established and not was_up:
+                self.peer_cert = tls.peer_certificate()
+                self.ready.set_result(None)
+                self.established()
+            if tls.established and self.failure is None:
+                self.received(events)
+            if tls.peer_closed and self.failure is None and not self.eof_received():
+                self._shutdown()  # the peer's close_notify: answer it and close
+        except ssl.SSLError as exc:  # a failed handshake, a forged record
+            if not self.ready.done():
+                self.ready.set_exception(exc)  # what a client's open() raises
+                self.ready.exception()  # retrieved: a server awaits nothing
+            self._lose(ConnectionClosed(f"TLS: {exc}"))
         finally:
             self._batching = False
-            self.flush()
+            self.core.release()  # an idle connection keeps no receive buffer
+            self.flush()  # and what TLS itself has to send
+
+    def _lose(self, failure: P2PError) -> None:
+        """Fail every waiter and drop the connection."""
+        self._fail(failure)
+        self.abort()
+
+    def _put(self, parts: tuple[bytes | memoryview, ...] = ()) -> None:
+        """Encrypt what is held and ``parts``; hand the ciphertext to the transport."""
+        self.tls.send(parts)
+        out, transport = self.tls.data_to_send(), self.transport
+        if out and transport is not None and not transport.is_closing():
+            transport.writelines(out)
+
+    def _shutdown(self) -> None:
+        """Send close_notify and close the TCP connection once what is written left."""
+        self.tls.close()
+        self._put()
+        if self.transport is not None:
+            self.transport.close()
 
     def pause_writing(self) -> None:
         """The transport's buffer went over the high-water mark."""
@@ -120,10 +163,11 @@ class FramedConnection(asyncio.BufferedProtocol):
             self._timer.cancel()
             self._timer = None
         self._timer_at = float("inf")
-        waiter, self._writable = self._writable, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(failure)
-            waiter.exception()  # retrieved: nobody need be waiting on it
+        for waiter in (self._writable, self.ready):
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(failure)
+                waiter.exception()  # retrieved: nobody need be waiting on it
+        self._writable = None
         self.closing(failure)
 
     @property
@@ -136,41 +180,32 @@ class FramedConnection(asyncio.BufferedProtocol):
         if self.is_closing:
             return
         if self._batching or self._flush_handle is not None or len(frame) >= _LARGE:
-            self._out.append(frame)
-            self._out_bytes += len(frame)
-            if self._out_bytes >= _BATCH:
+            if self.tls.hold(frame) >= _BATCH:
                 self.flush()
             return
         # The first frame of a turn leaves at once (one request in flight pays no extra loop
         # turn); later frames of the same turn are batched behind it.
         self._flush_handle = self.loop.call_soon(self.flush)
-        assert self.transport is not None
-        self.transport.write(frame)
+        self._put((frame,))
 
     def write_parts(self, head: bytes, payload: bytes | memoryview) -> None:
         """Send a frame in two parts (a chunk's head, its payload) without joining them."""
-        self.flush()
         if not self.is_closing:
-            assert self.transport is not None
-            self.transport.writelines((head, payload))
+            self._put((head, payload))  # after what is held
 
     def flush(self) -> None:
         """Hand everything batched to the transport now."""
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        if not self._out:
-            return
-        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
-        self._out.clear()
-        self._out_bytes = 0
         if not self.is_closing:
-            assert self.transport is not None
-            self.transport.write(data)
+            self._put()
 
     def buffered(self) -> int:
         """Bytes written but not yet taken by the kernel."""
-        return self._out_bytes + (self.transport.get_write_buffer_size() if self.transport else 0)
+        return self.tls.held_bytes + (
+            self.transport.get_write_buffer_size() if self.transport else 0
+        )
 
     async def writable(self) -> None:
         """Wait until the transport takes more output; raise once the connection is gone."""
@@ -180,9 +215,9 @@ class FramedConnection(asyncio.BufferedProtocol):
         if self._writable is not None:
             await asyncio.shield(self._writable)
 
-    def schedule(self, when: float) -> None:
-        """Make sure the timer fires no later than ``when`` (loop time)."""
-        if when < self._timer_at and self.failure is None:
+    def schedule(self, when: float | None) -> None:
+        """Make sure the timer fires no later than ``when`` (loop time; None: no matter)."""
+        if when is not None and when < self._timer_at and self.failure is None:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer = self.loop.call_at(when, self._on_timer)
@@ -190,14 +225,14 @@ class FramedConnection(asyncio.BufferedProtocol):
 
     def _on_timer(self) -> None:
         self._timer, self._timer_at = None, float("inf")
-        if self.failure is None and (when := self.deadline(self.loop.time())) is not None:
-            self.schedule(when)
+        if self.failure is None:
+            self.schedule(self.deadline(self.loop.time()))
 
     async def close(self, timeout: float = 1.0) -> None:
         """Flush, close gracefully (TLS close_notify) within ``timeout``, else abort."""
         self.flush()
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+            self._shutdown()
         try:
             async with asyncio.timeout(timeout):
                 await asyncio.shield(self.lost)
@@ -206,7 +241,6 @@ class FramedConnection(asyncio.BufferedProtocol):
 
     def abort(self) -> None:
         """Drop the connection now, without a TLS close_notify."""
-        self._out.clear()
-        self._out_bytes = 0
+        self.tls.discard()
         if self.transport is not None:
             self.transport.abort()

@@ -28,7 +28,8 @@ def encode_frame(body: bytes) -> bytes:
 
 #: Frames at least this long arrive in a buffer of their own (see :class:`FrameBuffer`).
 OWN_BUFFER_AT = 64 << 10
-_SCRATCH = 256 << 10
+#: The scratch buffer's size when it is (re)made: one TLS record's plaintext.
+SCRATCH = 16 << 10
 
 
 class FrameBuffer:
@@ -37,17 +38,21 @@ class FrameBuffer:
     For :class:`asyncio.BufferedProtocol`: :meth:`get_buffer` gives the receiver (TLS, which
     decrypts straight into it) where to put the next bytes, :meth:`buffer_updated` says how
     many came and returns the frames they completed. Small frames are read, several at a time,
-    into one reused scratch buffer and returned as views of it, valid only until the next
+    into a scratch buffer and returned as views of it, valid only until the next
     :meth:`get_buffer`. A frame of :data:`OWN_BUFFER_AT` bytes or more gets a buffer of its
     own as soon as its length is known, and its body arrives straight into it: that one is
     returned as a :class:`bytearray` nobody else touches, so a 256 KiB stream chunk is never
     copied between the decryption and whoever reads it. Lengths are checked against
     ``max_frame`` from the prefix alone, before any body byte is buffered.
+
+    Memory follows the traffic (PROTOCOL.md §6): the scratch buffer is :data:`SCRATCH` bytes,
+    grows only to hold one incomplete frame under :data:`OWN_BUFFER_AT`, and :meth:`release`
+    drops it whenever no frame is incomplete, so an idle connection holds no buffer at all.
     """
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self.max_frame = max_frame
-        self._scratch = bytearray(_SCRATCH)
+        self._scratch = bytearray()
         self._view = memoryview(self._scratch)
         self._start = 0  # first byte not yet handed out
         self._end = 0  # end of the bytes received into the scratch buffer
@@ -61,18 +66,40 @@ class FrameBuffer:
         """True while part of a frame (prefix or body) has arrived but not all of it."""
         return self._own is not None or self._end > self._start
 
+    @property
+    def allocated(self) -> int:
+        """Bytes of buffer held now (the scratch buffer and a large frame's own)."""
+        return len(self._scratch) + (len(self._own) if self._own is not None else 0)
+
+    def release(self) -> None:
+        """Drop the scratch buffer unless it holds part of a frame (between reads)."""
+        if self._start == self._end and self._scratch:
+            self._scratch = bytearray()
+            self._view = memoryview(self._scratch)
+            self._start = self._end = 0
+
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         """Where the next received bytes go (never past the end of a large frame's body)."""
         own = self._own
         if own is not None:
             return memoryview(own)[self._own_filled :]
-        start, end = self._start, self._end
+        start, end, size = self._start, self._end, len(self._scratch)
         if start == end:
-            self._start = self._end = 0
-        elif len(self._scratch) - end < OWN_BUFFER_AT:
-            # Move the incomplete frame's head to the front; it is under OWN_BUFFER_AT long,
-            # so what is free after it always holds the rest.
-            self._scratch[: end - start] = self._scratch[start:end]
+            start = end = self._start = self._end = 0
+        needed = HEADER_SIZE  # what the incomplete frame at start needs in all
+        if end - start >= HEADER_SIZE:
+            needed += min(HEADER.unpack_from(self._view, start)[0], OWN_BUFFER_AT)
+        if start + needed > size or end == size:
+            # Move the incomplete frame's head to the front of a buffer that holds all of it
+            # (frames of OWN_BUFFER_AT or more leave for their own as soon as their length is
+            # known, so this stays under OWN_BUFFER_AT + the prefix).
+            head = self._scratch[start:end]  # a copy: the two ranges may overlap
+            if needed > size:
+                scratch = bytearray(max(needed, SCRATCH))
+                scratch[: end - start] = head
+                self._scratch, self._view = scratch, memoryview(scratch)
+            else:
+                self._scratch[: end - start] = head
             self._start, self._end = 0, end - start
         return self._view[self._end :]
 

@@ -79,6 +79,15 @@ class ServerProtocol:
         """Where to receive the next bytes into (see :class:`FrameBuffer`)."""
         return self._frames.get_buffer(sizehint)
 
+    def release(self) -> None:
+        """Drop the receive buffer between reads unless a frame is incomplete."""
+        self._frames.release()
+
+    @property
+    def allocated(self) -> int:
+        """Bytes of receive buffer held now (none while idle: PROTOCOL.md §6)."""
+        return self._frames.allocated
+
     def buffer_updated(self, nbytes: int) -> list[Request | Rejected | Unreadable]:
         """``nbytes`` arrived in the last :meth:`get_buffer`; return the events completed.
 
@@ -189,6 +198,15 @@ class ClientProtocol:
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         """Where to receive the next bytes into (see :class:`FrameBuffer`)."""
         return self._frames.get_buffer(sizehint)
+
+    def release(self) -> None:
+        """Drop the receive buffer between reads unless a frame is incomplete."""
+        self._frames.release()
+
+    @property
+    def allocated(self) -> int:
+        """Bytes of receive buffer held now (none while idle: PROTOCOL.md §6)."""
+        return self._frames.allocated
 
     def buffer_updated(self, nbytes: int) -> list[ServerMessage]:
         """``nbytes`` arrived in the last :meth:`get_buffer`; return the messages completed.

@@ -14,7 +14,8 @@ from typing import Any
 
 from netproto import errors
 from netproto.admission import Admission, Admit, address_key
-from netproto.connection import FramedConnection, transport_errors
+from netproto.connection import FramedConnection
+from netproto.deadlines import Expired, ServerDeadlines
 from netproto.dispatch import Dispatcher
 from netproto.messages import Request
 from netproto.protocol import Rejected, ServerProtocol, Unreadable, encode_chunk_head
@@ -28,6 +29,7 @@ from netproto.service import (
     StreamReply,
     to_wire,
 )
+from netproto.tlsbio import TLSSession
 
 log = logging.getLogger(__name__)
 
@@ -95,62 +97,39 @@ class ServerConnection(FramedConnection):
     def __init__(self, server: Server) -> None:
         self.server = server
         self.limits = limits = server.limits
-        super().__init__(ServerProtocol(limits.max_frame), limits.write_high_water)
+        tls = TLSSession(server.ssl_context, server_side=True)
+        super().__init__(ServerProtocol(limits.max_frame), tls, limits.write_high_water)
         self.address, self.port, self.key, self.pending = "?", 0, "?", True
-        self._accepted = self._last_active = self.loop.time()
+        self.deadlines = ServerDeadlines(limits, self.loop.time())
         self.state = ConnectionState()
         self.tasks: set[asyncio.Task[None]] = set()
         #: Requests read but not yet started (while output or in-flight slots are full).
         self._queue: collections.deque[Request | Rejected | Unreadable] = collections.deque()
-        self._ready, self._reading = False, True
-        self._frame_started: float | None = None
+        self._ready, self._reading, self._busy = False, True, False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Plain TCP is up: count it against the caps, then start the TLS upgrade."""
+        """Plain TCP is up: count it against the caps, then start the TLS handshake."""
         assert isinstance(transport, asyncio.Transport)
         peer = transport.get_extra_info("peername") or ("?", 0)
         self.address, self.port = str(peer[0]), int(peer[1])
-        self.key, self._tcp = address_key(self.address), transport
+        self.key = address_key(self.address)
         admitted = self.server.admit(self)
         if admitted is Admit.DROP:
             transport.abort()
             return
-        transport.pause_reading()  # the TLS layer reads from here on
-        self._spawn(self._upgrade(transport, busy=admitted is Admit.BUSY))
+        self._busy = admitted is Admit.BUSY
+        super().connection_made(transport)
+        self.schedule(self.deadlines.accepted + self.limits.handshake_timeout)
 
-    async def _upgrade(self, tcp: asyncio.Transport, *, busy: bool) -> None:
-        try:
-            with transport_errors("TLS handshake"):
-                tls = await self.loop.start_tls(
-                    tcp,
-                    self,
-                    self.server.ssl_context,
-                    server_side=True,
-                    ssl_handshake_timeout=self.limits.handshake_timeout,
-                )
-        except errors.P2PError as exc:
-            log.debug("handshake with %s failed: %s", self.address, exc)
-            self.server.admission.release(self)
-            tcp.abort()
-            return
-        super().connection_made(tls)  # type: ignore[arg-type]  # None only on a closed loop
-        if self not in self.server.admission:  # pushed out while it was handshaking
-            self.abort()
-            return
-        if busy:
+    def established(self) -> None:
+        """TLS is up: answer BUSY and close, or start serving."""
+        if self._busy:
             self.write(ServerProtocol.error(0, errors.Busy("too many connections")))
-            await self.close()
+            self._spawn(self.close())
             return
         self._ready = True
         self._prove(not self.limits.proof_required)  # else finishing TLS is proof enough
         self.schedule(self.loop.time())  # deadline() arms the idle or frame deadline
-        self._dispatch()  # requests that arrived with the end of the handshake
-
-    def abort(self) -> None:
-        """Drop the connection now, even while it is still plain TCP (in its handshake)."""
-        super().abort()
-        if self.transport is None:
-            self._tcp.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Uncount the connection and stop its requests."""
@@ -161,13 +140,10 @@ class ServerConnection(FramedConnection):
 
     def received(self, events: list[Request | Rejected | Unreadable]) -> None:
         """Queue what one read completed and start what may start."""
-        now = self._last_active = self.loop.time()
-        if not self.core.in_frame:
-            self._frame_started = None
-        elif events or self._frame_started is None:
-            # Each frame within frame_timeout of its first byte (PROTOCOL.md §6), not a burst.
-            self._frame_started = now
-            self.schedule(now + self.limits.frame_timeout)
+        if not self._reading:  # stopped for good: the rest of the read is not looked at
+            return
+        now, in_frame = self.loop.time(), self.core.in_frame
+        self.schedule(self.deadlines.received(now, in_frame=in_frame, completed=bool(events)))
         self._queue.extend(events)
         self._dispatch()
 
@@ -200,7 +176,7 @@ class ServerConnection(FramedConnection):
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
-        self._last_active = self.loop.time()
+        self.deadlines.last_active = self.loop.time()
         self._prove(self.state.proven)
         if self._queue:
             self._dispatch()
@@ -271,35 +247,26 @@ class ServerConnection(FramedConnection):
         await self.close()
 
     def deadline(self, now: float) -> float | None:
-        """Cut off a stalled reader; close a connection that did not prove itself in time,
-        sat idle too long, or left a frame unfinished (PROTOCOL.md §6)."""
-        limits = self.limits
-        if self.paused_since is not None:
-            if now >= self.paused_since + limits.slow_reader_timeout:
-                log.info("cutting off slow reader %s", self.address)
-                self.abort()
-                return None
-            return self.paused_since + limits.slow_reader_timeout
-        if not self._ready or not self._reading:
+        """Act on a deadline that passed (:class:`ServerDeadlines`); return the next one."""
+        due = self.deadlines.check(
+            now,
+            established=self.tls.established,
+            paused_since=self.paused_since,
+            serving=self._ready and self._reading,
+            pending=self.pending,
+            busy=bool(self.tasks or self._queue),
+        )
+        if not isinstance(due, Expired):
+            return due
+        (log.info if due.abort else log.debug)("closing %s: %s", self.address, due.why)
+        if due.abort:
+            self.abort()
             return None
-        busy = self.tasks or self._queue  # not idle: a client receiving a fetch sends nothing
-        checks = [
-            (self._accepted + limits.pending_timeout if self.pending else None, None),
-            (
-                self._frame_started + limits.frame_timeout if self._frame_started else None,
-                errors.Timeout("frame not completed in time"),
-            ),
-            (None if busy else self._last_active + limits.idle_timeout, None),
-        ]
-        for when, error in checks:
-            if when is not None and now >= when:
-                log.debug("closing %s: %s", self.address, error or "idle or unproven")
-                self._stop_reading()
-                if error is not None:
-                    self.write(ServerProtocol.error(0, error))
-                self._spawn(self.close())
-                return None
-        return min((w for w, _ in checks if w is not None), default=now + limits.idle_timeout)
+        self._stop_reading()
+        if due.error is not None:
+            self.write(ServerProtocol.error(0, due.error))
+        self._spawn(self.close())
+        return None
 
     async def shutdown(self, grace: float) -> None:
         """Stop reading; let requests in flight finish within ``grace`` and their answers

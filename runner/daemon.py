@@ -1,4 +1,5 @@
-"""What both daemons share: the connection-limit flags, logging set-up, and the signal loop.
+"""What both daemons share: the connection-limit and ``--metrics`` flags, logging set-up, and
+the signal loop.
 
 The limits themselves are :class:`netproto.server.ServerLimits` (PROTOCOL.md §6); this module
 only maps them to flags, so the wire package holds the protocol and nothing of the command line.
@@ -14,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from netproto.server import ServerLimits
+from runner.fdlimit import connections_for, raise_open_file_limit
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +48,9 @@ def add_daemon_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--max-connections",
         type=int,
-        default=d.max_connections,
+        default=None,
         metavar="N",
-        help="connections in total before BUSY (%(default)s)",
+        help="connections in total before BUSY (default: the open-file limit less 256)",
     )
     group.add_argument(
         "--max-connections-per-address",
@@ -79,17 +81,42 @@ def add_daemon_flags(parser: argparse.ArgumentParser) -> None:
         help="seconds a connection has to show a valid token or log in (%(default)s)",
     )
     parser.add_argument(
+        "--metrics",
+        type=metrics_address,
+        default=None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics ([::1]:PORT for IPv6;"
+        " port 0 picks one; default: off)",
+    )
+    parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
     )
 
 
+def metrics_address(text: str) -> tuple[str, int]:
+    """``--metrics HOST:PORT`` (``[v6addr]:PORT`` for IPv6) as ``(host, port)``."""
+    host, sep, port = text.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise argparse.ArgumentTypeError(f"put an IPv6 address in brackets: {text!r}")
+    if not (sep and host and port.isascii() and port.isdigit() and int(port) <= 65535):
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (port 0-65535), not {text!r}")
+    return host, int(port)
+
+
 def limits_from_args(args: argparse.Namespace) -> ServerLimits:
-    """The :class:`ServerLimits` the flags of :func:`add_daemon_flags` describe."""
+    """The :class:`ServerLimits` the flags of :func:`add_daemon_flags` describe. A daemon
+    starts here: its open-file limit is raised to the hard limit, and sizes
+    ``--max-connections`` when it is not given (:mod:`runner.fdlimit`)."""
+    open_files = raise_open_file_limit()
     return ServerLimits(
         handshake_timeout=args.handshake_timeout,
         frame_timeout=args.frame_timeout,
         idle_timeout=args.idle_timeout,
-        max_connections=args.max_connections,
+        max_connections=(
+            connections_for(open_files) if args.max_connections is None else args.max_connections
+        ),
         max_connections_per_address=args.max_connections_per_address,
         max_pending=args.max_pending,
         max_pending_per_address=args.max_pending_per_address,

@@ -223,3 +223,53 @@ def test_frame_buffer_survives_any_split_into_reads(bodies: list[bytes], sizes: 
     fb = FrameBuffer()
     assert receive_into(fb, stream, sizes) == bodies
     assert not fb.in_frame
+
+
+# --- FrameBuffer: memory follows the traffic (PROTOCOL.md §6) --------------------------------
+
+from netproto.framing import SCRATCH  # noqa: E402
+
+
+def test_a_new_frame_buffer_holds_no_memory() -> None:
+    assert FrameBuffer().allocated == 0
+
+
+def test_release_drops_the_scratch_buffer_between_frames() -> None:
+    fb = FrameBuffer()
+    assert receive_into(fb, encode_frame(b"x" * 100), [1 << 20]) == [b"x" * 100]
+    assert fb.allocated == SCRATCH
+    fb.release()
+    assert fb.allocated == 0
+    assert receive_into(fb, encode_frame(b"again"), [1 << 20]) == [b"again"]
+
+
+def test_release_keeps_an_incomplete_frame() -> None:
+    fb = FrameBuffer()
+    data = encode_frame(b"y" * 500)
+    assert receive_into(fb, data[:100], [1 << 20]) == []
+    fb.release()
+    assert fb.allocated == SCRATCH and fb.in_frame
+    assert receive_into(fb, data[100:], [1 << 20]) == [b"y" * 500]
+
+
+@pytest.mark.parametrize("sizes", [[1], [5000], [1 << 20]], ids=str)
+def test_the_scratch_buffer_grows_for_a_frame_under_own_buffer_at_then_shrinks_back(
+    sizes: list[int],
+) -> None:
+    body = bytes(range(256)) * 160  # 40 KiB: over SCRATCH, under OWN_BUFFER_AT
+    fb = FrameBuffer()
+    assert receive_into(fb, encode_frame(body) + encode_frame(b"z"), sizes) == [body, b"z"]
+    assert SCRATCH < fb.allocated <= OWN_BUFFER_AT + 4
+    fb.release()
+    assert fb.allocated == 0
+
+
+def test_a_large_frame_holds_its_own_buffer_only_while_in_flight() -> None:
+    fb = FrameBuffer()
+    data = encode_frame(b"L" * (OWN_BUFFER_AT * 2))
+    receive_into(fb, data[:1000], [1 << 20])
+    fb.release()
+    assert fb.allocated == OWN_BUFFER_AT * 2  # the scratch went; the frame's own stays
+    assert receive_into(fb, data[1000:], [1 << 20]) == [b"L" * (OWN_BUFFER_AT * 2)]
+    fb.release()
+    assert fb.allocated == 0

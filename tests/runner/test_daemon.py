@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,6 +24,7 @@ from runner import (
     run_until_signalled,
 )
 from runner.daemon import ACCEPT_FAILED
+from runner.fdlimit import connections_for
 
 TIMEOUT = 10.0
 
@@ -38,7 +40,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def test_without_flags_the_limits_are_the_server_defaults_with_proof_required() -> None:
     args = _parser().parse_args([])
-    assert limits_from_args(args) == ServerLimits(proof_required=True)
+    limits = limits_from_args(args)
+    open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]  # as raised by limits_from_args
+    assert limits == ServerLimits(proof_required=True, max_connections=connections_for(open_files))
     assert args.verbose == 0
 
 
