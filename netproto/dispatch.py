@@ -41,7 +41,12 @@ UNKNOWN_OPERATION = "unknown"
 
 
 class Dispatcher:
-    """One server's handler table and how its requests are checked and answered."""
+    """One server's handler table and how its requests are checked and answered.
+
+    ``table`` is the handler table as given; once observed, ``observed_operations`` is the
+    same table with each handler wrapped to report to the observer; ``operations`` is
+    whichever of the two requests are answered from.
+    """
 
     def __init__(
         self,
@@ -52,7 +57,7 @@ class Dispatcher:
         observer: RequestObserver | None = None,
     ) -> None:
         self.table = operations
-        self.operations = operations
+        self.observed_operations: Mapping[str, Operation[Any]] | None = None
         self.authenticate = authenticate
         self.max_frame = max_frame
         self.observer: RequestObserver | None = None
@@ -63,10 +68,17 @@ class Dispatcher:
         """Report every request from now on to ``observer``: each handler of the table is
         wrapped to time it (replacing any earlier observer)."""
         self.observer = observer
-        self.operations = {
+        self.observed_operations = {
             name: dataclasses.replace(op, handler=_observed(name, op, observer))
             for name, op in self.table.items()
         }
+
+    @property
+    def operations(self) -> Mapping[str, Operation[Any]]:
+        """The table requests are answered from: ``observed_operations`` once observed,
+        else ``table``."""
+        observed = self.observed_operations
+        return self.table if observed is None else observed
 
     def prepare(
         self, req: Request, operation: Operation[Any] | None, ctx: RequestContext

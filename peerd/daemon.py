@@ -620,8 +620,9 @@ class PeerDaemon:
         if self.metrics is not None and config.metrics is not None:
             self.metrics.start(*config.metrics)
         files = await asyncio.to_thread(published, self.share, self.service.manifests, files)
-        async with session.lock:
-            await session.sync(index, files, self.port)
+        # publish, not sync: an index server lost during the (possibly long) scan is passed
+        # over for the next one (README.md, "Several index servers")
+        await session.publish(files, self.port)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Say ``bye`` to the index, stop serving (transfers get ``grace`` to finish)."""

@@ -180,8 +180,10 @@ class IndexServers:
     """The index servers a peer may use, in the order given, and the one it is on.
 
     Every address each host resolves to is a candidate; a round tries each candidate once,
-    from the current one on (the first, at start: README.md, "Several index servers"). The
-    host names are resolved again each round. A ``resolve`` of None dials the hosts as given.
+    from the current one on (the first, at start: README.md, "Several index servers"), or
+    after :meth:`skip`, from the one after the candidate that failed. The host names are
+    resolved again each round, so both are found again by what they are, never by their
+    position in an earlier answer. A ``resolve`` of None dials the hosts as given.
     """
 
     def __init__(
@@ -198,10 +200,10 @@ class IndexServers:
         self._dial = dial
         self._resolve = resolve
         self._label = label
-        #: Where the next round starts, in the candidates as last resolved.
-        self._next = 0
         #: The candidate connected to last (None before the first connection).
         self.current: IndexCandidate | None = None
+        #: The candidate that failed and was left (:meth:`skip`): the next round starts after it.
+        self.skipped: IndexCandidate | None = None
         #: The candidate whose failure ended the last failed round (for its message).
         self.last_failed: IndexCandidate | None = None
 
@@ -226,8 +228,23 @@ class IndexServers:
         return self._label or str(self.current.given)
 
     def skip(self) -> None:
-        """The current index server failed: the next round starts at the one after it."""
-        self._next += 1
+        """The current candidate failed: the next round starts at the one after it."""
+        if self.current is not None:
+            self.skipped = self.current
+
+    def _start(self, candidates: Sequence[IndexCandidate]) -> int:
+        """Where a round over ``candidates`` starts: after the candidate that failed, else at
+        the current one; one no longer among them gives way to its server's other addresses,
+        then to the next server's."""
+        anchor, after = (self.skipped, 1) if self.skipped is not None else (self.current, 0)
+        if anchor is None:
+            return 0
+        if anchor in candidates:
+            return candidates.index(anchor) + after
+        rank = self.addresses.index(anchor.given)
+        return next(
+            (n for n, c in enumerate(candidates) if self.addresses.index(c.given) >= rank), 0
+        )
 
     async def candidates(self) -> list[IndexCandidate]:
         """Every address of every index server, in order; hosts that do not resolve are left
@@ -253,7 +270,7 @@ class IndexServers:
         """One round: a connection to the first candidate that answers, from the current one
         on; the first untrusted certificate's error if none answers, else the last error."""
         candidates = await self.candidates()
-        start = self._next % len(candidates)
+        start = self._start(candidates)
         errors: list[tuple[IndexCandidate, ConnectionClosed | Timeout]] = []
         for step in range(len(candidates)):
             at = (start + step) % len(candidates)
@@ -269,7 +286,7 @@ class IndexServers:
                 log.info("moved to the index server %s", candidate)
             elif self.current is None and len(candidates) > 1:
                 log.info("using the index server %s", candidate)
-            self.current, self._next = candidate, at
+            self.current, self.skipped = candidate, None
             return link
         untrusted = [(c, e) for c, e in errors if certificate_untrusted(e)]
         self.last_failed, error = untrusted[0] if untrusted else errors[-1]
@@ -527,7 +544,8 @@ class IndexSession:
         """The index connection, reconnected and logged in again if it dropped (hold the lock).
 
         A connection that dropped moves the session to the next index server (see
-        :meth:`move_from`; ``ping=False`` when the caller lists the peer there anyway).
+        :meth:`move_from`; ``ping=False`` when the caller lists the peer there anyway); after
+        :meth:`close` (ours, not the transport's) it reconnects to the one it was on.
         """
         if self.index is None:
             index = await self.connect()
@@ -580,14 +598,18 @@ class IndexSession:
 
     async def publish(self, files: Sequence[SharedFile], port: int) -> SyncReport:
         """:meth:`update` the listing; if the connection is lost, refused or times out, move
-        to the next index server and send the listing whole there."""
+        to the next index server and send the listing whole there (the start-up sync too, so
+        an index server that dies during the share scan is passed over, not a failed start).
+
+        No ping after a move: its re-sync would send the listing a second time.
+        """
         async with self.lock:
-            index = await self.connected_index()
+            index = await self.connected_index(ping=False)
             try:
                 return await self.update(index, files, port)
             except (ConnectionClosed, Timeout) as exc:
                 log.info("the index server %s failed (%s); moving on", self.where, exc)
-            index = await self.move_from(index)
+            index = await self.move_from(index, ping=False)
             return await self.update(index, files, port)
 
     async def fresh_index(self) -> IndexLink:
@@ -640,9 +662,14 @@ class IndexSession:
             except (P2PError, OSError) as exc:
                 delay = self.backoff(backoff)
                 log.warning("index upkeep failed (%s); retrying in %.0f s", exc, delay)
-                suspect = SessionError | ConnectionClosed | Timeout | RemoteProtocolError | OSError
-                if self.index is not None and isinstance(exc, suspect):
-                    await self.index.close()  # reconnect on the next round
+                if isinstance(exc, ConnectionClosed | Timeout):
+                    # The server failed: the next round moves to the next one.
+                    if self.index is not None:
+                        await self.index.close()
+                elif isinstance(exc, SessionError | RemoteProtocolError | OSError):
+                    # A refusal (FORBIDDEN, RATE_LIMITED, ...) or a bad answer is no reason to
+                    # leave the server: the next round reconnects to the same one.
+                    await self.close()
                 await self.clock.sleep(delay)
                 backoff = min(backoff * 2, MAX_BACKOFF)
             except Exception:

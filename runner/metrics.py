@@ -4,9 +4,9 @@ Each daemon has a registry of its own (several daemons may run in one process), 
 prometheus-client's HTTP server in a thread of its own. What is counted on the event loop (the
 requests, through :class:`netproto.service.RequestObserver`) is kept in prometheus-client's
 locked values; what is read at scrape time (connections, the index's peers and files) is read
-on the event loop, which owns it. Labels are operation names of a handler table and error
-codes only: never a user, token, file name or address. README.md, "Operating", lists every
-metric.
+on the event loop, which owns it, the index's gauges at most once a second. Labels are
+operation names of a handler table and error codes only: never a user, token, file name or
+address. README.md, "Operating", lists every metric.
 """
 
 from __future__ import annotations
@@ -63,6 +63,9 @@ LATENCY_BUCKETS = (
 )
 #: How long a scrape waits for the event loop to read what it owns.
 SCRAPE_TIMEOUT = 2.0
+#: Seconds a scrape's gauges are served again before they are read anew: what they count may
+#: take a walk over every peer on the event loop, which scrapers do not get to repeat at will.
+GAUGE_MAX_AGE = 1.0
 
 
 class _OperationStats:
@@ -195,8 +198,12 @@ class ConnectionCollector(Collector):
 class LoopGauges(Collector):
     """Gauges computed at scrape time on the event loop, whose thread owns what they count.
 
-    ``read`` returns a value for each name of ``help`` (name → help text). When the loop does
-    not answer within ``timeout`` (stopping, or stuck), the scrape leaves them out.
+    ``read`` returns a value for each name of ``help`` (name → help text). It runs at most
+    once every ``max_age`` seconds, one scrape at a time: scrapes meanwhile get the values
+    read last, so however many scrapers there are, the loop walks what it counts at most
+    once a second. When the loop does not answer within ``timeout`` (stopping, or stuck), the
+    scrape serves the values read last, if any, and the next scrape waits ``max_age`` before
+    it asks again.
     """
 
     def __init__(
@@ -205,26 +212,47 @@ class LoopGauges(Collector):
         read: Callable[[], Mapping[str, float]],
         help: Mapping[str, str],
         timeout: float = SCRAPE_TIMEOUT,
+        max_age: float = GAUGE_MAX_AGE,
     ) -> None:
         self.loop = loop
         self.read = read
         self.help = dict(help)
         self.timeout = timeout
+        self.max_age = max_age
+        #: Now, in seconds (monotonic): when values were read.
+        self.clock: Callable[[], float] = time.monotonic
+        #: Held by the scrape reading the gauges (scrapes come in threads of the HTTP server).
+        self.lock = threading.Lock()
+        self._values: Mapping[str, float] | None = None
+        self._read_at: float | None = None
 
     def describe(self) -> Iterable[Metric]:
         """The metric families, without values (for the registry's name check)."""
         return [GaugeMetricFamily(name, text) for name, text in self.help.items()]
 
     def collect(self) -> Iterable[Metric]:
-        """The gauges, read on the loop now; none if the loop does not answer."""
-        try:
-            values = read_on_loop(self.loop, self.read, self.timeout)
-        except (RuntimeError, TimeoutError) as exc:  # the loop is closed, or did not answer
-            log.warning("metrics: the event loop did not answer (%s); gauges left out", exc)
+        """The gauges: the values read last if under ``max_age`` old, else read on the loop
+        now; none if the loop does not answer and nothing was read before."""
+        with self.lock:
+            values = self._current()
+        if values is None:
             return []
         return [
             GaugeMetricFamily(name, text, value=values[name]) for name, text in self.help.items()
         ]
+
+    def _current(self) -> Mapping[str, float] | None:
+        """The values to serve (hold the lock)."""
+        if self._read_at is not None and self.clock() - self._read_at < self.max_age:
+            return self._values
+        try:
+            self._values = read_on_loop(self.loop, self.read, self.timeout)
+        except (RuntimeError, TimeoutError) as exc:  # the loop is closed, or did not answer
+            kept = "the last values served" if self._values is not None else "gauges left out"
+            log.warning("metrics: the event loop did not answer (%s); %s", exc, kept)
+        # a loop that did not answer is not asked again at once either
+        self._read_at = self.clock()
+        return self._values
 
 
 def read_on_loop(loop: asyncio.AbstractEventLoop, read: Callable[[], T], timeout: float) -> T:
@@ -324,6 +352,7 @@ class MetricsEndpoint:
 
 
 __all__ = [
+    "GAUGE_MAX_AGE",
     "LATENCY_BUCKETS",
     "ConnectionCollector",
     "LoopGauges",

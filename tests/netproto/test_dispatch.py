@@ -226,8 +226,18 @@ def test_a_stream_the_server_stops_taking_is_closed_and_closes_the_handlers_chun
 
 def test_without_an_observer_the_handlers_are_the_tables_own() -> None:
     dispatch = Dispatcher(OPERATIONS, None, 1 << 20)
+    assert dispatch.observed_operations is None
+    assert dispatch.operations is dispatch.table
     assert dispatch.operations["echo"].handler is _echo
     assert _answer_inline(dispatch, "echo", {"a": 1}) == {"a": 1}
+
+
+def test_an_observed_dispatcher_answers_from_the_wrapped_table_and_keeps_the_one_given() -> None:
+    dispatch, _ = _observed()
+    assert dispatch.table is OPERATIONS and dispatch.table["echo"].handler is _echo
+    assert dispatch.observed_operations is not None
+    assert dispatch.operations is dispatch.observed_operations
+    assert dispatch.operations["echo"].handler is not _echo
 
 
 def test_observing_twice_wraps_the_handlers_once() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from indexd.app import IndexConfig, IndexDaemon
+from netproto.operations import SharedFile
 from peerd.__main__ import build_parser, config_from_args
 from peerd.client import IndexAddress, parse_index_addresses
 from peerd.daemon import PeerConfig, PeerDaemon
@@ -76,17 +78,58 @@ async def test_a_peer_whose_first_index_server_is_down_joins_through_the_next(
     peer_config: Callable[..., PeerConfig],
     running_peer: RunPeer,
     tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    share = share_with(tmp_path / "peer1-files", "koala", "a.txt", b"eucalyptus")
+    share_with(tmp_path / "peer1-files", "koala", "a.txt", b"eucalyptus")
     with refusing_port() as dead:
         async with running_index(index_config(db=tmp_path / "b.db")) as b:
             config = peer_config("peer1", dead, index_servers=addresses(dead, b.port))
-            async with running_peer(config) as peer:
-                async with asyncio.timeout(TIMEOUT):
-                    hits = await peer.search("koala")
-                assert peer.status().index == f"{HOST}:{b.port}"
-                assert listed(hits) == {("peer1", "a.txt")}
-    assert share.exists()
+            with caplog.at_level(logging.INFO, logger="peerd.index_session"):
+                async with running_peer(config) as peer:
+                    async with asyncio.timeout(TIMEOUT):
+                        hits = await peer.search("koala")
+                    assert peer.status().index == f"{HOST}:{b.port}"
+                    assert listed(hits) == {("peer1", "a.txt")}
+    assert f"the index server {HOST}:{dead} does not answer" in caplog.text  # tried first
+
+
+class IndexStopsDuringTheScan(PeerDaemon):
+    """A peer daemon whose first share scan stops ``index`` first (as when the index server
+    dies while a large share is scanned at start)."""
+
+    def __init__(self, config: PeerConfig, index: IndexDaemon) -> None:
+        super().__init__(config)
+        self.stopping: IndexDaemon | None = index
+
+    async def scan_share(self) -> list[SharedFile]:
+        if self.stopping is not None:
+            index, self.stopping = self.stopping, None
+            await index.stop()
+        return await super().scan_share()
+
+
+async def test_the_start_up_sync_moves_to_the_next_index_server_when_the_first_dies_meanwhile(
+    index_config: Callable[..., IndexConfig],
+    running_index: RunIndex,
+    index_client: Callable[..., IndexClient],
+    peer_config: Callable[..., PeerConfig],
+    tmp_path: Path,
+) -> None:
+    share_with(tmp_path / "peer1-files", "koala", "a.txt", b"eucalyptus")
+    async with two_indexes(index_config, running_index, tmp_path) as (a, b):
+        await register(index_client, b.port, "peer1", "peer2")
+        config = peer_config("peer1", a.port, index_servers=addresses(a.port, b.port))
+        peer = IndexStopsDuringTheScan(config, a)
+        await asyncio.wait_for(peer.start(), TIMEOUT)
+        try:
+            assert peer.stopping is None  # a stopped after the login, before the sync
+            assert peer.status().index == f"{HOST}:{b.port}"
+            async with index_client(b.port, "peer2") as client:
+                await client.login("peer2", PEER_PASSWORD)
+                hits = await asyncio.wait_for(client.search("koala"), TIMEOUT)
+            assert listed(hits) == {("peer1", "a.txt")}
+        finally:
+            await asyncio.wait_for(peer.stop(grace=1.0), TIMEOUT)
 
 
 async def test_a_search_after_the_index_server_stops_goes_through_the_next_one(

@@ -9,7 +9,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any
 
 import pytest
@@ -389,7 +389,7 @@ async def test_two_requests_lost_on_the_same_connection_move_once(
     assert ops(other) == ["connect", "auth", "ping"]
 
 
-async def test_a_sync_lost_on_one_index_server_is_sent_whole_on_the_next(
+async def test_a_sync_lost_on_one_index_server_is_sent_whole_once_on_the_next(
     index: FakeIndex, other: FakeIndex
 ) -> None:
     session = make_session(index, connect=servers_of({"a": index, "b": other}))
@@ -398,8 +398,10 @@ async def test_a_sync_lost_on_one_index_server_is_sent_whole_on_the_next(
     index.errors["sync_delta"] = [Timeout("no answer")]
     report = await session.publish(more, 7001)
     assert ops(index)[-1] == "sync_delta"
-    assert ops(other) == ["connect", "auth", "ping", "sync"]
+    # no ping first: one that found b not listing us would send the listing a second time
+    assert ops(other) == ["connect", "auth", "sync"]
     assert other.listing == more and report.full and report.sent == 2
+    assert other.sent == [2]
 
 
 async def test_the_upkeep_moves_to_the_next_index_server_when_a_ping_is_lost(
@@ -468,6 +470,72 @@ async def test_a_name_that_does_not_resolve_is_passed_over_for_the_next(
     )
     await started(session)
     assert session.where == "b:7000"
+
+
+async def test_a_move_starts_after_the_failed_address_when_the_name_resolves_in_another_order(
+    index: FakeIndex, other: FakeIndex
+) -> None:
+    names = NameTable({"indexd": ["a", "b"]})
+    servers = servers_of({"a": index, "b": other}, "indexd", resolve=names)
+    session = make_session(index, connect=servers)
+    await started(session)
+    other.listing = FILES
+    names.table["indexd"] = ["b", "a"]  # the resolver's next answer, in another order
+    index.errors["search"] = [ConnectionClosed("connection reset")]
+    await session.search("koala")
+    assert ops(index) == ["connect", "auth", "sync", "search"]  # a is not dialled again
+    assert str(servers.current) == "indexd:7000 (b)"
+
+
+async def test_a_move_from_an_address_the_name_no_longer_gives_goes_to_its_other_addresses(
+    index: FakeIndex, other: FakeIndex, pki: Any, clock: FakeClock
+) -> None:
+    third = FakeIndex(clock, load_cert(pki.cert("indexd")))
+    names = NameTable({"indexd": ["a"], "later": ["c"]})
+    servers = servers_of({"a": index, "b": other, "c": third}, "indexd", "later", resolve=names)
+    session = make_session(index, connect=servers)
+    await started(session)
+    names.table["indexd"] = ["b"]  # a is gone from the name's answer
+    index.errors["search"] = [ConnectionClosed("connection reset")]
+    await session.search("koala")
+    assert ops(other)[0] == "connect" and third.calls == []
+    assert str(servers.current) == "indexd:7000 (b)"
+
+
+async def first_of(*waits: Coroutine[Any, Any, None]) -> None:
+    """Wait until one of ``waits`` is done (the others are cancelled)."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+@pytest.mark.parametrize(
+    "planned",
+    [
+        {
+            "ping": [NotFound("no peer with this domain_name; sync first")],
+            "sync": [Forbidden("this domain_name belongs to another user")],
+        },
+        {"auth": [RateLimited("slow down", retry_after=1)]},
+    ],
+    ids=["forbidden-sync", "rate-limited-login"],
+)
+async def test_a_refusal_in_the_upkeep_reconnects_to_the_same_index_server_not_the_next(
+    index: FakeIndex, other: FakeIndex, planned: dict[str, list[BaseException]]
+) -> None:
+    session = make_session(index, connect=servers_of({"a": index, "b": other}))
+    await started(session)
+    index.errors.update(planned)
+    # the refused round closes the connection; the next one reconnects and lists us again
+    relisted = len(index.times("sync")) + len(planned.get("sync", [])) + 1
+    async with upkeep(session):
+        await first_of(index.wait_for("sync", relisted), other.wait_for("sync", 1))
+    assert ops(index).count("connect") == 2
+    assert other.calls == []
+    assert session.where == "a:7000" and index.listing == FILES
 
 
 async def test_each_back_off_is_shortened_at_random_by_up_to_a_fifth(

@@ -132,6 +132,91 @@ def test_gauges_are_left_out_when_the_event_loop_does_not_answer(
     assert "did not answer" in caplog.text
 
 
+class Ticks:
+    """A monotonic clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def counting_gauges(
+    loop: asyncio.AbstractEventLoop, reads: list[float]
+) -> tuple[CollectorRegistry, LoopGauges, Ticks]:
+    """Gauges whose ``p2pshare_test_reads`` is how many times they were read (each read is
+    noted in ``reads``, with the time), on a clock of the test's."""
+    ticks = Ticks()
+
+    def read() -> dict[str, float]:
+        reads.append(ticks.now)
+        return {"p2pshare_test_reads": len(reads)}
+
+    gauges = LoopGauges(loop, read, {"p2pshare_test_reads": "t"})
+    gauges.clock = ticks
+    registry = CollectorRegistry()
+    registry.register(gauges)
+    return registry, gauges, ticks
+
+
+async def test_two_scrapes_within_a_second_read_the_gauges_once() -> None:
+    reads: list[float] = []
+    registry, _, ticks = counting_gauges(asyncio.get_running_loop(), reads)
+    first = parse_samples((await asyncio.to_thread(generate_latest, registry)).decode())
+    ticks.now += 0.999
+    second = parse_samples((await asyncio.to_thread(generate_latest, registry)).decode())
+    assert reads == [100.0]
+    assert sample(first, "p2pshare_test_reads") == sample(second, "p2pshare_test_reads") == 1
+
+
+async def test_a_scrape_a_second_after_the_last_read_reads_the_gauges_again() -> None:
+    reads: list[float] = []
+    registry, _, ticks = counting_gauges(asyncio.get_running_loop(), reads)
+    generate_latest(registry)
+    ticks.now += 1.0
+    samples = parse_samples(generate_latest(registry).decode())
+    assert reads == [100.0, 101.0]
+    assert sample(samples, "p2pshare_test_reads") == 2
+
+
+def test_a_scrape_the_event_loop_does_not_answer_serves_the_last_values_read(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        reads: list[float] = []
+        registry, gauges, ticks = counting_gauges(loop, reads)
+
+        async def on_the_loop() -> bytes:
+            return generate_latest(registry)
+
+        # the first scrape runs on the loop (read at once); the next comes from outside it
+        # while the loop runs nothing: the loop does not answer
+        loop.run_until_complete(on_the_loop())
+        gauges.timeout = 0.01
+        ticks.now += 5
+        with caplog.at_level(logging.WARNING, logger="runner.metrics"):
+            samples = parse_samples(generate_latest(registry).decode())
+    finally:
+        loop.close()
+    assert reads == [100.0]
+    assert sample(samples, "p2pshare_test_reads") == 1
+    assert "did not answer" in caplog.text and "the last values served" in caplog.text
+
+
+async def test_a_scrape_holds_the_gauge_lock_while_the_loop_reads_the_gauges() -> None:
+    held: list[bool] = []
+
+    def read() -> dict[str, float]:
+        held.append(gauges.lock.locked())  # another scrape would wait for it
+        return {}
+
+    gauges = LoopGauges(asyncio.get_running_loop(), read, {})
+    await asyncio.to_thread(lambda: list(gauges.collect()))
+    assert held == [True]
+
+
 # --- the endpoint ------------------------------------------------------------------------
 
 
