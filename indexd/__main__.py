@@ -20,8 +20,8 @@ from indexd.handlers import (
     DEFAULT_PEER_TTL,
 )
 from indexd.passwords import DEFAULT_COST
-from indexd.pgstore import is_postgres_url
 from indexd.ratelimit import BackoffPolicy, BucketPolicy
+from indexd.store import is_postgres_url
 from runner import (
     ExitCode,
     add_daemon_flags,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -20,8 +19,8 @@ from pathlib import Path
 from typing import TextIO
 
 from indexd.handlers import DEFAULT_PEER_TTL
-from indexd.pgstore import describe, is_postgres_url
-from indexd.store import STATS, IndexDatabase, SchemaTooNew, SqliteIndexStore, StoreError
+from indexd.store import STATS, IndexDatabase, StoreError, is_postgres_url
+from indexd.store import open_database as open_index_database
 from runner import CommandError, ExitCode, run_command
 
 
@@ -66,24 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def open_database(database: str) -> IndexDatabase:
-    """The index's database, or :class:`CommandError` naming it (never its password)."""
-    if is_postgres_url(database):
-        import psycopg
-
-        from indexd.pgstore import PostgresIndexStore
-
-        try:
-            return PostgresIndexStore(database)
-        except (StoreError, psycopg.Error) as exc:
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise CommandError(f"cannot open {describe(database)}: {reason}") from None
-    path = Path(database)
-    if not path.is_file():
-        raise CommandError(f"no database at {path}")
+    """The index's database, or :class:`CommandError` naming it (never its password); a
+    SQLite file must exist (the daemon makes it)."""
+    if not is_postgres_url(database) and not Path(database).is_file():
+        raise CommandError(f"no database at {database}")
     try:
-        return SqliteIndexStore(path)
-    except (sqlite3.Error, SchemaTooNew) as exc:
-        raise CommandError(f"cannot open {path}: {exc}") from None
+        return open_index_database(database)
+    except StoreError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def run(args: argparse.Namespace, out: TextIO, now: float) -> None:

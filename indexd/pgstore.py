@@ -31,6 +31,7 @@ from indexd.store import (
     STATS,
     AttemptCharge,
     AttemptState,
+    DatabaseUnavailable,
     IssuedCertificate,
     Listing,
     ListingChange,
@@ -42,7 +43,11 @@ from indexd.store import (
     StoreError,
     UnknownUser,
     UserDisabled,
+    file_row,
+    group_hits,
     keyword_key,
+    peer_from_row,
+    shared_from_row,
 )
 from netproto.operations import ListedFile, SharedFile
 
@@ -61,13 +66,6 @@ RECONNECT_DELAYS = (0.05, 0.2, 0.5, 1.0, 2.0)  # the listener's waits between re
 APPLICATION_NAME = "p2pshare-indexd"
 
 
-def is_postgres_url(database: object) -> bool:
-    """Whether ``--db`` names a PostgreSQL database rather than a SQLite file."""
-    return isinstance(database, str) and database.lower().startswith(
-        ("postgresql://", "postgres://")
-    )
-
-
 def describe(url: str) -> str:
     """The URL without its password (or any query parameter), to name it in messages."""
     try:
@@ -81,6 +79,45 @@ def describe(url: str) -> str:
     except ValueError:
         return "postgresql://(unparsable URL)"
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _secrets(url: str) -> set[str]:
+    """What of ``url`` must never be shown: the URL itself, and its passwords (in the
+    user-info part or a ``password=`` query parameter), as written and percent-decoded."""
+    found = {url}
+    userinfo = url.partition("://")[2].split("/", 1)[0].split("?", 1)[0].rpartition("@")[0]
+    if ":" in userinfo:
+        found.add(userinfo.partition(":")[2])
+    query = url.partition("?")[2]
+    for part in query.split("&"):
+        name, _, value = part.partition("=")
+        if urllib.parse.unquote(name) == "password":
+            found.add(value)
+    found |= {urllib.parse.unquote(s, errors="replace") for s in found}
+    return {s for s in found if s}
+
+
+def safe_reason(exc: BaseException, url: str) -> str:
+    """The first line of a failure to open ``url``, with the URL and its password removed;
+    ``malformed URL`` when libpq could not parse it (its message quotes the bad part)."""
+    if isinstance(exc, psycopg.ProgrammingError):
+        return "malformed URL"
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    for secret in sorted(_secrets(url), key=len, reverse=True):
+        reason = reason.replace(secret, "***")
+    return reason
+
+
+def open_postgres(url: str) -> PostgresIndexStore:
+    """:class:`PostgresIndexStore` on ``url``; :class:`indexd.store.SchemaTooNew`, or
+    :class:`indexd.store.DatabaseUnavailable` naming the database without its password."""
+    try:
+        return PostgresIndexStore(url)
+    except SchemaTooNew:
+        raise
+    except (StoreError, psycopg.Error) as exc:
+        reason = safe_reason(exc, url)
+        raise DatabaseUnavailable(f"cannot open database {describe(url)}: {reason}") from None
 
 
 # --- schema ---------------------------------------------------------------------------------
@@ -172,16 +209,14 @@ class PostgresIndexStore:
         self._connections: list[Conn] = []
         self._listeners: list[_Listener] = []
         self._closed = False
-        try:
-            conn = self._conn()
+        # A connection of its own, closed here: the thread that opens the store (any
+        # executor's) keeps no connection open for the process's lifetime.
+        with self._connect() as conn:
             [(encoding,)] = conn.execute("SHOW server_encoding").fetchall()
             conn.rollback()
             if encoding != "UTF8":
                 raise StoreError(f"{self.name} is encoded {encoding}; indexd needs UTF8")
             self._migrate(conn)
-        except BaseException:
-            self.close()
-            raise
 
     # -- connections and transactions ----------------------------------------------------
 
@@ -216,20 +251,33 @@ class PostgresIndexStore:
 
     def _transaction(self, work: Callable[[Conn], T], *, snapshot: bool = False) -> T:
         """Run ``work`` in one transaction, committed on return; run again (a few times) if
-        it deadlocked or could not be serialized. ``snapshot``: every statement sees the
+        it deadlocked or could not be serialized, and once on a new connection if the
+        connection was lost before COMMIT was sent (a server restart: nothing of the
+        transaction was committed). A connection lost during the COMMIT is not retried: the
+        write may or may not have been committed. ``snapshot``: every statement sees the
         database as of the first (REPEATABLE READ, read only)."""
-        for attempt in range(RETRIES + 1):
+        conflicts = 0
+        reconnected = False
+        while True:
             conn = self._conn()
+            committing = False
             try:
                 with conn.transaction():
                     if snapshot:
                         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                    return work(conn)
+                    result = work(conn)
+                    committing = True
+                return result
             except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure):
-                if attempt == RETRIES:
+                if conflicts == RETRIES:
                     raise
+                conflicts += 1
                 log.info("database transaction retried after a conflict")
-        raise AssertionError("unreachable")
+            except psycopg.OperationalError:
+                if committing or reconnected or not conn.broken:
+                    raise
+                reconnected = True
+                log.warning("lost the connection to %s; retrying on a new one", self.name)
 
     def _rows(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         return self._transaction(lambda conn: conn.execute(sql, args).fetchall())
@@ -347,7 +395,7 @@ class PostgresIndexStore:
                 " FROM STDIN"
             ) as copy:
                 for f in files:
-                    copy.write_row(_file_row(peer_id, f))
+                    copy.write_row(file_row(peer_id, f))
             self._notify(conn, f"listing {listing.domain_name}")
             return len(files)
 
@@ -378,7 +426,7 @@ class PostgresIndexStore:
                     (peer_id, *(list(column) for column in zip(*removed, strict=True))),
                 )
             if puts:
-                rows = [_file_row(peer_id, f)[1:] for f in puts.values()]
+                rows = [file_row(peer_id, f)[1:] for f in puts.values()]
                 columns = [list(column) for column in zip(*rows, strict=True)]
                 conn.execute(
                     "INSERT INTO files (peer_id, kw, filename, keyword, size, sha256, manifest,"
@@ -399,7 +447,7 @@ class PostgresIndexStore:
                 " WHERE peer_id = %s AND kw = ANY(%s) ORDER BY kw, filename, keyword",
                 (peer_id, keywords),
             ):
-                touched[r[0]].append(_shared(r[1:]))
+                touched[r[0]].append(shared_from_row(r[1:]))
             self._notify(conn, f"listing {change.domain_name}")
             return int(count), touched
 
@@ -462,7 +510,7 @@ class PostgresIndexStore:
             " p.withdrawn FROM peers p WHERE p.domain_name = %s",
             (domain_name,),
         )
-        return _peer(rows[0]) if rows else None
+        return peer_from_row(rows[0]) if rows else None
 
     def peers(self) -> list[PeerRecord]:
         """Every peer ever synced."""
@@ -470,33 +518,39 @@ class PostgresIndexStore:
             "SELECT p.domain_name, p.owner, p.port_number, p.address, p.last_seen,"
             " p.withdrawn FROM peers p ORDER BY p.domain_name"
         )
-        return [_peer(row) for row in rows]
+        return [peer_from_row(row) for row in rows]
 
     def iter_listings(self) -> Iterator[tuple[PeerRecord, list[SharedFile]]]:
-        """Every live peer with its files, streamed from one snapshot (start-up only)."""
-        conn = self._conn()
-        with conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            with conn.cursor(name="iter_listings") as cursor:
-                cursor.itersize = 5000
-                cursor.execute(
-                    "SELECT p.domain_name, p.owner, p.port_number, p.address, p.last_seen,"
-                    " p.withdrawn, f.filename, f.keyword, f.size, f.sha256, f.manifest,"
-                    " f.signature FROM peers p"
-                    " LEFT JOIN files f ON f.peer_id = p.id WHERE NOT p.withdrawn"
-                    " ORDER BY p.domain_name, f.kw, f.filename, f.keyword"
-                )
-                record: PeerRecord | None = None
-                files: list[SharedFile] = []
-                for row in cursor:
-                    if record is None or record.domain_name != row[0]:
-                        if record is not None:
-                            yield record, files
-                        record, files = _peer(row[:6]), []
-                    if row[6] is not None:
-                        files.append(_shared(row[6:]))
-                if record is not None:
-                    yield record, files
+        """Every live peer with its files, streamed from one snapshot (start-up only), on a
+        connection of its own, closed when the iteration ends or is abandoned: the thread's
+        connection is never left inside the snapshot's transaction."""
+        conn = self._connect()
+        try:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                with conn.cursor(name="iter_listings") as cursor:
+                    cursor.itersize = 5000
+                    cursor.execute(
+                        "SELECT p.domain_name, p.owner, p.port_number, p.address, p.last_seen,"
+                        " p.withdrawn, f.filename, f.keyword, f.size, f.sha256, f.manifest,"
+                        " f.signature FROM peers p"
+                        " LEFT JOIN files f ON f.peer_id = p.id WHERE NOT p.withdrawn"
+                        " ORDER BY p.domain_name, f.kw, f.filename, f.keyword"
+                    )
+                    record: PeerRecord | None = None
+                    files: list[SharedFile] = []
+                    for row in cursor:
+                        if record is None or record.domain_name != row[0]:
+                            if record is not None:
+                                yield record, files
+                            record, files = peer_from_row(row[:6]), []
+                        if row[6] is not None:
+                            files.append(shared_from_row(row[6:]))
+                    if record is not None:
+                        yield record, files
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
 
     def listing_of(self, domain_name: str) -> tuple[PeerRecord, list[SharedFile]] | None:
         """One live peer with its files, from one snapshot; or None."""
@@ -516,7 +570,7 @@ class PostgresIndexStore:
                 " ORDER BY f.kw, f.filename, f.keyword",
                 (row[6],),
             ).fetchall()
-            return _peer(row[:6]), [_shared(r) for r in rows]
+            return peer_from_row(row[:6]), [shared_from_row(r) for r in rows]
 
         return self._transaction(work, snapshot=True)
 
@@ -544,7 +598,7 @@ class PostgresIndexStore:
                 + " ORDER BY f.filename, f.keyword LIMIT %s OFFSET %s",
                 (domain_name, kw, limit, offset),
             ).fetchall()
-            return int(total), [_shared(row).listed() for row in rows]
+            return int(total), [shared_from_row(row).listed() for row in rows]
 
         return self._transaction(work, snapshot=True)
 
@@ -559,19 +613,7 @@ class PostgresIndexStore:
             " WHERE f.kw = %s ORDER BY p.domain_name, f.filename, f.keyword",
             (keyword_key(keyword),),
         )
-        hits: list[StoredHit] = []
-        current: PeerRecord | None = None
-        files: list[ListedFile] = []
-        for row in rows:
-            if current is None or current.domain_name != row[0]:
-                if current is not None:
-                    hits.append(StoredHit(current, tuple(files)))
-                current, files = _peer(row[:6]), []
-            if len(files) < max_files_per_peer:
-                files.append(_shared(row[6:]).listed())
-        if current is not None:
-            hits.append(StoredHit(current, tuple(files)))
-        return hits
+        return group_hits(rows, max_files_per_peer)
 
     def holders(self, sha256: bytes) -> list[tuple[PeerRecord, SharedFile]]:
         """One file with this content per peer not withdrawn, its first in keyword then
@@ -584,7 +626,7 @@ class PostgresIndexStore:
             " ORDER BY f.peer_id, f.kw, f.filename, f.keyword",
             (sha256,),
         )
-        return [(_peer(row[:6]), _shared(row[6:])) for row in rows]
+        return [(peer_from_row(row[:6]), shared_from_row(row[6:])) for row in rows]
 
     # -- enrollment (PROTOCOL.md §10) ----------------------------------------------------
 
@@ -691,7 +733,7 @@ class PostgresIndexStore:
         two index servers' batches cannot deadlock each other)."""
         if not seen:
             return
-        names, times = zip(*sorted(seen.items()), strict=True)
+        names, times = zip(*seen.items(), strict=True)
         self._transaction(
             lambda conn: conn.execute(
                 "WITH v(name, t) AS (SELECT * FROM unnest(%s::text[], %s::float8[])),"
@@ -712,18 +754,15 @@ class PostgresIndexStore:
         return {str(name): float(t) for name, t in rows}
 
     def _locked_attempts(self, conn: Conn, keys: list[str], now: float) -> dict[str, AttemptState]:
-        # Rows first made (empty), then locked, in key order: every index server charging the
-        # same keys queues on the same rows in the same order.
-        conn.execute(
+        # Rows made (empty) or, if there, locked by the no-op update, in key order, in one
+        # statement: every index server charging the same keys queues on the same rows in
+        # the same order, and a prune cannot delete a row between finding and locking it.
+        rows = conn.execute(
             "INSERT INTO attempts (key, count, updated, blocked_until, expires_at)"
             " SELECT k, 0, %s, 0, %s FROM unnest(%s::text[]) AS k ORDER BY k"
-            " ON CONFLICT (key) DO NOTHING",
+            " ON CONFLICT (key) DO UPDATE SET key = excluded.key"
+            " RETURNING key, count, updated, blocked_until",
             (now, now, keys),
-        )
-        rows = conn.execute(
-            "SELECT key, count, updated, blocked_until FROM attempts WHERE key = ANY(%s)"
-            " ORDER BY key FOR UPDATE",
-            (keys,),
         ).fetchall()
         return {str(k): AttemptState(float(c), float(u), float(b)) for k, c, u, b in rows}
 
@@ -888,34 +927,3 @@ class _Listener:
             self._conn.close()
         with self._store._lock, contextlib.suppress(ValueError):
             self._store._listeners.remove(self)
-
-
-def _file_row(peer_id: object, f: SharedFile) -> tuple[object, ...]:
-    return (
-        peer_id,
-        keyword_key(f.keyword),
-        f.filename,
-        f.keyword,
-        f.size,
-        f.sha256,
-        f.manifest,
-        f.signature,
-    )
-
-
-def _shared(row: Sequence[Any]) -> SharedFile:
-    """A file from ``(filename, keyword, size, sha256, manifest, signature)``."""
-    name, keyword, size, sha, manifest, signature = row
-    return SharedFile(
-        name,
-        keyword,
-        int(size),
-        bytes(sha),
-        None if manifest is None else bytes(manifest),
-        None if signature is None else bytes(signature),
-    )
-
-
-def _peer(row: Sequence[Any]) -> PeerRecord:
-    name, owner, port, address, last_seen, withdrawn = row
-    return PeerRecord(name, owner, int(port), address, float(last_seen), bool(withdrawn))

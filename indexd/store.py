@@ -15,6 +15,7 @@ its one process; :class:`indexd.pgstore.PostgresIndexStore` is the PostgreSQL on
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -23,13 +24,15 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from indexd.ratelimit import BackoffPolicy
 from netproto.errors import P2PError
 from netproto.operations import FileKey, ListedFile, SharedFile
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class StoreError(P2PError):
@@ -54,6 +57,10 @@ class StaleListing(StoreError):
 
 class UserDisabled(StoreError):
     """The user was disabled by the operator (``indexd admin disable-user``)."""
+
+
+class DatabaseUnavailable(StoreError):
+    """The database cannot be opened; the message is one line naming it, never its password."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -624,7 +631,7 @@ class SqliteIndexStore:
             db.executemany(
                 "INSERT INTO files (peer_id, kw, filename, keyword, size, sha256, manifest,"
                 " signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (_file_row(peer_id, f) for f in files),
+                (file_row(peer_id, f) for f in files),
             )
             db.execute("COMMIT")
         except BaseException:
@@ -654,7 +661,7 @@ class SqliteIndexStore:
             db.executemany(
                 "INSERT OR REPLACE INTO files (peer_id, kw, filename, keyword, size, sha256,"
                 " manifest, signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (_file_row(peer_id, f) for f in change.files),
+                (file_row(peer_id, f) for f in change.files),
             )
             [(count,)] = db.execute(
                 "SELECT count(*) FROM files WHERE peer_id = ?", (peer_id,)
@@ -666,7 +673,7 @@ class SqliteIndexStore:
                     " WHERE peer_id = ? AND kw = ? ORDER BY filename, keyword",
                     (peer_id, kw),
                 ).fetchall()
-                touched[kw] = [_shared(row) for row in rows]
+                touched[kw] = [shared_from_row(row) for row in rows]
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -716,6 +723,16 @@ class SqliteIndexStore:
         with self._read_lock:
             return self._read.execute(sql, tuple(args)).fetchall()
 
+    def _read_snapshot(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work`` in one read transaction on the read connection (WAL: one snapshot)."""
+        with self._read_lock or contextlib.nullcontext():
+            db = self._read
+            db.execute("BEGIN")
+            try:
+                return work(db)
+            finally:
+                db.execute("COMMIT")
+
     def password_hash(self, username: str) -> bytes | None:
         """The user's bcrypt hash, or None (on the logins' own connection)."""
         # A disabled user has no password that works: auth fails like an unknown user's.
@@ -734,7 +751,7 @@ class SqliteIndexStore:
             " FROM peers WHERE domain_name = ?",
             (domain_name,),
         )
-        return _peer(rows[0]) if rows else None
+        return peer_from_row(rows[0]) if rows else None
 
     def peers(self) -> list[PeerRecord]:
         """Every peer ever synced."""
@@ -742,7 +759,7 @@ class SqliteIndexStore:
             "SELECT domain_name, owner, port_number, address, last_seen, withdrawn FROM peers"
             " ORDER BY domain_name"
         )
-        return [_peer(row) for row in rows]
+        return [peer_from_row(row) for row in rows]
 
     def iter_listings(self) -> Iterator[tuple[PeerRecord, list[SharedFile]]]:
         """Every live peer with its files, read peer by peer (start-up only)."""
@@ -755,7 +772,7 @@ class SqliteIndexStore:
                 " ORDER BY f.kw, f.filename, f.keyword",
                 (record.domain_name,),
             )
-            yield record, [_shared(row) for row in rows]
+            yield record, [shared_from_row(row) for row in rows]
 
     def revoked_sessions(self, now: float) -> dict[str, float]:
         """The sessions still deny-listed."""
@@ -779,7 +796,7 @@ class SqliteIndexStore:
             + " ORDER BY f.filename, f.keyword LIMIT ? OFFSET ?",
             (domain_name, kw, limit, offset),
         )
-        return int(total), [_shared(row).listed() for row in rows]
+        return int(total), [shared_from_row(row).listed() for row in rows]
 
     def search(self, keyword: str, max_files_per_peer: int) -> list[StoredHit]:
         """Peers with files under ``keyword`` (case-insensitive), in domain-name order."""
@@ -790,19 +807,7 @@ class SqliteIndexStore:
             " WHERE f.kw = ? ORDER BY p.domain_name, f.filename, f.keyword",
             (keyword_key(keyword),),
         )
-        hits: list[StoredHit] = []
-        current: PeerRecord | None = None
-        files: list[ListedFile] = []
-        for row in rows:
-            if current is None or current.domain_name != row[0]:
-                if current is not None:
-                    hits.append(StoredHit(current, tuple(files)))
-                current, files = _peer(row[:6]), []
-            if len(files) < max_files_per_peer:
-                files.append(_shared(row[6:]).listed())
-        if current is not None:
-            hits.append(StoredHit(current, tuple(files)))
-        return hits
+        return group_hits(rows, max_files_per_peer)
 
     def holders(self, sha256: bytes) -> list[tuple[PeerRecord, SharedFile]]:
         """One file with this content per peer not withdrawn, its first in keyword then
@@ -826,7 +831,7 @@ class SqliteIndexStore:
             " WHERE p.withdrawn = 0",
             (sha256,),
         )
-        return [(_peer(row[:6]), _shared(row[6:])) for row in rows]
+        return [(peer_from_row(row[:6]), shared_from_row(row[6:])) for row in rows]
 
     # -- enrollment (PROTOCOL.md §10) ----------------------------------------------------
 
@@ -915,10 +920,9 @@ class SqliteIndexStore:
     # -- several index servers (PROTOCOL.md §11): trivial for one process ------------------
 
     def listing_of(self, domain_name: str) -> tuple[PeerRecord, list[SharedFile]] | None:
-        """One live peer with its files, or None (read on the write connection: one moment)."""
-        db = self._write
-        db.execute("BEGIN")
-        try:
+        """One live peer with its files, or None (one read transaction: one moment)."""
+
+        def work(db: sqlite3.Connection) -> tuple[PeerRecord, list[SharedFile]] | None:
             row = db.execute(
                 "SELECT domain_name, owner, port_number, address, last_seen, withdrawn, id"
                 " FROM peers WHERE domain_name = ? AND NOT withdrawn",
@@ -931,20 +935,29 @@ class SqliteIndexStore:
                 " WHERE peer_id = ? ORDER BY kw, filename, keyword",
                 (row[6],),
             ).fetchall()
-        finally:
-            db.execute("COMMIT")
-        return _peer(row[:6]), [_shared(r) for r in rows]
+            return peer_from_row(row[:6]), [shared_from_row(r) for r in rows]
+
+        return self._read_snapshot(work)
 
     def listen(self, callback: Callable[[str | None], None]) -> Listener:
         """Nothing to listen to: this process is the only writer."""
         return _NoListener()
 
     def record_seen(self, seen: dict[str, float]) -> None:
-        """Move peers' ``last_seen`` forward, in one transaction."""
-        self._write.executemany(
-            "UPDATE peers SET last_seen = max(last_seen, ?) WHERE domain_name = ?",
-            [(t, name) for name, t in sorted(seen.items())],
-        )
+        """Move peers' ``last_seen`` forward, in one transaction (one fsync for the batch)."""
+        if not seen:
+            return
+        db = self._write
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "UPDATE peers SET last_seen = max(last_seen, ?) WHERE domain_name = ?",
+                [(t, name) for name, t in seen.items()],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def seen_since(self, since: float) -> dict[str, float]:
         """The live peers seen at or after ``since``."""
@@ -987,6 +1000,34 @@ class SqliteIndexStore:
         return dict(zip(STATS, (int(n) for n in row), strict=True))
 
 
+# --- choosing and opening the database (``--db FILE|URL``) ----------------------------------
+
+
+def is_postgres_url(database: object) -> bool:
+    """Whether ``--db`` names a PostgreSQL database rather than a SQLite file."""
+    return isinstance(database, str) and database.lower().startswith(
+        ("postgresql://", "postgres://")
+    )
+
+
+def open_database(database: Path | str) -> IndexDatabase:
+    """Open (creating or migrating) the index's database: a SQLite file, or PostgreSQL for a
+    ``postgresql://`` URL (:mod:`indexd.pgstore` and psycopg are imported only then).
+
+    Raises :class:`SchemaTooNew`, or :class:`DatabaseUnavailable` with one line naming the
+    database, never its password (README "Database").
+    """
+    if is_postgres_url(database):
+        from indexd.pgstore import open_postgres
+
+        return open_postgres(str(database))
+    path = Path(database)
+    try:
+        return SqliteIndexStore(path)
+    except (sqlite3.Error, OSError) as exc:
+        raise DatabaseUnavailable(f"cannot open database {path}: {exc}") from None
+
+
 #: The counts :meth:`IndexDatabase.stats` returns, in the order ``indexd admin stats`` prints.
 STATS = (
     "users",
@@ -999,7 +1040,9 @@ STATS = (
 )
 
 
-def _file_row(peer_id: object, f: SharedFile) -> tuple[object, ...]:
+def file_row(peer_id: object, f: SharedFile) -> tuple[object, ...]:
+    """The files table's row of ``f``: ``(peer_id, kw, filename, keyword, size, sha256,
+    manifest, signature)``, on both stores."""
     return (
         peer_id,
         keyword_key(f.keyword),
@@ -1012,19 +1055,39 @@ def _file_row(peer_id: object, f: SharedFile) -> tuple[object, ...]:
     )
 
 
-def _shared(row: tuple[Any, ...]) -> SharedFile:
+def shared_from_row(row: Sequence[Any]) -> SharedFile:
     """A file from ``(filename, keyword, size, sha256, manifest, signature)``."""
     name, keyword, size, sha, manifest, signature = row
     return SharedFile(
         name,
         keyword,
-        size,
+        int(size),
         bytes(sha),
         None if manifest is None else bytes(manifest),
         None if signature is None else bytes(signature),
     )
 
 
-def _peer(row: tuple[Any, ...]) -> PeerRecord:
+def peer_from_row(row: Sequence[Any]) -> PeerRecord:
+    """A peer from ``(domain_name, owner, port_number, address, last_seen, withdrawn)``."""
     name, owner, port, address, last_seen, withdrawn = row
-    return PeerRecord(name, owner, port, address, float(last_seen), bool(withdrawn))
+    return PeerRecord(name, owner, int(port), address, float(last_seen), bool(withdrawn))
+
+
+def group_hits(rows: Iterable[Sequence[Any]], max_files_per_peer: int) -> list[StoredHit]:
+    """A store's search result from rows of a peer's then a file's columns (as
+    :func:`peer_from_row` and :func:`shared_from_row` read them) in peer order: one hit per
+    peer, with at most ``max_files_per_peer`` files."""
+    hits: list[StoredHit] = []
+    current: PeerRecord | None = None
+    files: list[ListedFile] = []
+    for row in rows:
+        if current is None or current.domain_name != row[0]:
+            if current is not None:
+                hits.append(StoredHit(current, tuple(files)))
+            current, files = peer_from_row(row[:6]), []
+        if len(files) < max_files_per_peer:
+            files.append(shared_from_row(row[6:]).listed())
+    if current is not None:
+        hits.append(StoredHit(current, tuple(files)))
+    return hits

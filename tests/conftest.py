@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 import ssl
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import pytest_asyncio
 
-from certs import init_pki
+from certs import init_pki, load_cert, load_key
+from indexd.app import IndexConfig, IndexDaemon
+from netproto.client import Connection
+from netproto.operations import (
+    SearchHit,
+    SharedFile,
+    search_reply_from_wire,
+    split_sync,
+)
+from netproto.server import Server, ServerLimits
 from netproto.tls import client_context, server_context
+from netproto.tokens import TokenIssuer, TokenVerifier
+from peerd.client import PeerClient
+from peerd.daemon import PeerConfig, PeerDaemon
+from peerd.server import PeerService, make_server, peer_ssl_context
+from peerd.share import Share
+from tests.support.postgres import PostgresServer, find_binaries, start_postgres
 
 NAMES = ("indexd", "peer1", "peer2", "peer3", "mallory")
 
@@ -70,20 +90,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
 
 
 # --- index daemon (tests/test_indexd_*.py) ------------------------------------------------
-
-import asyncio  # noqa: E402
-import contextlib  # noqa: E402
-from collections.abc import AsyncIterator, Callable  # noqa: E402
-from typing import Any  # noqa: E402
-
-from indexd.app import IndexConfig, IndexDaemon  # noqa: E402
-from netproto.client import Connection  # noqa: E402
-from netproto.operations import (  # noqa: E402
-    SearchHit,
-    SharedFile,
-    search_reply_from_wire,
-    split_sync,
-)
 
 INDEX_TIMEOUT = 15.0  # seconds any one step against a test index may take
 
@@ -196,17 +202,6 @@ def index_client(pki: PKI) -> Callable[..., IndexClient]:
 
 
 # --- peer section (peerd tests) -----------------------------------------------------------
-
-# asyncio, contextlib, AsyncIterator, Callable and Any come from the index section above.
-import pytest_asyncio  # noqa: E402
-
-from certs import load_cert, load_key  # noqa: E402
-from netproto.server import Server, ServerLimits  # noqa: E402
-from netproto.tokens import TokenIssuer, TokenVerifier  # noqa: E402
-from peerd.client import PeerClient  # noqa: E402
-from peerd.daemon import PeerConfig, PeerDaemon  # noqa: E402
-from peerd.server import PeerService, make_server, peer_ssl_context  # noqa: E402
-from peerd.share import Share  # noqa: E402
 
 
 @dataclass
@@ -327,10 +322,6 @@ def running_peer() -> Callable[[PeerConfig], contextlib.AbstractAsyncContextMana
 
 
 # --- PostgreSQL (indexd.pgstore; tests/support/postgres.py) -------------------------------
-
-import os  # noqa: E402
-
-from tests.support.postgres import PostgresServer, find_binaries, start_postgres  # noqa: E402
 
 
 @pytest.fixture(scope="session")

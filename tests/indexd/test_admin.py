@@ -3,7 +3,6 @@ and on a PostgreSQL URL."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from indexd.admin import main, parse_serial
 from indexd.pgstore import PostgresIndexStore
 from indexd.store import IssuedCertificate, SqliteIndexStore
 from runner import ExitCode
+from tests.support.failover import refusing_port
 
 
 @pytest.fixture
@@ -109,13 +109,20 @@ def test_admin_takes_a_postgresql_url_for_stats_and_revocations(
 def test_admin_names_an_unreachable_postgresql_database_without_its_password(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    url = f"postgresql://op:s3cret-pw@127.0.0.1:{_closed_port()}/index"
+    with refusing_port("127.0.0.1") as port:
+        url = f"postgresql://op:s3cret-pw@127.0.0.1:{port}/index"
+        assert main(["--db", url, "stats"]) == ExitCode.FAILURE
+    err = capsys.readouterr().err
+    assert f"cannot open database postgresql://op@127.0.0.1:{port}/index:" in err
+    assert "s3cret-pw" not in err
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://op:s3cr%zzet-pw@h/index", "postgresql://op:s3cret-pw@[::1/index"]
+)
+def test_admin_calls_a_malformed_url_malformed_without_its_password(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["--db", url, "stats"]) == ExitCode.FAILURE
     err = capsys.readouterr().err
-    assert "postgresql://op@127.0.0.1:" in err and "s3cret-pw" not in err
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    assert "malformed URL" in err and "s3cr" not in err

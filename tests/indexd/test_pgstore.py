@@ -4,7 +4,6 @@ database without its password. (The store's own behaviour: tests/indexd/test_sto
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,21 +12,17 @@ import pytest
 
 from indexd.__main__ import build_parser, config_from_args
 from indexd.app import open_store
-from indexd.pgstore import PostgresIndexStore, describe, is_postgres_url
+from indexd.pgstore import PostgresIndexStore, describe, safe_reason
+from indexd.store import is_postgres_url
 from netproto.operations import SharedFile
 from runner import StartupError
+from tests.support.failover import refusing_port
 
 PASSWORD = "correct horse battery"
 
 
 def _file(keyword: str, name: str) -> SharedFile:
     return SharedFile(name, keyword, 1, bytes(32))
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_a_daemon_on_postgresql_registers_logs_in_syncs_and_searches(
@@ -72,17 +67,39 @@ async def test_a_second_daemon_on_the_same_database_loads_what_the_first_stored(
 
 
 def test_an_unreachable_database_is_one_line_naming_it_without_the_password() -> None:
-    url = f"postgresql://indexd:hunter2-secret@127.0.0.1:{_closed_port()}/index"
-    with pytest.raises(StartupError) as info:
-        open_store(url)
+    with refusing_port("127.0.0.1") as port:
+        url = f"postgresql://indexd:hunter2-secret@127.0.0.1:{port}/index"
+        with pytest.raises(StartupError) as info:
+            open_store(url)
     message = str(info.value)
-    assert message.startswith("cannot open database postgresql://indexd@127.0.0.1:")
+    assert message.startswith(f"cannot open database postgresql://indexd@127.0.0.1:{port}/")
     assert "hunter2-secret" not in message and "\n" not in message
 
 
-def test_a_malformed_url_is_a_startup_error_too() -> None:
-    with pytest.raises(StartupError, match="cannot open database postgresql://"):
-        open_store("postgresql://u:pw@127.0.0.1:1/db?bogus_option=1")
+@pytest.mark.parametrize(
+    ("url", "password"),
+    [
+        ("postgresql://u:s3cr%zzet@127.0.0.1:1/db", "s3cr%zzet"),  # a bad percent-escape
+        ("postgresql://u:s3cret@[::1/db", "s3cret"),  # an unclosed IPv6 bracket
+        ("postgresql://u:pw-secret@127.0.0.1:1/db?bogus_option=1", "pw-secret"),
+        ("postgresql://u@127.0.0.1:1/db?password=q-secret&bogus_option=1", "q-secret"),
+    ],
+)
+def test_a_malformed_url_is_a_startup_error_without_the_password(url: str, password: str) -> None:
+    with pytest.raises(StartupError) as info:
+        open_store(url)
+    message = str(info.value)
+    assert message.startswith("cannot open database postgres") and message.endswith(
+        ": malformed URL"
+    )
+    assert password not in message and "secret" not in message and "\n" not in message
+
+
+def test_safe_reason_strips_the_url_and_the_password_raw_and_decoded() -> None:
+    url = "postgresql://u:p%40ss-word@db.example/index"
+    failure = RuntimeError(f'could not reach "{url}" as u with p@ss-word or p%40ss-word\nmore')
+    reason = safe_reason(failure, url)
+    assert reason == 'could not reach "***" as u with *** or ***'
 
 
 def test_describe_drops_the_password_and_query_but_keeps_where() -> None:

@@ -5,6 +5,7 @@ primitives several index servers on one PostgreSQL database rely on (PROTOCOL.md
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import queue
 import sqlite3
@@ -646,17 +647,144 @@ def test_attempts_charged_through_two_servers_at_once_are_all_counted(
     assert one.attempts_get(["shared"])["shared"].count == 75.0
 
 
-def test_record_seen_batches_from_two_servers_at_once_keep_the_latest(
+def test_record_seen_batches_from_two_servers_in_opposite_orders_never_deadlock(
+    servers: tuple[PostgresIndexStore, PostgresIndexStore], caplog: pytest.LogCaptureFixture
+) -> None:
+    one, two = servers
+    names = [f"peer{i:02d}" for i in range(50)]
+    for name in reversed(names):  # row ids in the opposite order of the names
+        one.replace_listing(_listing("alice", name, [], seen=1.0))
+
+    def seen(store: PostgresIndexStore, base: float, order: list[str]) -> None:
+        for step in range(10):
+            store.record_seen({n: base + step for n in order})
+
+    caplog.set_level(logging.INFO, logger="indexd.pgstore")
+    assert _run_together(lambda: seen(one, 100.0, names), lambda: seen(two, 0.0, names[::-1])) == [
+        None,
+        None,
+    ]
+    assert set(two.seen_since(0.0).values()) == {109.0}
+    # The batches, given in opposite orders, lock their rows in one order: no deadlock
+    # was detected and retried.
+    assert "retried after a conflict" not in caplog.text
+
+
+def test_sqlite_record_seen_is_one_transaction(tmp_path: Path) -> None:
+    store = SqliteIndexStore(tmp_path / "index.db")
+    store.add_user("alice", b"hash", 1.0)
+    names = [f"peer{i:02d}" for i in range(50)]
+    for name in names:
+        store.replace_listing(_listing("alice", name, [], seen=1.0))
+    wal = tmp_path / "index.db-wal"
+    before = wal.stat().st_size
+    store.record_seen({name: 5.0 for name in names})
+    grown = wal.stat().st_size - before
+    page = int(store._write.execute("PRAGMA page_size").fetchone()[0])
+    store.close()
+    assert grown < 5 * (page + 24)  # one commit's frames, not one commit per peer
+
+
+def test_sqlite_listing_of_reads_beside_a_write_in_progress(tmp_path: Path) -> None:
+    store = SqliteIndexStore(tmp_path / "index.db")
+    try:
+        store.add_user("alice", b"hash", 1.0)
+        store.replace_listing(_listing("alice", "peer1", [_file("k", "a")]))
+        store._write.execute("BEGIN IMMEDIATE")  # the write thread, inside a transaction
+        store._write.execute("DELETE FROM files")
+        found = store.listing_of("peer1")
+        store._write.execute("ROLLBACK")
+    finally:
+        store.close()
+    assert found is not None and found[1] == [_file("k", "a")]
+
+
+def _store_connections(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        [(count,)] = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'p2pshare-indexd'"
+            " AND datname = current_database()"
+        ).fetchall()
+    return int(count)
+
+
+def test_postgres_open_keeps_no_connection_on_the_opening_thread(postgres_url: str) -> None:
+    store = PostgresIndexStore(postgres_url)
+    try:
+        assert _store_connections(postgres_url) == 0
+        store.add_user("alice", b"hash", 1.0)
+        assert _store_connections(postgres_url) == 1
+    finally:
+        store.close()
+
+
+def test_postgres_store_reconnects_once_after_its_connection_was_terminated(
     servers: tuple[PostgresIndexStore, PostgresIndexStore],
 ) -> None:
     one, two = servers
-    names = [f"peer{i}" for i in range(50)]
-    for name in names:
-        one.replace_listing(_listing("alice", name, [], seen=1.0))
+    one.replace_listing(_listing("alice", "peer1", [_file("k", "a")]))
+    with psycopg.connect(one.url, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'p2pshare-indexd' AND datname = current_database()"
+        )
+    assert [h.peer.domain_name for h in one.search("k", 10)] == ["peer1"]  # a read
+    assert two.add_user("carol", b"hash-c", 1.0)  # a write
+    assert one.password_hash("carol") == b"hash-c"
 
-    def seen(store: PostgresIndexStore, base: float) -> None:
-        for step in range(10):
-            store.record_seen({n: base + step for n in (names if base else names[::-1])})
 
-    assert _run_together(lambda: seen(one, 100.0), lambda: seen(two, 0.0)) == [None, None]
-    assert set(two.seen_since(0.0).values()) == {109.0}
+def test_postgres_iter_listings_abandoned_midway_leaves_the_thread_connection_usable(
+    servers: tuple[PostgresIndexStore, PostgresIndexStore],
+) -> None:
+    one, two = servers
+    one.replace_listing(_listing("alice", "peer1", [_file("k", "a")]))
+    one.replace_listing(_listing("alice", "peer2", [_file("k", "b")]))
+    listings = one.iter_listings()
+    assert next(listings)[0].domain_name == "peer1"  # and never resumed nor closed
+    one.replace_listing(_listing("alice", "peer3", [_file("k", "c")]))  # committed at once
+    assert [h.peer.domain_name for h in two.search("k", 10)] == ["peer1", "peer2", "peer3"]
+    close = getattr(listings, "close", None)  # a generator's, to end the snapshot
+    if close is not None:
+        close()
+
+
+def _wait_for_lock_wait(url: str) -> None:
+    """Until a store connection waits for a row lock (or fail after WAIT seconds)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        for _ in range(int(WAIT / 0.02)):
+            [(waiting,)] = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name ="
+                " 'p2pshare-indexd' AND wait_event_type = 'Lock'"
+            ).fetchall()
+            if waiting:
+                return
+            threading.Event().wait(0.02)
+    raise AssertionError("the charge never waited for the row lock")
+
+
+def test_attempts_charge_racing_a_prune_of_its_row_charges_a_fresh_counter(
+    servers: tuple[PostgresIndexStore, PostgresIndexStore],
+) -> None:
+    one, _ = servers
+    policy = BackoffPolicy(free=5, decay=1.0)
+    assert one.attempts_charge([("k", policy)], 1000.0) == 0.0  # expired by 1002
+    result: queue.Queue[object] = queue.Queue()
+    with psycopg.connect(one.url) as pruner:  # another server's prune, caught midway
+        pruner.execute("SELECT 1 FROM attempts WHERE key = 'k' FOR UPDATE")
+        charger = threading.Thread(
+            target=lambda: result.put(_call(one.attempts_charge, [("k", policy)], 1002.0))
+        )
+        charger.start()
+        _wait_for_lock_wait(one.url)
+        pruner.execute("DELETE FROM attempts WHERE expires_at <= 1002")
+        pruner.commit()
+        charger.join(WAIT)
+    assert result.get(timeout=WAIT) == 0.0
+    assert one.attempts_get(["k"])["k"].count == 1.0
+
+
+def _call(fn: Callable[..., object], *args: object) -> object:
+    try:
+        return fn(*args)
+    except Exception as exc:
+        return exc
