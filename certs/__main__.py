@@ -57,7 +57,7 @@ def _cmd_issue(args: argparse.Namespace, out: TextIO) -> None:
     ca_cert, ca_key = _load_ca(args.dir)
     _replace_or_refuse([cert_path, key_path], args.force)
     cert, key = pki.issue_leaf(
-        ca_cert, ca_key, args.name, args.ip, days=args.days, loopback=args.loopback
+        ca_cert, ca_key, args.name, args.ip, days=args.days, loopback=args.loopback, dns=args.dns
     )
     pki.write_key(key_path, key, overwrite=args.force)
     pki.write_cert(cert_path, cert, overwrite=args.force)
@@ -148,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("name", metavar="NAME", help="host name (DNS SAN and common name)")
     add_dir(issue)
     add_leaf_options(issue)
+    issue.add_argument(
+        "--dns",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another DNS SAN after NAME, which stays the first (repeatable)",
+    )
     issue.add_argument("--days", type=int, default=825, help="validity in days")
     add_force(issue)
     issue.set_defaults(run=_cmd_issue)

@@ -156,9 +156,13 @@ def issue_leaf(
     ips: Sequence[str] = (),
     days: int = 825,
     loopback: bool = True,
+    dns: Sequence[str] = (),
 ) -> tuple[x509.Certificate, ed25519.Ed25519PrivateKey]:
-    """Issue an Ed25519 leaf for host ``name`` (TLS server and client), signed by the CA."""
+    """Issue an Ed25519 leaf for host ``name`` (TLS server and client), signed by the CA;
+    ``dns``: more DNS names after ``name`` (e.g. each index server's, README.md "Two index
+    servers over PostgreSQL")."""
     host = validate_name(name)
+    more = [n for n in dict.fromkeys(validate_name(d) for d in dns) if n != host]
     addresses = _ip_addresses([*ips, *(LOOPBACK_IPS if loopback else ())])
     lifetime = _check_days(days)
     ca_public = ca_key.public_key().public_bytes(
@@ -172,7 +176,7 @@ def issue_leaf(
         raise ValueError("the CA key does not belong to the CA certificate")
 
     key = ed25519.Ed25519PrivateKey.generate()
-    sans: list[x509.GeneralName] = [x509.DNSName(host)]
+    sans: list[x509.GeneralName] = [x509.DNSName(n) for n in (host, *more)]
     sans.extend(x509.IPAddress(address) for address in addresses)
     now = dt.datetime.now(dt.UTC)
     cert = (

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import ssl
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ import certs
 from certs.requests import DEFAULT_CERT_TTL
 from indexd.enroll import DEFAULT_REFRESH_INTERVAL, Enrollment, load_authority
 from indexd.handlers import (
+    DEFAULT_LIVENESS_INTERVAL,
     DEFAULT_LOOKUP_BURST,
     DEFAULT_MAX_DOMAINS_PER_USER,
     DEFAULT_MAX_FILES_PER_USER,
@@ -33,10 +33,9 @@ from indexd.handlers import (
     IndexSettings,
 )
 from indexd.passwords import DEFAULT_COST, PasswordHasher
-from indexd.pgstore import describe, is_postgres_url
 from indexd.ratelimit import BackoffPolicy, BucketPolicy
 from indexd.staging import StagingLimits
-from indexd.store import IndexDatabase, SchemaTooNew, SqliteIndexStore, StoreError
+from indexd.store import IndexDatabase, StoreError, is_postgres_url, open_database
 from netproto.server import Server, ServerLimits
 from netproto.tls import certificate_dns_names, server_context
 from netproto.tokens import INDEX_AUDIENCE, TokenIssuer, TokenVerifier
@@ -85,6 +84,8 @@ class IndexConfig:
     revocation_refresh: float = DEFAULT_REFRESH_INTERVAL
     #: Where to serve Prometheus metrics (``--metrics HOST:PORT``); None: nowhere.
     metrics: tuple[str, int] | None = None
+    #: With PostgreSQL: seconds between two exchanges of ping liveness (PROTOCOL.md §11).
+    liveness_interval: float = DEFAULT_LIVENESS_INTERVAL
 
 
 @dataclass(frozen=True)
@@ -116,27 +117,10 @@ def load_identity(cert_path: Path, key_path: Path, ca_path: Path) -> Identity:
 def open_store(database: Path | str) -> IndexDatabase:
     """Open (creating or migrating) the database — a SQLite file, or PostgreSQL for a
     ``postgresql://`` URL — or raise :class:`StartupError` naming it (never its password)."""
-    if is_postgres_url(database):
-        import psycopg
-
-        from indexd.pgstore import PostgresIndexStore
-
-        url = str(database)
-        try:
-            return PostgresIndexStore(url)
-        except SchemaTooNew as exc:
-            raise StartupError(str(exc)) from None
-        except (StoreError, psycopg.Error) as exc:
-            # libpq's messages run over several lines; the first says what failed.
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise StartupError(f"cannot open database {describe(url)}: {reason}") from None
-    path = Path(database)
     try:
-        return SqliteIndexStore(path)
-    except SchemaTooNew as exc:
+        return open_database(database)
+    except StoreError as exc:
         raise StartupError(str(exc)) from None
-    except (sqlite3.Error, OSError) as exc:
-        raise StartupError(f"cannot open database {path}: {exc}") from None
 
 
 #: The index's gauges (README.md, "Operating"), named after ``indexd admin stats``'s counts.
@@ -212,10 +196,15 @@ class IndexDaemon:
                 sync_rate=config.sync_rate,
                 lookup_rate=config.lookup_rate,
                 staging=config.staging,
+                liveness_interval=config.liveness_interval,
             )
             hasher = PasswordHasher(config.bcrypt_cost, concurrency=config.bcrypt_threads)
             issuer = TokenIssuer(identity.key, identity.name, config.token_ttl)
-            self.service = IndexService(self._store, issuer, hasher, settings, clock=self.clock)
+            # Over PostgreSQL other index servers may share the database (PROTOCOL.md §11).
+            shared = is_postgres_url(config.db)
+            self.service = IndexService(
+                self._store, issuer, hasher, settings, clock=self.clock, shared=shared
+            )
             await self.service.open()
             self.enrollment = Enrollment(
                 self.service,

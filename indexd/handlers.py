@@ -8,11 +8,16 @@ staged uploads, the per-user quotas and the deny-list of ended sessions — and
 Handlers do no socket I/O. Store calls run on two single-thread executors: one for writes, so
 they are serialized and commit in the order they were made, and one for reads, which WAL lets
 run beside a write.
+
+With a shared store (PostgreSQL, several index servers: PROTOCOL.md §11) the service also
+listens to the other servers' commits and reloads what they changed, shares ping liveness in
+batches, and keeps login attempt counters in the store.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import logging
@@ -20,7 +25,7 @@ import math
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -32,7 +37,9 @@ from indexd.passwords import REGISTER_NICENESS, PasswordHasher
 from indexd.ratelimit import AttemptLimiter, BackoffPolicy, BucketPolicy, RateBucket
 from indexd.staging import StagingLimits, SyncStaging
 from indexd.store import (
-    IndexStore,
+    AttemptCharge,
+    IndexDatabase,
+    Listener,
     Listing,
     ListingChange,
     PeerOwned,
@@ -93,6 +100,11 @@ DEFAULT_LOOKUP_BURST = 200
 #: Bytes a file of a ``listing`` reply may take at most (a 255-byte name, size, digest,
 #: manifest digest and publisher signature).
 _LISTED_FILE_BYTES = 450
+#: Seconds between two exchanges of ping liveness with the shared store (PROTOCOL.md §11).
+DEFAULT_LIVENESS_INTERVAL = 5.0
+#: Extra seconds each liveness poll looks back: a batch written by another server up to this
+#: late (a slow commit, clocks apart) is still read.
+_LIVENESS_SLACK = 5.0
 
 
 @dataclass(frozen=True)
@@ -120,6 +132,8 @@ class IndexSettings:
         default_factory=lambda: BucketPolicy(burst=DEFAULT_LOOKUP_BURST, interval=0.05)
     )
     staging: StagingLimits = field(default_factory=StagingLimits)
+    #: With a shared store: how often pings are written and other servers' pings read.
+    liveness_interval: float = DEFAULT_LIVENESS_INTERVAL
 
 
 def wire_error(exc: StoreError) -> RequestError:
@@ -161,15 +175,19 @@ class IndexService:
 
     def __init__(
         self,
-        store: IndexStore,
+        store: IndexDatabase,
         issuer: TokenIssuer,
         hasher: PasswordHasher,
         settings: IndexSettings | None = None,
         *,
         register_hasher: PasswordHasher | None = None,
         clock: Callable[[], float] = time.time,
+        shared: bool = False,
     ) -> None:
         self.store = store
+        #: Other index servers write to the same store (PROTOCOL.md §11): listen to their
+        #: changes, share liveness, and count login attempts in the store.
+        self.shared = shared
         self.issuer = issuer
         self.hasher = hasher
         # Registrations hash apart from logins: their own thread, queue and lower priority.
@@ -212,11 +230,32 @@ class IndexService:
         self._logins = ThreadPoolExecutor(1, thread_name_prefix="indexd-store-login")
         # Numbered on the write thread, so the order of generations is the order of commits.
         self._generations: Iterator[int] = itertools.count(1)
+        # -- a shared store (PROTOCOL.md §11) --
+        self._listener: Listener | None = None
+        self._liveness: asyncio.Task[None] | None = None
+        #: Pings answered since the last batch was written: domain name -> when.
+        self._seen: dict[str, float] = {}
+        #: This process's listing commits per name whose notification is not yet heard.
+        self._expected: Counter[str] = Counter()
+        self._reloading: set[str] = set()  # names being read from the store now
+        self._again: set[str] = set()  # ...and to be read once more after that
+        #: While a whole load runs: names changed meanwhile, reloaded after it.
+        self._deferred: set[str] | None = None
+        self._reload_all: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- life cycle ---------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Load owners, listings and ended sessions into memory; make the dummy hash."""
+        """Load owners, listings and ended sessions into memory; make the dummy hash. With a
+        shared store, listen first (so no change made meanwhile is missed) and start sharing
+        liveness."""
+        loop = asyncio.get_running_loop()
+        if self.shared:
+            self._deferred = set()
+            self._listener = await loop.run_in_executor(
+                None, self.store.listen, functools.partial(self._heard, loop)
+            )
         peers, listings, revoked = await self._write(self._load, self.clock())
         for p in peers:
             self._own(p.domain_name, p.owner)
@@ -224,6 +263,9 @@ class IndexService:
             self.index.apply(prepared, generation)
             self.listed[prepared.record.domain_name] = count
         self.revoked = revoked
+        if self.shared:
+            self._replay_deferred()
+            self._liveness = asyncio.create_task(self._share_liveness())
         await self.hasher.start()
         log.info("index loaded: %d peers known, %d listed", len(self.owners), len(self.index))
 
@@ -239,8 +281,19 @@ class IndexService:
         return peers, listings, self.store.revoked_sessions(now)
 
     async def close(self) -> None:
-        """Finish store work in progress and stop the worker threads."""
+        """Stop listening, finish store work in progress and stop the worker threads."""
         loop = asyncio.get_running_loop()
+        if self._listener is not None:
+            listener, self._listener = self._listener, None
+            await loop.run_in_executor(None, listener.close)
+        tasks = [t for t in (self._liveness, self._reload_all, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._seen:  # the last pings' liveness, for the other servers
+            seen, self._seen = self._seen, {}
+            with contextlib.suppress(Exception):
+                await self._write(self.store.record_seen, seen)
         await loop.run_in_executor(None, self._shutdown)
 
     def _shutdown(self) -> None:
@@ -268,6 +321,8 @@ class IndexService:
             del self.revoked[session]
         if expired:
             self._writes.submit(self.store.prune_revoked, now).add_done_callback(_log_failure)
+        if self.shared:  # the store's counters have no bound of their own
+            self._writes.submit(self.store.attempts_prune, now).add_done_callback(_log_failure)
 
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
         return await self._in_store(self._writes, fn, *args)
@@ -301,6 +356,179 @@ class IndexService:
             names.discard(domain_name)
             if not names:
                 self.domains.pop(user, None)
+
+    # -- several index servers on one store (PROTOCOL.md §11) ---------------------------
+
+    def _heard(self, loop: asyncio.AbstractEventLoop, payload: str | None) -> None:
+        """The store's notification callback, on its listening thread: hop to the loop."""
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody to tell
+            loop.call_soon_threadsafe(self._changed, payload)
+
+    def _changed(self, payload: str | None) -> None:
+        """A change committed to the store (by any server): bring memory up to date."""
+        if payload is None:  # notifications were lost for a while: anything may have changed
+            if self._reload_all is None:
+                self._reload_all = self._spawn(self._reload_everything())
+            return
+        kind, _, arg = payload.partition(" ")
+        if kind == "revoked":
+            # Every token of a session expires within the token TTL (the same on every server
+            # of a deployment) and the leeway: refused here at once, no store read needed.
+            until = self.clock() + self.issuer.ttl + LEEWAY
+            self.revoked[arg] = max(until, self.revoked.get(arg, until))
+        elif kind == "listing":
+            if self._expected[arg] > 0:
+                # Our own commit's (heard in commit order), or another server's committed just
+                # before ours — only if the peer changed its listing at both at once; then the
+                # next notification or change brings it (PROTOCOL.md §11).
+                self._expected[arg] -= 1
+                if self._expected[arg] <= 0:
+                    del self._expected[arg]
+                return
+            self._reload(arg)
+        else:
+            log.warning("unknown database notification %r", payload[:80])
+
+    def _reload(self, domain_name: str) -> None:
+        """Read one peer from the store and apply it; bursts for one name are coalesced."""
+        # Another server changed it: a delta based on this server's version must not apply.
+        self.versions.pop(domain_name, None)
+        if self._deferred is not None:
+            self._deferred.add(domain_name)
+        elif domain_name in self._reloading:
+            self._again.add(domain_name)
+        else:
+            self._reloading.add(domain_name)
+            self._spawn(self._reload_peer(domain_name))
+
+    async def _reload_peer(self, name: str) -> None:
+        try:
+            while True:
+                self._again.discard(name)
+                loaded = await self._read(self._read_peer, name)
+                if self._deferred is not None:  # a whole load began meanwhile: after it
+                    self._deferred.add(name)
+                    return
+                self._apply_loaded(name, *loaded)
+                if name not in self._again:
+                    return
+        except Exception:
+            log.exception("could not reload %s from the database", name)
+        finally:
+            self._reloading.discard(name)
+
+    def _read_peer(self, name: str) -> tuple[int, PeerRecord | None, PeerHits | None, int]:
+        # Numbered before the read: a commit numbered later may be newer than what is read.
+        generation = next(self._generations)
+        found = self.store.listing_of(name)
+        if found is None:
+            return generation, self.store.peer(name), None, 0
+        record, files = found
+        return generation, record, self._prepare(record, files), len(files)
+
+    def _apply_loaded(
+        self, name: str, generation: int, record: PeerRecord | None, hits: PeerHits | None, n: int
+    ) -> None:
+        if record is not None:
+            self._own(name, record.owner)
+        before = self.index.record(name)
+        if hits is None:
+            if self.index.remove(name, generation):
+                self.listed[name] = 0
+            return
+        if self.index.apply(hits, generation):
+            self.listed[name] = n
+            if before is not None:  # pings heard here and not yet in the store still count
+                self.index.touch(name, before.last_seen)
+
+    async def _reload_everything(self) -> None:
+        """After lost notifications: load every peer again and swap it in (as :meth:`open`)."""
+        try:
+            # Names being reloaded now may be read after the load's snapshot: again after it.
+            self._deferred = (self._deferred or set()) | self._reloading
+            generation, peers, listings, revoked = await self._read(self._read_all, self.clock())
+            for p in peers:
+                self._own(p.domain_name, p.owner)
+            listed = set()
+            for prepared, count in listings:
+                name = prepared.record.domain_name
+                listed.add(name)
+                before = self.index.record(name)
+                if self.index.apply(prepared, generation):
+                    self.listed[name] = count
+                    if before is not None:
+                        self.index.touch(name, before.last_seen)
+            for p in peers:
+                if p.domain_name not in listed and self.index.remove(p.domain_name, generation):
+                    self.listed[p.domain_name] = 0
+            for session, until in revoked.items():
+                self.revoked[session] = max(until, self.revoked.get(session, until))
+            self.versions.clear()
+            log.info("index reloaded: %d peers known, %d listed", len(self.owners), len(self.index))
+        except Exception:
+            log.exception("could not reload the index from the database")
+        finally:
+            self._reload_all = None
+            self._replay_deferred()
+
+    def _read_all(
+        self, now: float
+    ) -> tuple[int, list[PeerRecord], list[tuple[PeerHits, int]], dict[str, float]]:
+        generation = next(self._generations)  # before the read, as in _read_peer
+        peers = self.store.peers()
+        listings = [
+            (self._prepare(r, files), len(files)) for r, files in self.store.iter_listings()
+        ]
+        return generation, peers, listings, self.store.revoked_sessions(now)
+
+    def _replay_deferred(self) -> None:
+        deferred, self._deferred = self._deferred or set(), None
+        for name in deferred:
+            self._reload(name)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _committing_listing(self, name: str) -> None:
+        """A listing commit of ``name`` is sent to the store: expect to hear of it."""
+        if self.shared:
+            self._expected[name] += 1
+
+    def _not_committed(self, name: str) -> None:
+        """That commit failed: no notification of it will come."""
+        if self.shared:
+            self._expected[name] -= 1
+            if self._expected[name] <= 0:
+                del self._expected[name]
+
+    async def _share_liveness(self) -> None:
+        """Every ``liveness_interval``: write the pings answered here in one batch, and
+        touch the peers that pinged other servers (PROTOCOL.md §11)."""
+        interval = self.settings.liveness_interval
+        since = self.clock() - interval - _LIVENESS_SLACK
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                seen, self._seen = self._seen, {}
+                if seen:
+                    try:
+                        await self._write(self.store.record_seen, seen)
+                    except BaseException:
+                        self._seen = {**seen, **self._seen}  # next time, then
+                        raise
+                polled = self.clock()
+                elsewhere = await self._read(self.store.seen_since, since)
+                since = polled - interval - _LIVENESS_SLACK
+                now = self.clock()
+                for name, when in elsewhere.items():
+                    record = self.index.record(name)
+                    if record is not None and when > record.last_seen:
+                        self.index.seen_at(name, when, now)
+            except Exception as exc:  # the store is away: try again next time
+                log.warning("could not share liveness with the database: %s", exc)
 
     # -- checks -------------------------------------------------------------------------
 
@@ -354,6 +582,8 @@ class IndexService:
     async def handle_auth(self, ctx: RequestContext, req: Credentials) -> AuthReply:
         """Check a password and issue the session's tokens; unknown user and wrong password
         look alike."""
+        if self.shared:
+            return await self._shared_auth(ctx, req)
         now = self.clock()
         user, where = req.username, address_key(ctx.address)
         limits = (
@@ -383,6 +613,39 @@ class IndexService:
         self.login_attempts.reset(limits[0][1])
         self.user_attempts.refund(user, now)
         self.address_attempts.refund(where, now)
+        tokens = self.issuer.issue_session(user, ctx.peer_cert)
+        log.info("user %s logged in from %s", user, ctx.address)
+        return _auth_reply(tokens)
+
+    async def _shared_auth(self, ctx: RequestContext, req: Credentials) -> AuthReply:
+        """:meth:`handle_auth` with its attempt counters in the shared store, so that the
+        index servers together allow what one would (PROTOCOL.md §11); the same arithmetic."""
+        s, now = self.settings, self.clock()
+        user, where = req.username, address_key(ctx.address)
+        login_key = f"login {user} {where}"
+        charges: list[AttemptCharge] = [
+            (login_key, s.login_backoff),
+            (f"user {user}", s.user_backoff),
+            (f"address {where}", s.address_backoff),
+        ]
+        # Charged before the check, so parallel guesses are limited like sequential ones.
+        wait = await self._in_store(self._logins, self.store.attempts_charge, charges, now)
+        if wait > 0:
+            raise RateLimited(retry_after=math.ceil(wait * 1000) / 1000)
+        try:
+            hashed = await self._password_hash(user)
+            ok = await self.hasher.verify(req.password.encode("utf-8", "surrogatepass"), hashed)
+        except BaseException:
+            self._logins.submit(self.store.attempts_refund, charges, now).add_done_callback(
+                _log_failure
+            )
+            raise
+        if not ok:
+            log.info("failed login for %s from %s", user, ctx.address)
+            raise AuthFailed()
+        now = self.clock()
+        await self._in_store(self._logins, self.store.attempts_reset, [login_key])
+        await self._in_store(self._logins, self.store.attempts_refund, charges[1:], now)
         tokens = self.issuer.issue_session(user, ctx.peer_cert)
         log.info("user %s logged in from %s", user, ctx.address)
         return _auth_reply(tokens)
@@ -431,9 +694,11 @@ class IndexService:
             self._own(name, user)
         self._committing[user] += len(files)
         self.versions.pop(name, None)  # a delta racing this sync must not apply
+        self._committing_listing(name)
         try:
             count, prepared, generation = await self._write(self._commit_listing, listing)
         except BaseException:
+            self._not_committed(name)
             if claiming and name not in self.index:
                 self._disown(name, user)
             raise
@@ -474,9 +739,11 @@ class IndexService:
         change = ListingChange(user, name, req.files, req.removed, now)
         # The new version is taken now, so a second delta against the same base cannot apply.
         version = self.versions[name] = _new_version()
+        self._committing_listing(name)
         try:
             count, touched, generation = await self._write(self._commit_change, change)
         except BaseException:
+            self._not_committed(name)
             if self.versions.get(name) == version:
                 del self.versions[name]
             raise
@@ -557,10 +824,14 @@ class IndexService:
         self._check_certificate(ctx, req.domain_name)
         if self._check_owner(user, req.domain_name) is None:
             raise NotFound("no peer with this domain_name; sync first")
-        # Liveness is soft state, kept in memory only, so a ping costs no disk write; after a
-        # restart a peer counts as last seen at its last sync until it pings again.
-        if not self.index.touch(req.domain_name, self.clock()):
+        # Liveness is soft state, kept in memory, so a ping costs no disk write; after a
+        # restart a peer counts as last seen at its last sync until it pings again. With a
+        # shared store, the pings go to it in one batch every few seconds (PROTOCOL.md §11).
+        now = self.clock()
+        if not self.index.touch(req.domain_name, now):
             raise NotFound("this peer has no listing; sync first")
+        if self.shared:
+            self._seen[req.domain_name] = now
         return PingReply(req.domain_name, self.settings.peer_ttl)
 
     async def handle_bye(self, ctx: RequestContext, req: PeerRequest) -> ByeReply:
@@ -574,7 +845,14 @@ class IndexService:
         # Every token of the session expires by then: renew is refused once it has ended.
         until = self.clock() + self.issuer.ttl + LEEWAY
         session = principal.session_id
-        generation = await self._write(self._commit_withdraw, req.domain_name, user, session, until)
+        self._committing_listing(req.domain_name)
+        try:
+            generation = await self._write(
+                self._commit_withdraw, req.domain_name, user, session, until
+            )
+        except BaseException:
+            self._not_committed(req.domain_name)
+            raise
         self.revoked[session] = max(until, self.revoked.get(session, until))
         self.listed[req.domain_name] = 0
         self.versions.pop(req.domain_name, None)
@@ -633,6 +911,6 @@ def _auth_reply(tokens: SessionTokens) -> AuthReply:
     return AuthReply(tokens.token, tokens.expires_at, tokens.peer_token)
 
 
-def _log_failure(future: Future[int]) -> None:
+def _log_failure(future: Future[Any]) -> None:
     if not future.cancelled() and future.exception() is not None:
-        log.warning("could not prune the deny-list: %s", future.exception())
+        log.warning("a background store write failed: %s", future.exception())

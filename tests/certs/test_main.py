@@ -68,6 +68,21 @@ def test_cli_issue_writes_leaf_signed_by_directory_ca(
     assert mode(tmp_path / "peer1.key") == 0o600
 
 
+def test_cli_issue_dns_adds_dns_names_after_the_first(tmp_path: Path) -> None:
+    assert main(["ca", "--dir", str(tmp_path)]) == 0
+    argv = ["issue", "index", "--dir", str(tmp_path), "--dns", "Index-A", "--dns", "index-b"]
+    assert main(argv) == 0
+    names = sans(load_cert(tmp_path / "index.crt")).get_values_for_type(x509.DNSName)
+    assert names == ["index", "index-a", "index-b"]  # the first, NAME, is the tokens' issuer
+
+
+def test_cli_issue_refuses_a_bad_extra_dns_name(tmp_path: Path) -> None:
+    assert main(["ca", "--dir", str(tmp_path)]) == 0
+    argv = ["issue", "index", "--dir", str(tmp_path), "--dns", "bad name!"]
+    assert main(argv) == ExitCode.FAILURE
+    assert not (tmp_path / "index.crt").exists()
+
+
 def test_cli_issue_no_loopback_leaves_out_loopback_ips(tmp_path: Path) -> None:
     assert main(["ca", "--dir", str(tmp_path)]) == 0
     assert main(["issue", "peer1", "--dir", str(tmp_path), "--no-loopback"]) == 0
