@@ -235,8 +235,6 @@ class IndexService:
         self._liveness: asyncio.Task[None] | None = None
         #: Pings answered since the last batch was written: domain name -> when.
         self._seen: dict[str, float] = {}
-        #: This process's listing commits per name whose notification is not yet heard.
-        self._expected: Counter[str] = Counter()
         self._reloading: set[str] = set()  # names being read from the store now
         self._again: set[str] = set()  # ...and to be read once more after that
         #: While a whole load runs: names changed meanwhile, reloaded after it.
@@ -376,15 +374,7 @@ class IndexService:
             # of a deployment) and the leeway: refused here at once, no store read needed.
             until = self.clock() + self.issuer.ttl + LEEWAY
             self.revoked[arg] = max(until, self.revoked.get(arg, until))
-        elif kind == "listing":
-            if self._expected[arg] > 0:
-                # Our own commit's (heard in commit order), or another server's committed just
-                # before ours — only if the peer changed its listing at both at once; then the
-                # next notification or change brings it (PROTOCOL.md §11).
-                self._expected[arg] -= 1
-                if self._expected[arg] <= 0:
-                    del self._expected[arg]
-                return
+        elif kind == "listing":  # another server's commit: the store passes over our own
             self._reload(arg)
         else:
             log.warning("unknown database notification %r", payload[:80])
@@ -491,18 +481,6 @@ class IndexService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-    def _committing_listing(self, name: str) -> None:
-        """A listing commit of ``name`` is sent to the store: expect to hear of it."""
-        if self.shared:
-            self._expected[name] += 1
-
-    def _not_committed(self, name: str) -> None:
-        """That commit failed: no notification of it will come."""
-        if self.shared:
-            self._expected[name] -= 1
-            if self._expected[name] <= 0:
-                del self._expected[name]
 
     async def _share_liveness(self) -> None:
         """Every ``liveness_interval``: write the pings answered here in one batch, and
@@ -694,11 +672,9 @@ class IndexService:
             self._own(name, user)
         self._committing[user] += len(files)
         self.versions.pop(name, None)  # a delta racing this sync must not apply
-        self._committing_listing(name)
         try:
             count, prepared, generation = await self._write(self._commit_listing, listing)
         except BaseException:
-            self._not_committed(name)
             if claiming and name not in self.index:
                 self._disown(name, user)
             raise
@@ -739,11 +715,9 @@ class IndexService:
         change = ListingChange(user, name, req.files, req.removed, now)
         # The new version is taken now, so a second delta against the same base cannot apply.
         version = self.versions[name] = _new_version()
-        self._committing_listing(name)
         try:
             count, touched, generation = await self._write(self._commit_change, change)
         except BaseException:
-            self._not_committed(name)
             if self.versions.get(name) == version:
                 del self.versions[name]
             raise
@@ -845,14 +819,7 @@ class IndexService:
         # Every token of the session expires by then: renew is refused once it has ended.
         until = self.clock() + self.issuer.ttl + LEEWAY
         session = principal.session_id
-        self._committing_listing(req.domain_name)
-        try:
-            generation = await self._write(
-                self._commit_withdraw, req.domain_name, user, session, until
-            )
-        except BaseException:
-            self._not_committed(req.domain_name)
-            raise
+        generation = await self._write(self._commit_withdraw, req.domain_name, user, session, until)
         self.revoked[session] = max(until, self.revoked.get(session, until))
         self.listed[req.domain_name] = 0
         self.versions.pop(req.domain_name, None)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
@@ -204,6 +205,8 @@ class PostgresIndexStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self.name = describe(url)
+        #: Tags this store's notifications: ``listen`` hears only other writers' changes.
+        self.origin = secrets.token_hex(8)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[Conn] = []
@@ -339,10 +342,10 @@ class PostgresIndexStore:
             "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("name " + domain_name,)
         )
 
-    @staticmethod
-    def _notify(conn: Conn, payload: str) -> None:
-        # Delivered to every listener when (and only if) the transaction commits.
-        conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, payload))
+    def _notify(self, conn: Conn, payload: str) -> None:
+        # Delivered to every listener when (and only if) the transaction commits; tagged
+        # with this store's origin, so its own listeners pass over it (PROTOCOL.md §11).
+        conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, f"{payload} {self.origin}"))
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -885,6 +888,10 @@ class _Listener:
         return conn
 
     def _deliver(self, payload: str | None) -> None:
+        if payload is not None:
+            payload, _, origin = payload.rpartition(" ")
+            if origin == self._store.origin:  # this process's own change: memory has it
+                return
         try:
             self._callback(payload)
         except Exception:  # a failing callback must not end the subscription

@@ -613,6 +613,22 @@ def test_committed_changes_reach_the_other_servers_listener_and_failed_ones_do_n
     assert heard.empty()
 
 
+def test_a_listener_passes_over_its_own_servers_changes_and_hears_the_others(
+    servers: tuple[PostgresIndexStore, PostgresIndexStore],
+) -> None:
+    one, two = servers
+    heard: queue.Queue[str | None] = queue.Queue()
+    listener = two.listen(heard.put)
+    try:
+        two.replace_listing(_listing("alice", "peer1", []))  # its own: memory has it already
+        two.revoke_session("sess-own", 10.0)
+        one.replace_listing(_listing("alice", "peer2", []))  # committed after: heard after
+        assert heard.get(timeout=WAIT) == "listing peer2"
+        assert heard.empty()
+    finally:
+        listener.close()
+
+
 def test_a_listener_whose_connection_is_killed_reconnects_and_says_reload(
     servers: tuple[PostgresIndexStore, PostgresIndexStore],
 ) -> None:
