@@ -1,12 +1,22 @@
 """The in-memory keyword index that answers ``search`` without touching SQLite or a thread.
 
-Each live peer's listing is kept as one msgpack-encoded search hit per (case-folded) keyword,
-built off the event loop when a sync commits (:func:`prepare_hits`): the peer's first
-``max_hit_files`` files under the keyword in file-name order (at most a sixteenth of the reply
-budget in bytes) and ``total``, how many it lists in all; ``listing`` serves the rest from the
-store. A search ranks the hits of the peers still within the liveness TTL and caches the
-ranking per keyword until a sync, a ``bye`` or a peer coming back changes it, or an included
-peer goes stale.
+Each live peer's listing is kept as one search hit per (case-folded) keyword, built off the
+event loop when a sync commits (:func:`prepare_hits`): the peer's first ``max_hit_files`` files
+under the keyword in file-name order (at most a sixteenth of the reply budget in bytes) and
+``total``, how many it lists in all; ``listing`` serves the rest from the store. A search ranks
+the hits of the peers still within the liveness TTL and caches the ranking per keyword until a
+sync, a ``bye`` or a peer coming back changes it, or an included peer goes stale.
+
+Memory (BENCHMARKS.md, ``index_memory``): a hit is held *packed* — one msgpack array of its
+values without the field names, ``[total, filename, size, digests, filename, ...]`` where
+``digests`` is the ``sha256`` (then the ``manifest`` and ``signature``, PROTOCOL.md §4.8) in
+one ``bin``, behind the length the hit will take in a reply — and the peer's own fields
+(``domain_name``, ``port_number``, ``address``) are encoded once per peer, not once per hit.
+A published file's entry is then about 165 bytes instead of 210. A ranking expands the hits
+it puts on a page into their reply form (PROTOCOL.md §4.2) and keeps them while it is cached,
+so a cached search costs what it did before; when a sync drops it, its expanded hits are kept
+for the next ranking of the keyword, which re-expands only the hits of peers that synced. The
+rankings and the hits kept hold at most :data:`MAX_CACHED_BYTES` (the oldest go first).
 
 Fairness (PROTOCOL.md §4.2): hits are dealt round by round — every owner's first peer, then
 every owner's second, ... (an owner's peers in domain-name order) — and within a round in the
@@ -21,9 +31,12 @@ from __future__ import annotations
 
 import bisect
 import struct
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+import msgpack
 
 from indexd.store import PeerRecord, keyword_key
 from netproto.codec import pack, unpack_map
@@ -38,6 +51,8 @@ REPLY_ENVELOPE = 32
 # "more" and its count, "cursor" and the largest cursor.
 PAGE_ALLOWANCE = 64 + MAX_CURSOR
 MAX_CACHED_REPLIES = 10_000
+#: Bytes of expanded hits and pages the cache holds at most, all keywords together.
+MAX_CACHED_BYTES = 32 << 20
 MAX_ROUNDS = 1_000_000  # bound on a cursor's round number
 
 _HITS = b"\x82" + pack("hits")  # a page with no cursor: {"hits": [...], "more": 0}
@@ -45,6 +60,26 @@ _HITS_CURSOR = b"\x83" + pack("hits")
 _MORE = pack("more")
 _NO_MORE = _MORE + pack(0)
 _CURSOR = pack("cursor")
+_FILES = pack("files")
+#: A packed hit starts with the length of its expanded tail (``total`` on, no peer fields).
+_TAIL_LENGTH = struct.Struct(">I")
+#: What a file's entry in a reply weighs over its packed entry (``filename``, ``size`` and its
+#: digests as one ``bin``): the map header and field names, and for a published file the two
+#: more ``bin`` headers of the digests split in three.
+_PLAIN_EXTRA = len(pack({"filename": "", "size": 0, "sha256": bytes(32)})) - len(
+    pack("") + pack(0) + pack(bytes(32))
+)
+_PUBLISHED_EXTRA = len(
+    pack(
+        {
+            "filename": "",
+            "size": 0,
+            "sha256": bytes(32),
+            "manifest": bytes(32),
+            "signature": bytes(64),
+        }
+    )
+) - len(pack("") + pack(0) + pack(bytes(128)))
 
 
 def _array_header(n: int) -> bytes:
@@ -62,7 +97,8 @@ def reply_budget(max_frame: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class PeerHits:
-    """A peer's listing prepared for search: one encoded hit per folded keyword."""
+    """A peer's listing prepared for search: one packed hit per folded keyword (opaque; see
+    the module docstring)."""
 
     record: PeerRecord
     hits: dict[str, bytes]
@@ -75,9 +111,51 @@ def prepare_hits(
     max_hit_files: int = MAX_HIT_FILES,
     max_frame: int = DEFAULT_MAX_FRAME,
 ) -> PeerHits:
-    """Encode a peer's files as search hits, one per folded keyword (pure; may run off-loop)."""
+    """Pack a peer's files as search hits, one per folded keyword (pure; may run off-loop)."""
     max_hit_bytes = reply_budget(max_frame) // 16
-    head = (
+    head = len(peer_head(record))
+    groups: dict[str, list[SharedFile]] = {}
+    for f in files:
+        groups.setdefault(keyword_key(f.keyword), []).append(f)
+    hits: dict[str, bytes] = {}
+    for kw, group in groups.items():
+        group.sort(key=lambda f: (f.filename, f.keyword))
+        total = pack(len(group))
+        # Sizes as the reply will carry the hit (the largest array header counted), so the
+        # byte bound is the one of PROTOCOL.md §4.2.
+        fixed = head + len(total) + len(_FILES) + 5
+        body = 0
+        entries: list[bytes] = []
+        for f in group[:max_hit_files]:
+            # Lengths checked on the way in (PROTOCOL.md §4.8); the packed form relies on them.
+            if len(f.sha256) != 32:
+                raise ValueError(f"{f.filename!r}: digests of the wrong length")
+            if f.manifest is not None and f.signature is not None:
+                digests = f.sha256 + f.manifest + f.signature
+                if len(digests) != 128:
+                    raise ValueError(f"{f.filename!r}: digests of the wrong length")
+                # The array header is left out: every entry is three values.
+                entry = pack((f.filename, f.size, digests))[1:]
+                size = len(entry) + _PUBLISHED_EXTRA
+            else:
+                entry = pack((f.filename, f.size, f.sha256))[1:]
+                size = len(entry) + _PLAIN_EXTRA
+            if fixed + body + size > max_hit_bytes:
+                break
+            entries.append(entry)
+            body += size
+        expanded = len(total) + len(_FILES) + len(_array_header(len(entries))) + body
+        # One flat array: total, then filename, size and digests of each file. The keyword is
+        # interned: every peer's hit under it shares one key string.
+        hits[sys.intern(kw)] = b"".join(
+            (_TAIL_LENGTH.pack(expanded), _array_header(1 + 3 * len(entries)), total, *entries)
+        )
+    return PeerHits(record, hits)
+
+
+def peer_head(record: PeerRecord) -> bytes:
+    """The start of each of the peer's hits: its own fields, up to the key ``total``."""
+    return (
         b"\x85"
         + pack("domain_name")
         + pack(record.domain_name)
@@ -87,23 +165,31 @@ def prepare_hits(
         + pack(record.address)
         + pack("total")
     )
-    groups: dict[str, list[SharedFile]] = {}
-    for f in files:
-        groups.setdefault(keyword_key(f.keyword), []).append(f)
-    hits: dict[str, bytes] = {}
-    for kw, group in groups.items():
-        group.sort(key=lambda f: (f.filename, f.keyword))
-        total = pack(len(group)) + pack("files")
-        entries: list[bytes] = []
-        used = len(head) + len(total) + 5
-        for f in group[:max_hit_files]:
-            entry = pack(f.listed().to_wire())
-            if used + len(entry) > max_hit_bytes:
-                break
-            entries.append(entry)
-            used += len(entry)
-        hits[kw] = b"".join((head, total, _array_header(len(entries)), *entries))
-    return PeerHits(record, hits)
+
+
+def expanded_size(head: bytes, hit: bytes) -> int:
+    """Bytes the packed ``hit`` takes in a reply, behind the peer's ``head``."""
+    size: int = _TAIL_LENGTH.unpack_from(hit)[0]
+    return len(head) + size
+
+
+def expand_hit(head: bytes, hit: bytes) -> bytes:
+    """The search hit (PROTOCOL.md §4.2) of a packed hit, behind the peer's ``head``."""
+    # Bytes this module packed itself, not wire input: no codec checks needed.
+    values = msgpack.unpackb(memoryview(hit)[_TAIL_LENGTH.size :], use_list=False)
+    files = [
+        {"filename": name, "size": size, "sha256": digests}
+        if len(digests) == 32
+        else {
+            "filename": name,
+            "size": size,
+            "sha256": digests[:32],
+            "manifest": digests[32:64],
+            "signature": digests[64:],
+        }
+        for name, size, digests in zip(values[1::3], values[2::3], values[3::3], strict=True)
+    ]
+    return b"".join((head, pack(values[0]), _FILES, pack(files)))
 
 
 def encode_cursor(pivot: str, round_: int, owner: str) -> bytes:
@@ -126,6 +212,7 @@ def decode_cursor(cursor: bytes) -> tuple[str, int, str]:
 @dataclass(slots=True)
 class _Peer:
     record: PeerRecord
+    head: bytes  # peer_head(record): shared by all the peer's hits
     keywords: tuple[str, ...]
     generation: int
 
@@ -134,16 +221,25 @@ class _Peer:
 class _Ranking:
     """The live hits of one keyword, dealt in rounds (see the module docstring)."""
 
+    keyword: str
     #: Round r: the owners' r-th peers' hits, and the owners (by first domain name), in order.
+    #: A hit is expanded (its reply form) once a page has carried it, packed until then.
     parts: list[list[bytes]]
     owners: list[list[str]]
+    #: Each hit's size in a reply (a hit is expanded when it has that length: packed, it is
+    #: always shorter, lacking at least its peer's fields), its peer and its peer's head.
+    sizes: list[list[int]]
+    names: list[list[str]]
+    heads: list[list[bytes]]
     count: int
-    #: Every hit fits on one page (then no budget is checked).
+    #: Every hit fits on one page (then no budget is checked, and every hit is expanded).
     fits: bool
     valid_until: float
     epoch: int
     #: The first page when there is one owner only: nothing to rotate, so it is kept.
     fixed: bytes | None = None
+    #: Bytes of expanded hits (and of ``fixed``) held: counted in ``max_cached_bytes``.
+    held: int = 0
 
     @property
     def pivots(self) -> list[str]:
@@ -154,19 +250,38 @@ class _Ranking:
 class KeywordIndex:
     """Live peers' hits by folded keyword, with their rankings cached per keyword."""
 
-    def __init__(self, peer_ttl: float, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(
+        self,
+        peer_ttl: float,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        *,
+        max_cached_bytes: int = MAX_CACHED_BYTES,
+    ) -> None:
         self.peer_ttl = peer_ttl
         self.max_frame = max_frame
+        self.max_cached_bytes = max_cached_bytes
         self._budget = reply_budget(max_frame) - PAGE_ALLOWANCE
         self._peers: dict[str, _Peer] = {}
         self._by_keyword: dict[str, dict[str, bytes]] = {}
         self._cache: dict[str, _Ranking] = {}
+        #: The expanded hits of rankings dropped since, by keyword then peer, with the peer's
+        #: head they were expanded behind: ranking the keyword again reuses those whose peer
+        #: has not synced since (its head is the same object), so a sync re-expands only its
+        #: own hits. With their bytes.
+        self._kept: dict[str, tuple[int, dict[str, tuple[bytes, bytes]]]] = {}
+        self._cached_bytes = 0  # the cached rankings' ``held`` and the kept hits, together
         # Bumped when a stale peer comes back: any cached ranking may have left it out.
         self._epoch = 0
         self._turn = 0  # which owner the next first page starts with (modulo their number)
 
     def __len__(self) -> int:
         return len(self._peers)
+
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of expanded hits and pages the cached rankings hold (at most
+        ``max_cached_bytes``, besides the ranking being used)."""
+        return self._cached_bytes
 
     def __contains__(self, domain_name: object) -> bool:
         return domain_name in self._peers
@@ -177,7 +292,7 @@ class KeywordIndex:
         return peer.record if peer is not None else None
 
     def hits_of(self, domain_name: str) -> dict[str, bytes]:
-        """A listed peer's encoded hits by folded keyword (to replace only some of them)."""
+        """A listed peer's packed hits by folded keyword (to replace only some of them)."""
         peer = self._peers.get(domain_name)
         if peer is None:
             return {}
@@ -198,8 +313,9 @@ class KeywordIndex:
             self._drop(name, old)
         for kw, hit in prepared.hits.items():
             self._by_keyword.setdefault(kw, {})[name] = hit
-            self._cache.pop(kw, None)
-        self._peers[name] = _Peer(prepared.record, tuple(prepared.hits), generation)
+            self._uncache(kw)
+        head = peer_head(prepared.record)
+        self._peers[name] = _Peer(prepared.record, head, tuple(prepared.hits), generation)
         return True
 
     def remove(self, domain_name: str, generation: int) -> bool:
@@ -218,14 +334,59 @@ class KeywordIndex:
                 peers.pop(name, None)
                 if not peers:
                     del self._by_keyword[kw]
-            self._cache.pop(kw, None)
+            self._uncache(kw)
+
+    def _uncache(self, kw: str, *, keep: bool = True) -> None:
+        """Drop the ranking of ``kw``, keeping its expanded hits for the next (unless not
+        ``keep``)."""
+        ranking = self._cache.pop(kw, None)
+        if ranking is None:
+            return
+        self._cached_bytes -= ranking.held
+        if not keep or kw in self._kept:
+            return
+        kept: dict[str, tuple[bytes, bytes]] = {}
+        size = 0
+        for parts, sizes, names, heads in zip(
+            ranking.parts, ranking.sizes, ranking.names, ranking.heads, strict=True
+        ):
+            for hit, hit_size, name, head in zip(parts, sizes, names, heads, strict=True):
+                if len(hit) == hit_size:
+                    kept[name] = (head, hit)
+                    size += hit_size
+        if kept:
+            self._kept[kw] = (size, kept)
+            self._cached_bytes += size
+            self._trim()
+
+    def _unkeep(self, kw: str) -> dict[str, tuple[bytes, bytes]]:
+        size, kept = self._kept.pop(kw, (0, {}))
+        self._cached_bytes -= size
+        return kept
+
+    def _hold(self, ranking: _Ranking, size: int) -> None:
+        """Count ``size`` more bytes held by ``ranking`` and trim the cache."""
+        ranking.held += size
+        if self._cache.get(ranking.keyword) is not ranking:
+            return  # dropped already: what it holds goes with it
+        self._cached_bytes += size
+        self._trim()
+
+    def _trim(self) -> None:
+        """While the cache holds more than ``max_cached_bytes``, drop the oldest kept hits,
+        then the oldest rankings (even the one in use, if it alone is over: the search under
+        way still uses it, the next one ranks again)."""
+        while self._cached_bytes > self.max_cached_bytes and self._kept:
+            self._unkeep(next(iter(self._kept)))
+        while self._cached_bytes > self.max_cached_bytes and self._cache:
+            self._uncache(next(iter(self._cache)), keep=False)
 
     def touch(self, domain_name: str, now: float) -> bool:
         """Mark a listed peer as seen now (``ping``); False if it is not listed."""
         peer = self._peers.get(domain_name)
         if peer is None:
             return False
-        record = peer.record
+        record = peer.record  # a new record, the same head: only last_seen changes
         if record.last_seen + self.peer_ttl <= now:
             self._epoch += 1  # it was left out of cached rankings; they are stale now
         peer.record = PeerRecord(
@@ -246,10 +407,10 @@ class KeywordIndex:
         kw = keyword_key(keyword)
         ranking = self._cache.get(kw)
         if ranking is None or now >= ranking.valid_until or ranking.epoch != self._epoch:
-            ranking = self._rank(kw, now)
+            self._uncache(kw)
             if len(self._cache) >= MAX_CACHED_REPLIES:
-                del self._cache[next(iter(self._cache))]
-            self._cache[kw] = ranking
+                self._uncache(next(iter(self._cache)), keep=False)
+            ranking = self._rank(kw, now)
         if cursor is not None:
             return self._page(ranking, *decode_cursor(cursor))
         if ranking.fixed is not None:
@@ -269,6 +430,7 @@ class KeywordIndex:
         return self._page(ranking, pivot, 0, None)
 
     def _rank(self, kw: str, now: float) -> _Ranking:
+        """Rank the live hits of ``kw`` and cache the ranking."""
         hits = self._by_keyword.get(kw) or {}
         ttl, peers = self.peer_ttl, self._peers
         valid_until = float("inf")
@@ -285,18 +447,61 @@ class KeywordIndex:
         rounds = max((len(g) for g in groups), default=0)
         parts: list[list[bytes]] = [[] for _ in range(rounds)]
         owners: list[list[str]] = [[] for _ in range(rounds)]
-        size = 0
+        sizes: list[list[int]] = [[] for _ in range(rounds)]
+        peer_names: list[list[str]] = [[] for _ in range(rounds)]
+        heads: list[list[bytes]] = [[] for _ in range(rounds)]
+        kept = self._unkeep(kw)
+        total = held = 0
         for names in groups:
             for r, name in enumerate(names):
-                parts[r].append(hits[name])
+                head, hit = peers[name].head, hits[name]
+                size = expanded_size(head, hit)
+                old = kept.get(name)
+                if old is not None and old[0] is head:
+                    hit = old[1]  # expanded behind this very head: the peer has not synced
+                    held += size
+                parts[r].append(hit)
                 owners[r].append(names[0])
-                size += len(hits[name])
+                sizes[r].append(size)
+                peer_names[r].append(name)
+                heads[r].append(head)
+                total += size
+        fits = total <= self._budget
         ranking = _Ranking(
-            parts, owners, sum(map(len, parts)), size <= self._budget, valid_until, self._epoch
+            kw,
+            parts,
+            owners,
+            sizes,
+            peer_names,
+            heads,
+            sum(map(len, parts)),
+            fits,
+            valid_until,
+            self._epoch,
         )
+        self._cache[kw] = ranking
+        if fits:
+            # At most a page of hits: all expanded now, so the first page is a join.
+            for round_parts, round_sizes, round_heads in zip(parts, sizes, heads, strict=True):
+                for j, hit in enumerate(round_parts):
+                    if len(hit) != round_sizes[j]:
+                        round_parts[j] = expand_hit(round_heads[j], hit)
+            held = total
+        self._hold(ranking, held)
         if len(groups) <= 1:
             ranking.fixed = self._page(ranking, groups[0][0] if groups else "", 0, None)
+            self._hold(ranking, len(ranking.fixed))
         return ranking
+
+    def _expanded(self, ranking: _Ranking, r: int, j: int) -> bytes:
+        """The hit of ``ranking`` in round ``r`` at ``j``, expanded (and kept so while the
+        ranking is cached)."""
+        hit = ranking.parts[r][j]
+        if len(hit) == ranking.sizes[r][j]:
+            return hit
+        hit = ranking.parts[r][j] = expand_hit(ranking.heads[r][j], hit)
+        self._hold(ranking, len(hit))
+        return hit
 
     def _page(self, ranking: _Ranking, pivot: str, round_: int, after: str | None) -> bytes:
         """The page of hits that starts in ``round_`` after ``after``'s (or at the start of
@@ -307,24 +512,25 @@ class KeywordIndex:
         remaining = 0
         full = False
         for r in range(round_, len(ranking.parts)):
-            round_parts, round_owners = ranking.parts[r], ranking.owners[r]
+            round_owners = ranking.owners[r]
             i = bisect.bisect_left(round_owners, pivot)
             order = list(range(i, len(round_owners))) + list(range(i))
             if r == round_ and after is not None:
                 # Skip the owners up to ``after`` in this round's turned order.
                 turned = [(round_owners[j] < pivot, round_owners[j]) for j in order]
                 order = order[bisect.bisect_right(turned, (after < pivot, after)) :]
+            round_sizes = ranking.sizes[r]
             for j in order:
                 if full:
                     remaining += 1
                     continue
-                hit = round_parts[j]
-                if used + len(hit) > self._budget:
+                size = round_sizes[j]
+                if used + size > self._budget:
                     full = True
                     remaining += 1
                     continue
-                parts.append(hit)
-                used += len(hit)
+                parts.append(self._expanded(ranking, r, j))
+                used += size
                 last = (r, round_owners[j])
         head = [_HITS_CURSOR if remaining else _HITS, _array_header(len(parts))]
         tail = [_MORE, pack(remaining)]
@@ -333,3 +539,14 @@ class KeywordIndex:
             assert last is not None
             tail += [_CURSOR, pack(encode_cursor(pivot, *last))]
         return b"".join((*head, *parts, *tail))
+
+    def seen_at(self, domain_name: str, when: float, now: float) -> bool:
+        """Mark a listed peer as seen at ``when``, which may be past (a ping another index
+        server answered, PROTOCOL.md §11); cached rankings that left it out as stale at
+        ``now`` are dropped. False if it is not listed."""
+        peer = self._peers.get(domain_name)
+        if peer is None:
+            return False
+        if peer.record.last_seen + self.peer_ttl <= now < when + self.peer_ttl:
+            self._epoch += 1  # it comes back to life: cached rankings left it out
+        return self.touch(domain_name, when)

@@ -8,7 +8,18 @@ from collections import Counter
 
 import pytest
 
-from indexd.keywords import KeywordIndex, decode_cursor, encode_cursor, prepare_hits, reply_budget
+from indexd import keywords
+from indexd.keywords import (
+    KeywordIndex,
+    PeerHits,
+    decode_cursor,
+    encode_cursor,
+    expand_hit,
+    expanded_size,
+    peer_head,
+    prepare_hits,
+    reply_budget,
+)
 from indexd.store import PeerRecord
 from netproto.codec import pack, unpack_map
 from netproto.errors import BadRequest
@@ -19,6 +30,11 @@ TTL = 60.0
 
 def _file(keyword: str, name: str, size: int = 1) -> SharedFile:
     return SharedFile(name, keyword, size, hashlib.sha256(name.encode()).digest())
+
+
+def _published(keyword: str, name: str, size: int = 1) -> SharedFile:
+    digest = hashlib.sha256(name.encode()).digest()
+    return SharedFile(name, keyword, size, digest, hashlib.sha256(digest).digest(), bytes(64))
 
 
 def _record(
@@ -231,3 +247,162 @@ def test_a_cursor_round_trips_and_anything_else_is_bad_request() -> None:
     ):
         with pytest.raises(BadRequest, match="cursor"):
             decode_cursor(junk)
+
+
+# --- packed hits (memory: BENCHMARKS.md, index_memory) --------------------------------------
+
+
+def _reply_form(record: PeerRecord, files: list[SharedFile]) -> bytes:
+    """A hit as PROTOCOL.md §4.2 encodes it, built the plain way."""
+    ordered = sorted(files, key=lambda f: (f.filename, f.keyword))
+    return pack(
+        {
+            "domain_name": record.domain_name,
+            "port_number": record.port_number,
+            "address": record.address,
+            "total": len(files),
+            "files": [f.listed().to_wire() for f in ordered],
+        }
+    )
+
+
+def test_a_packed_hit_expands_to_exactly_the_reply_form_of_its_files() -> None:
+    record = _record("peer1")
+    files = [_published("k", "b.iso", 1 << 40), _file("k", "a.txt", 70_000), _file("K", "c", 0)]
+    [(kw, hit)] = prepare_hits(record, files).hits.items()
+    head = peer_head(record)
+    assert kw == "k"
+    assert expand_hit(head, hit) == _reply_form(record, files)
+    assert expanded_size(head, hit) == len(_reply_form(record, files))
+
+
+def test_a_hit_cut_at_max_hit_files_knows_its_expanded_size() -> None:
+    record = _record("peer1")
+    files = [_published("k", f"f{i:03d}") for i in range(30)]
+    [hit] = prepare_hits(record, files, max_hit_files=20).hits.values()
+    expanded = expand_hit(peer_head(record), hit)
+    assert expanded_size(peer_head(record), hit) == len(expanded)
+    assert len(unpack_map(expanded)["files"]) == 20
+
+
+def test_a_published_file_is_held_in_far_fewer_bytes_than_its_reply_entry() -> None:
+    record = _record("a-rather-long-domain-name.example")
+    files = [_published("k", f"holiday-photo-{i:04d}.jpeg", 3_000_000) for i in range(50)]
+    [hit] = prepare_hits(record, files).hits.values()
+    assert len(hit) <= 0.8 * expanded_size(peer_head(record), hit)
+
+
+def test_published_files_keep_their_manifest_and_signature_in_search() -> None:
+    f = _published("k", "a")
+    [hit] = _decode(_index((_record("p"), [f])).search("k", 1.0))
+    assert (hit.files[0].manifest, hit.files[0].signature) == (f.manifest, f.signature)
+
+
+def test_digests_of_the_wrong_length_are_refused_when_prepared() -> None:
+    for bad in (
+        SharedFile("a", "k", 1, bytes(32), bytes(32), bytes(63)),
+        SharedFile("a", "k", 1, bytes(31)),
+    ):
+        with pytest.raises(ValueError, match="wrong length"):
+            prepare_hits(_record("p"), [bad])
+
+
+def test_every_peers_hit_under_a_keyword_shares_one_key_string() -> None:
+    first = prepare_hits(_record("p1"), [_file("Music", "a")]).hits
+    second = prepare_hits(_record("p2"), [_file("music", "b")]).hits
+    [k1], [k2] = first, second
+    assert k1 is k2
+
+
+def test_hits_reapplied_under_a_new_record_carry_the_new_peer_fields() -> None:
+    index = _index((_record("p", address="10.0.0.1"), [_file("a", "x"), _file("b", "y")]))
+    moved = PeerRecord("p", "alice", 7009, "10.0.0.9", 1.0)
+    assert index.apply(PeerHits(moved, index.hits_of("p")), 2)
+    for kw in ("a", "b"):
+        [hit] = _decode(index.search(kw, 2.0))
+        assert (hit.port_number, hit.address) == (7009, "10.0.0.9")
+
+
+def test_one_owners_hits_beyond_one_page_are_all_reachable_by_cursor() -> None:
+    max_frame = 16 << 10
+    listings = [
+        (_record(f"peer{i:02d}"), [_published("k", f"{'n' * 100}{j}") for j in range(20)])
+        for i in range(25)
+    ]
+    index = _index(*listings, max_frame=max_frame)
+    pages = _all_pages(index, "k", 1.0)
+    assert len(pages) > 1
+    names = [h.domain_name for page in pages for h in page.hits]
+    assert sorted(names) == [f"peer{i:02d}" for i in range(25)]
+    for page in pages:
+        for hit in page.hits:
+            assert [f.signature for f in hit.files] == [bytes(64)] * len(hit.files)
+
+
+def test_cached_rankings_stay_within_max_cached_bytes_and_searches_stay_right() -> None:
+    listings = [
+        (_record(f"peer{i}", owner=f"user{i}"), [_published(f"kw{k}", f"f{i}") for k in range(20)])
+        for i in range(10)
+    ]
+    index = KeywordIndex(TTL, max_cached_bytes=8_000)
+    for gen, (record, files) in enumerate(listings, 1):
+        index.apply(prepare_hits(record, files), gen)
+    first = {
+        k: sorted(h.domain_name for h in _decode(index.search(f"kw{k}", 1.0))) for k in range(20)
+    }
+    assert 0 < index.cached_bytes <= 8_000
+    again = {
+        k: sorted(h.domain_name for h in _decode(index.search(f"kw{k}", 1.0))) for k in range(20)
+    }
+    assert again == first == {k: sorted(f"peer{i}" for i in range(10)) for k in range(20)}
+
+
+def test_cached_bytes_count_the_expanded_hits_of_rankings_and_of_dropped_ones() -> None:
+    records = [_record("p1", owner="u1"), _record("p2", owner="u2")]
+    prepared = [prepare_hits(r, [_published("k", r.domain_name)]) for r in records]
+    index = KeywordIndex(TTL)
+    for gen, p in enumerate(prepared, 1):
+        index.apply(p, gen)
+
+    def size(p: PeerHits) -> int:
+        return expanded_size(peer_head(p.record), p.hits["k"])
+
+    index.search("k", 1.0)
+    assert index.cached_bytes == size(prepared[0]) + size(prepared[1])
+    # p1 syncs: the ranking goes, its expanded hits stay counted until "k" is ranked again.
+    resynced = prepare_hits(records[0], [_published("k", "other-name")])
+    index.apply(resynced, 3)
+    assert index.cached_bytes == size(prepared[0]) + size(prepared[1])
+    index.search("k", 1.0)
+    assert index.cached_bytes == size(resynced) + size(prepared[1])
+
+
+def test_a_sync_reexpands_only_its_own_hits_when_the_keyword_is_ranked_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    index = _index(*[(_record(f"p{i}", owner=f"u{i}"), [_published("k", "a")]) for i in range(10)])
+    expanded: list[bytes] = []
+
+    def counting(head: bytes, hit: bytes) -> bytes:
+        expanded.append(head)
+        return expand_hit(head, hit)
+
+    monkeypatch.setattr(keywords, "expand_hit", counting)
+    first = sorted(h.domain_name for h in _decode(index.search("k", 1.0)))
+    assert len(expanded) == 10
+    index.apply(prepare_hits(_record("p3", owner="u3"), [_published("k", "b")]), 11)
+    again = _decode(index.search("k", 1.0))
+    assert expanded[10:] == [peer_head(_record("p3", owner="u3"))]
+    assert sorted(h.domain_name for h in again) == first
+    assert [f.filename for h in again if h.domain_name == "p3" for f in h.files] == ["b"]
+
+
+def test_a_ranking_larger_than_the_cache_is_answered_but_not_kept() -> None:
+    index = KeywordIndex(TTL, max_cached_bytes=500)
+    for gen, i in enumerate(range(5), 1):
+        index.apply(prepare_hits(_record(f"p{i}", owner=f"u{i}"), [_published("k", "a")]), gen)
+    for _ in range(2):
+        assert sorted(h.domain_name for h in _decode(index.search("k", 1.0))) == [
+            f"p{i}" for i in range(5)
+        ]
+        assert index.cached_bytes == 0
