@@ -97,6 +97,8 @@ DEFAULT_MAX_DOMAINS_PER_USER = 4
 DEFAULT_MAX_FILES_PER_USER = 200_000
 #: ``holders`` and ``listing`` a user may send at once; then one every 50 ms (PROTOCOL.md §6).
 DEFAULT_LOOKUP_BURST = 200
+#: Peers' listings prepared per step of loading the index at start.
+LOAD_BATCH = 256
 #: Bytes a file of a ``listing`` reply may take at most (a 255-byte name, size, digest,
 #: manifest digest and publisher signature).
 _LISTED_FILE_BYTES = 450
@@ -254,12 +256,16 @@ class IndexService:
             self._listener = await loop.run_in_executor(
                 None, self.store.listen, functools.partial(self._heard, loop)
             )
-        peers, listings, revoked = await self._write(self._load, self.clock())
+        peers, revoked = await self._write(self._load_records, self.clock())
         for p in peers:
             self._own(p.domain_name, p.owner)
-        for prepared, generation, count in listings:
-            self.index.apply(prepared, generation)
-            self.listed[prepared.record.domain_name] = count
+        # A batch at a time: only one batch of prepared hits waits beside the index being
+        # built (BENCHMARKS.md, the index's memory per 10^6 listed files).
+        listings = await self._write(self.store.iter_listings)
+        while batch := await self._write(self._prepare_batch, listings):
+            for prepared, generation, count in batch:
+                self.index.apply(prepared, generation)
+                self.listed[prepared.record.domain_name] = count
         self.revoked = revoked
         if self.shared:
             self._replay_deferred()
@@ -267,16 +273,17 @@ class IndexService:
         await self.hasher.start()
         log.info("index loaded: %d peers known, %d listed", len(self.owners), len(self.index))
 
-    def _load(
-        self, now: float
-    ) -> tuple[list[PeerRecord], list[tuple[PeerHits, int, int]], dict[str, float]]:
-        peers = self.store.peers()
-        listings = [
-            (self._prepare(record, files), next(self._generations), len(files))
-            for record, files in self.store.iter_listings()
-        ]
+    def _load_records(self, now: float) -> tuple[list[PeerRecord], dict[str, float]]:
         self.store.prune_revoked(now)
-        return peers, listings, self.store.revoked_sessions(now)
+        return self.store.peers(), self.store.revoked_sessions(now)
+
+    def _prepare_batch(
+        self, listings: Iterator[tuple[PeerRecord, list[SharedFile]]]
+    ) -> list[tuple[PeerHits, int, int]]:
+        return [
+            (self._prepare(record, files), next(self._generations), len(files))
+            for record, files in itertools.islice(listings, LOAD_BATCH)
+        ]
 
     async def close(self) -> None:
         """Stop listening, finish store work in progress and stop the worker threads."""
