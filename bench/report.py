@@ -19,6 +19,8 @@ def _value(value: float, unit: str) -> str:
         return f"{value:,.0f} MB/s"
     if unit == "MiB":
         return f"{value:.1f} MiB"
+    if unit == "µs":
+        return f"{value:,.1f} µs"
     return f"{value:g} {unit}"
 
 

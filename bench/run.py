@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import bcrypt
 import msgpack
 
-from bench import baseline, clients, fixtures, hosts, swarm
+from bench import baseline, clients, cluster, conns, fixtures, hosts, memory, swarm
 from bench.fixtures import MiB
 from bench.harness import (
     Figure,
@@ -72,6 +72,12 @@ class Sizes:
     swarm_hosts_size: int = 64 * MiB
     bcrypt_cost: int = 12
     probe_interval: float = 0.002
+    #: Listed files of the index whose memory is measured, and of the synced share
+    #: (bench/memory.py).
+    memory_files: int = 10**6
+    sync_files: int = 100_000
+    #: Simulated peers connected at once to one index (bench/conns.py).
+    conns_peers: int = 10_000
 
 
 FULL = Sizes(
@@ -102,6 +108,9 @@ QUICK = Sizes(
     logins=4,
     login_repeat=1,
     swarm_hosts_size=0,
+    memory_files=10**5,
+    sync_files=20_000,
+    conns_peers=1000,
 )
 
 
@@ -156,7 +165,7 @@ class Bench:
             )
             self.info["index_shapes"][label] = asdict(shape)
         folder = self.share / FETCH_KEYWORD
-        if groups & {"fetch", "hosts", "swarm"}:
+        if groups & {"fetch", "hosts", "swarm", "swarm_disk"}:
             await asyncio.to_thread(fixtures.make_file, folder / "large.bin", s.fetch_large)
             await asyncio.to_thread(fixtures.make_file, folder / "small.bin", s.fetch_small)
         if "swarm" in groups and s.swarm_hosts_size:
@@ -551,12 +560,14 @@ class Bench:
 
     # --- issue 14: manifests, a download to disk, several holders (bench/swarm.py) ----------
 
-    async def swarm(self, index_port: int) -> None:
-        """The manifest rate, the download to disk, and (full runs) the multi-source figures."""
+    async def swarm(self, index_port: int, *, disk_only: bool = False) -> None:
+        """The manifest rate, the download to disk, and (full runs) the multi-source figures;
+        ``disk_only``: the download to disk alone (``--only swarm_disk``)."""
         s = self.sizes
         folder = self.share / FETCH_KEYWORD
-        self.log("  manifest computation vs plain SHA-256")
-        self.figures.append(swarm.manifest_rate(folder / "large.bin", s.fetch_repeat, self.log))
+        if not disk_only:
+            self.log("  manifest computation vs plain SHA-256")
+            self.figures.append(swarm.manifest_rate(folder / "large.bin", s.fetch_repeat, self.log))
         index = await self.connect(index_port, cert=True)
         reply = await index.request(
             "auth", {"username": fixtures.BENCH_USER, "password": fixtures.PASSWORD}
@@ -592,6 +603,8 @@ class Bench:
                 )
             finally:
                 await client.close()
+        if disk_only:
+            return
         if not s.swarm_hosts_size:
             self.log("  multi-source on the host test bed: left out (--quick)")
             return
@@ -602,9 +615,16 @@ class Bench:
         )  # fmt: skip
 
 
-GROUPS = ("search", "scale", "logins", "fetch", "hosts", "swarm")
-#: ``--quick`` leaves out the fetch across two hosts (bench/hosts.py) unless ``--only`` names
-#: it, and the multi-source figures of the ``swarm`` group (Sizes.swarm_hosts_size).
+GROUPS = (
+    "search", "scale", "logins", "fetch", "hosts", "swarm", "swarm_disk", "memory", "conns",
+    "cluster",
+)  # fmt: skip
+#: ``swarm_disk`` is the ``swarm`` group's download to disk alone (no manifest rate, no host bed).
+#: ``--quick`` leaves out the fetch across two hosts (bench/hosts.py) and the index's memory
+#: (bench/memory.py: a database of 10^5 files to write) unless ``--only`` names them, and the
+#: multi-source figures of the ``swarm`` group (Sizes.swarm_hosts_size); and the simulated
+#: peers (bench/conns.py: a minute or more), and the ``cluster`` group (bench/cluster.py: a
+#: PostgreSQL of its own and three index servers, about 20 s).
 QUICK_GROUPS = ("search", "scale", "logins", "fetch", "swarm")
 
 
@@ -643,9 +663,36 @@ async def run(
                     bench.tmp, bench.pki, bench.share, FETCH_KEYWORD, ("small.bin", "large.bin"),
                     size=sizes.fetch_large, repeat=sizes.fetch_repeat, log=log,
                 )  # fmt: skip
-            if "swarm" in groups:
+            if groups & {"swarm", "swarm_disk"}:
                 log("swarm: manifests, download to disk, several holders")
-                await bench.swarm(small.port)
+                await bench.swarm(small.port, disk_only="swarm" not in groups)
+            if "memory" in groups:
+                log("memory: indexd per 10^6 listed files; a large sync")
+                bench.figures.append(
+                    await memory.index_memory(
+                        bench.tmp, bench.pki, files=sizes.memory_files,
+                        repeat=min(3, sizes.repeat), log=log,
+                    )
+                )  # fmt: skip
+                bench.figures.append(
+                    await memory.sync_rate(
+                        bench.tmp, bench.pki, files=sizes.sync_files,
+                        repeat=min(5, sizes.repeat), log=log,
+                    )
+                )  # fmt: skip
+            if "conns" in groups:
+                log(f"conns: {sizes.conns_peers:,} simulated peers on one indexd")
+                bench.figures += await conns.index_conns(
+                    bench.tmp, bench.pki, log, peers=sizes.conns_peers
+                )
+            if "cluster" in groups:
+                log("cluster: search on SQLite, PostgreSQL, two servers; CPU per operation")
+                measured, bench.info["cluster_cpu_us"] = await cluster.cluster_figures(
+                    bench.tmp, bench.pki, log, repeat=min(5, sizes.repeat),
+                    search_count=sizes.search_count, window=sizes.window,
+                    bcrypt_cost=sizes.bcrypt_cost, logins=sizes.logins, pin=pin,
+                )  # fmt: skip
+                bench.figures += measured
         order = [
             "search_pipelined",
             "search_one_in_flight",
@@ -661,6 +708,11 @@ async def run(
             "swarm_hosts_1",
             "swarm_hosts_2",
             "swarm_hosts_4",
+            "index_memory",
+            "sync_rate",
+            "index_conns",
+            "index_conns_probe",
+            *cluster.KEYS,
         ]
         figures = sorted(bench.figures, key=lambda f: order.index(f.key))
         return figures, bench.info
