@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
-import resource
 import statistics
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from bench import fixtures
 from bench.harness import Figure, child_env, load_average, now, rss_bytes, spawn
 from netproto.client import Connection
 from netproto.tls import client_context
+from runner.fdlimit import raise_open_file_limit
 
 KiB = 1 << 10
 #: The issue's caps: an idle connection's cost at the index, a search's p99 meanwhile.
@@ -99,8 +99,7 @@ def make_peer_certs(pki: Path, out: Path, count: int) -> None:
 async def _hold(args: argparse.Namespace) -> None:
     """Open ``args.count`` connections from peer ``args.first`` on, each syncing once and
     pinging (or searching once); print ``ready``; hold them until stdin closes."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_open_file_limit()
     pki = Path(args.pki)
     conns: list[Connection] = []
     gate = asyncio.Semaphore(OPENING)

@@ -31,6 +31,7 @@ from runner import (
     run_until_signalled,
 )
 from runner.config import add_config_flag, parse_with_config
+from runner.fdlimit import raise_open_file_limit
 
 
 def _number(kind: Callable[[str], float], lo: float, hi: float) -> Callable[[str], float]:
@@ -196,7 +197,7 @@ def config_from_args(args: argparse.Namespace) -> IndexConfig:
         token_ttl=args.token_ttl,
         peer_ttl=args.peer_ttl,
         bcrypt_cost=args.bcrypt_cost,
-        limits=limits_from_args(args),
+        limits=limits_from_args(args, raise_open_file_limit()),
         login_backoff=policy(args.auth_free_attempts),
         user_backoff=policy(args.auth_user_free_attempts),
         address_backoff=policy(args.auth_address_free_attempts),

@@ -15,12 +15,13 @@ from typing import Any
 
 from cryptography import x509
 
-from netproto.connection import FramedConnection, transport_errors
+from netproto import errors
+from netproto.connection import FramedConnection
+from netproto.deadlines import RequestDeadlines
 from netproto.errors import ConnectionClosed, P2PError, RemoteProtocolError, RequestError, Timeout
 from netproto.framing import DEFAULT_MAX_FRAME
-from netproto.messages import ErrorReply, Reply, ServerMessage, StreamChunk, StreamEnd, StreamStart
+from netproto.messages import ErrorReply, ServerMessage, StreamChunk, StreamEnd, StreamStart
 from netproto.protocol import ClientProtocol
-from netproto.tlsbio import TLSSession
 
 Body = dict[str, Any]
 Token = str | None
@@ -89,11 +90,11 @@ class ResponseStream:
 class Connection(FramedConnection):
     """One TLS connection to a server; use :meth:`open`."""
 
-    def __init__(self, tls: TLSSession, *, max_frame: int, request_timeout: float) -> None:
+    def __init__(self, context: ssl.SSLContext, host: str, max_frame: int, timeout: float) -> None:
         self.protocol = ClientProtocol(max_frame)
-        super().__init__(self.protocol, tls, 4 << 20)
-        self.request_timeout = request_timeout
-        self._pending: dict[int, tuple[asyncio.Future[Any], float, str]] = {}  # future, when, op
+        super().__init__(self.protocol, context, 4 << 20, host)
+        self.request_timeout = timeout
+        self._pending: RequestDeadlines[asyncio.Future[Any]] = RequestDeadlines()
         self.streams: dict[int, ResponseStream] = {}
         self.paused_by: ResponseStream | None = None
 
@@ -112,11 +113,10 @@ class Connection(FramedConnection):
     ) -> Connection:
         """Connect (from ``local_addr`` if given) and complete the TLS handshake, verifying
         ``server_hostname``."""
-        tls = TLSSession(ssl_context, server_side=False, server_hostname=server_hostname)
-        with transport_errors(f"connecting to {host}:{port}"):
+        with errors.transport_errors(f"connecting to {host}:{port}"):
             async with asyncio.timeout(connect_timeout):
                 _, conn = await asyncio.get_running_loop().create_connection(
-                    lambda: cls(tls, max_frame=max_frame, request_timeout=request_timeout),
+                    lambda: cls(ssl_context, server_hostname, max_frame, request_timeout),
                     host,
                     port,
                     local_addr=local_addr,
@@ -145,9 +145,7 @@ class Connection(FramedConnection):
             if isinstance(failure, RequestError):  # e.g. BUSY sent before closing
                 raise type(failure)(failure.message, **failure.extra)
             raise ConnectionClosed(str(failure))
-        rid = self.protocol.next_id()
-        while rid in self._pending or rid in self.streams:
-            rid = self.protocol.next_id()
+        rid = self.protocol.next_id(lambda rid: rid in self._pending or rid in self.streams)
         self.write(self.protocol.encode_request(rid, op, body, token))
         return rid
 
@@ -158,19 +156,15 @@ class Connection(FramedConnection):
         future: asyncio.Future[Any] = self.loop.create_future()
         rid = self._send(op, body, token)
         when = self.loop.time() + (timeout if timeout is not None else self.request_timeout)
-        self._pending[rid] = (future, when, op)
-        self.schedule(when)  # the connection's one timer: re-armed only for an earlier time
+        self.schedule(self._pending.add(rid, future, when, op))  # re-armed only if earlier
         try:
             return await future
         finally:
-            del self._pending[rid]
+            self._pending.remove(rid)
 
     def deadline(self, now: float) -> float | None:
         """Time out the requests whose deadline passed; the earliest one left, if any."""
-        for future, when, op in self._pending.values():
-            if when <= now and not future.done():
-                future.set_exception(Timeout(f"no answer to {op!r} in time"))
-        return min((w for f, w, _ in self._pending.values() if not f.done()), default=None)
+        return self._pending.expire(now)
 
     async def stream(
         self, op: str, body: Body, token: Token = None, *, timeout: float | None = None
@@ -211,15 +205,7 @@ class Connection(FramedConnection):
                 self._lose(msg.error)
                 return
             else:
-                future = self._pending.get(msg.id, (None,))[0]
-                if future is None or future.done():
-                    continue  # an answer to a request that timed out or was abandoned
-                if isinstance(msg, Reply):
-                    future.set_result(msg.body)
-                elif isinstance(msg, ErrorReply):
-                    future.set_exception(msg.error)
-                else:
-                    future.set_exception(RemoteProtocolError("stream frame for a plain request"))
+                self._pending.answer(msg)
 
     def _to_stream(self, msg: ServerMessage) -> None:
         stream = self.streams[msg.id]
@@ -241,14 +227,16 @@ class Connection(FramedConnection):
 
     def eof_received(self) -> bool:
         """The server closed its side: nothing more will be answered."""
-        self._lose(ConnectionClosed("the server closed the connection"))
+        self.close_notified()
         return False
+
+    def close_notified(self) -> None:
+        """The server's close_notify (or end of TCP): nothing more will be answered."""
+        self._lose(ConnectionClosed("the server closed the connection"))
 
     def closing(self, failure: P2PError) -> None:
         """Fail every request and stream still waiting."""
-        for future, _, _ in self._pending.values():
-            if not future.done():
-                future.set_exception(failure)
+        self._pending.fail(failure)
         for stream in self.streams.values():
             stream.queue.put_nowait(failure)
         self.streams.clear()

@@ -2,24 +2,25 @@
 on plain TCP running TLS itself (:mod:`netproto.tlsbio`), decrypting from a buffer its thread's
 connections share into the core's (PROTOCOL.md §6, "Memory per connection"). Frames written in
 one turn leave as one write; flow control is ``pause_writing``/``resume_writing``; deadlines are
-one ``loop.call_at`` timer per connection. The one place where ``OSError`` and ``ssl.SSLError``
-become :class:`ConnectionClosed` (or :class:`Timeout`).
+one ``loop.call_at`` timer per connection. Where ``OSError`` and ``ssl.SSLError`` become
+:class:`ConnectionClosed` (here, and by :func:`netproto.errors.transport_errors` when connecting).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import ssl
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 from cryptography import x509
 
-from netproto.errors import ConnectionClosed, P2PError, Timeout
-from netproto.protocol import ClientProtocol, ServerProtocol
+from netproto.errors import ConnectionClosed, P2PError
+from netproto.protocol import ClientProtocol, HeldFrames, ServerProtocol
 from netproto.tlsbio import TLSSession
+
+log = logging.getLogger(__name__)
 
 #: Frames this long or longer are written at once rather than batched.
 _LARGE = 64 << 10
@@ -34,22 +35,25 @@ _received = threading.local()
 _RECEIVE = 256 << 10
 
 
-@contextlib.contextmanager
-def transport_errors(what: str) -> Iterator[None]:
-    """Transport failures in the block as :class:`ConnectionClosed` or :class:`Timeout`."""
-    try:
-        yield
-    except TimeoutError as exc:
-        raise Timeout(f"{what}: timed out") from exc
-    except (OSError, EOFError) as exc:  # ssl.SSLError is an OSError
-        raise ConnectionClosed(f"{what}: {exc or type(exc).__name__}") from exc
-
-
 class FramedConnection(asyncio.BufferedProtocol):
-    """One connection: TLS, receiving into the core, coalesced writing, flow control, a timer."""
+    """One connection: TLS, receiving into the core, coalesced writing, flow control, a timer.
 
-    def __init__(self, core: ServerProtocol | ClientProtocol, tls: TLSSession, high: int) -> None:
-        self.core, self.tls, self._high_water = core, tls, high
+    Its :class:`TLSSession` is made in :meth:`connection_made` (a server drops some sockets
+    before then); a client passes the ``server_hostname`` to verify.
+    """
+
+    tls: TLSSession
+
+    def __init__(
+        self,
+        core: ServerProtocol | ClientProtocol,
+        context: ssl.SSLContext,
+        high: int,
+        server_hostname: str | None = None,
+    ) -> None:
+        self.core, self._context, self._high_water = core, context, high
+        self._server_hostname = server_hostname
+        self._held = HeldFrames()  # frames of this turn, encrypted and sent together
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.ready: asyncio.Future[None] = self.loop.create_future()  # the handshake's end
@@ -77,10 +81,15 @@ class FramedConnection(asyncio.BufferedProtocol):
     def closing(self, failure: P2PError) -> None:
         """The connection is gone (``failure`` says why): fail whatever still waits on it."""
 
+    def close_notified(self) -> None:
+        """The peer's close_notify arrived: answer it (after what is written) and close."""
+        self._shutdown()
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """TCP is up: set its write limits and start the TLS handshake."""
         assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport, host = transport, self._server_hostname
+        self.tls = TLSSession(self._context, server_side=host is None, server_hostname=host)
         high = self._high_water
         transport.set_write_buffer_limits(high=high, low=max(high // 2, high - _LOW_GAP))
         self.buffer_updated(0)  # starts the handshake: a client's hello leaves
@@ -97,20 +106,29 @@ class FramedConnection(asyncio.BufferedProtocol):
         tls, was_up = self.tls, self.tls.established
         self._batching = True
         try:
-            events = tls.receive_data(self.get_buffer(0)[:nbytes], self.core)
+            events, plaintext = tls.receive_data(self.get_buffer(0)[:nbytes], self.core)
             if tls.established and not was_up:
                 self.peer_cert = tls.peer_certificate()
                 self.ready.set_result(None)
                 self.established()
-            if tls.established and self.failure is None:
+            if plaintext and self.failure is None:  # tickets, key updates: not activity
                 self.received(events)
-            if tls.peer_closed and self.failure is None and not self.eof_received():
-                self._shutdown()  # the peer's close_notify: answer it and close
+            if tls.peer_closed and self.failure is None:
+                self.close_notified()
         except ssl.SSLError as exc:  # a failed handshake, a forged record
+            log.debug(
+                "TLS failed (%s): %s",
+                self.transport and self.transport.get_extra_info("peername"),
+                exc,
+            )
             if not self.ready.done():
                 self.ready.set_exception(exc)  # what a client's open() raises
                 self.ready.exception()  # retrieved: a server awaits nothing
-            self._lose(ConnectionClosed(f"TLS: {exc}"))
+            self._fail(ConnectionClosed(f"TLS: {exc}"))
+            self._held.discard()
+            self._put()  # the alert saying why, then close (no close_notify: TLS failed)
+            if self.transport is not None:
+                self.transport.close()
         finally:
             self._batching = False
             self.core.release()  # an idle connection keeps no receive buffer
@@ -123,13 +141,14 @@ class FramedConnection(asyncio.BufferedProtocol):
 
     def _put(self, parts: tuple[bytes | memoryview, ...] = ()) -> None:
         """Encrypt what is held and ``parts``; hand the ciphertext to the transport."""
-        self.tls.send(parts)
+        self.tls.send((*self._held.take(), *parts))
         out, transport = self.tls.data_to_send(), self.transport
         if out and transport is not None and not transport.is_closing():
             transport.writelines(out)
 
     def _shutdown(self) -> None:
-        """Send close_notify and close the TCP connection once what is written left."""
+        """Send what is written, then close_notify; close TCP once all of it left."""
+        self._put()
         self.tls.close()
         self._put()
         if self.transport is not None:
@@ -180,7 +199,7 @@ class FramedConnection(asyncio.BufferedProtocol):
         if self.is_closing:
             return
         if self._batching or self._flush_handle is not None or len(frame) >= _LARGE:
-            if self.tls.hold(frame) >= _BATCH:
+            if self._held.hold(frame) >= _BATCH:
                 self.flush()
             return
         # The first frame of a turn leaves at once (one request in flight pays no extra loop
@@ -203,9 +222,7 @@ class FramedConnection(asyncio.BufferedProtocol):
 
     def buffered(self) -> int:
         """Bytes written but not yet taken by the kernel."""
-        return self.tls.held_bytes + (
-            self.transport.get_write_buffer_size() if self.transport else 0
-        )
+        return self._held.nbytes + (self.transport.get_write_buffer_size() if self.transport else 0)
 
     async def writable(self) -> None:
         """Wait until the transport takes more output; raise once the connection is gone."""
@@ -241,6 +258,6 @@ class FramedConnection(asyncio.BufferedProtocol):
 
     def abort(self) -> None:
         """Drop the connection now, without a TLS close_notify."""
-        self.tls.discard()
+        self._held.discard()
         if self.transport is not None:
             self.transport.abort()

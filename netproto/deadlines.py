@@ -1,14 +1,33 @@
-"""The deadlines of a server connection (PROTOCOL.md §6), as a pure policy: times are passed
-in, and :meth:`ServerDeadlines.check` says when to look again or what a passed deadline calls
-for. The asyncio connection (:mod:`netproto.server`) owns the one timer that calls it.
+"""The deadlines of a connection (PROTOCOL.md §6), as a pure policy: times are passed in.
+
+:meth:`ServerDeadlines.check` says when to look again or what a passed deadline calls for;
+:class:`RequestDeadlines` times out a client's requests. The asyncio connections
+(:mod:`netproto.server`, :mod:`netproto.client`) own the one timer that calls them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
 
-from netproto.errors import RequestError, Timeout
-from netproto.service import ServerLimits
+from netproto.errors import RemoteProtocolError, RequestError, Timeout
+from netproto.messages import ErrorReply, Reply, ServerMessage
+
+
+class Limits(Protocol):
+    """The deadlines of :class:`netproto.service.ServerLimits` that :class:`ServerDeadlines`
+    reads (seconds)."""
+
+    @property
+    def handshake_timeout(self) -> float: ...
+    @property
+    def slow_reader_timeout(self) -> float: ...
+    @property
+    def pending_timeout(self) -> float: ...
+    @property
+    def frame_timeout(self) -> float: ...
+    @property
+    def idle_timeout(self) -> float: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,12 +44,13 @@ _HANDSHAKE = Expired("TLS handshake not completed in time", abort=True)
 _SLOW_READER = Expired("slow reader cut off", abort=True)
 _UNPROVEN = Expired("not proven in time")
 _IDLE = Expired("idle")
+_FRAME = Expired("frame not completed in time", error=Timeout("frame not completed in time"))
 
 
 class ServerDeadlines:
     """When one server connection's timer fires next, and what is due when it does."""
 
-    def __init__(self, limits: ServerLimits, now: float) -> None:
+    def __init__(self, limits: Limits, now: float) -> None:
         self.limits = limits
         self.accepted = self.last_active = now
         #: When the frame now arriving started (None between frames).
@@ -58,7 +78,8 @@ class ServerDeadlines:
         busy: bool,
     ) -> float | Expired | None:
         """The next deadline (None: none), or what passed by ``now``. ``busy`` (requests
-        in flight or queued) is not idle: a client receiving a fetch sends nothing."""
+        in flight or queued) is not idle: a client receiving a fetch sends nothing. Checked in
+        this order: handshake, slow reader, then (while serving) pending, frame, idle."""
         limits = self.limits
         if not established:
             return _due(now, self.accepted + limits.handshake_timeout, _HANDSHAKE)
@@ -69,12 +90,7 @@ class ServerDeadlines:
         frame = self.frame_started
         checks = (
             (self.accepted + limits.pending_timeout if pending else None, _UNPROVEN),
-            (
-                frame + limits.frame_timeout if frame is not None else None,
-                Expired(
-                    "frame not completed in time", error=Timeout("frame not completed in time")
-                ),
-            ),
+            (frame + limits.frame_timeout if frame is not None else None, _FRAME),
             (None if busy else self.last_active + limits.idle_timeout, _IDLE),
         )
         for when, expired in checks:
@@ -85,3 +101,58 @@ class ServerDeadlines:
 
 def _due(now: float, when: float, expired: Expired) -> float | Expired:
     return expired if now >= when else when
+
+
+class Waiter(Protocol):
+    """What waits for an answer (an :class:`asyncio.Future`)."""
+
+    def done(self) -> bool: ...
+    def set_result(self, result: Any, /) -> None: ...
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+W = TypeVar("W", bound=Waiter)
+
+
+class RequestDeadlines(Generic[W]):
+    """A client's plain requests in flight: who waits for each answer, and until when."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[int, tuple[W, float, str]] = {}  # by id: waiter, deadline, op
+
+    def __contains__(self, rid: object) -> bool:
+        return rid in self._waiting
+
+    def add(self, rid: int, waiter: W, when: float, op: str) -> float:
+        """Wait for the answer to ``rid`` until ``when``; return ``when``."""
+        self._waiting[rid] = (waiter, when, op)
+        return when
+
+    def remove(self, rid: int) -> None:
+        """Stop waiting for ``rid``."""
+        self._waiting.pop(rid, None)
+
+    def answer(self, msg: ServerMessage) -> None:
+        """Settle the waiter of ``msg``'s id (an answer nobody waits for is dropped)."""
+        waiter = self._waiting.get(msg.id, (None,))[0]
+        if waiter is None or waiter.done():
+            return  # a request that timed out or was abandoned
+        if isinstance(msg, Reply):
+            waiter.set_result(msg.body)
+        elif isinstance(msg, ErrorReply):
+            waiter.set_exception(msg.error)
+        else:
+            waiter.set_exception(RemoteProtocolError("stream frame for a plain request"))
+
+    def expire(self, now: float) -> float | None:
+        """Time out the requests whose deadline passed by ``now``; the next deadline left."""
+        for waiter, when, op in self._waiting.values():
+            if when <= now and not waiter.done():
+                waiter.set_exception(Timeout(f"no answer to {op!r} in time"))
+        return min((w for f, w, _ in self._waiting.values() if not f.done()), default=None)
+
+    def fail(self, failure: BaseException) -> None:
+        """Fail every request still waiting."""
+        for waiter, _, _ in self._waiting.values():
+            if not waiter.done():
+                waiter.set_exception(failure)

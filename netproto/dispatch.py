@@ -126,6 +126,14 @@ class Dispatcher:
             raise errors.Internal()
         return frame
 
+    def answer_inline(self, req: Request, operation: Operation[Any], ctx: RequestContext) -> bytes:
+        """Run an ``inline`` operation's handler now; its reply or error frame."""
+        try:
+            prepared, body = self.prepare(req, operation, ctx)
+            return self.reply_frame(req, operation.handler(prepared, body))
+        except Exception as exc:
+            return self.error_frame(req, exc)
+
     @staticmethod
     def error_frame(req: Request, exc: Exception) -> bytes:
         """The error frame for ``exc``: its own code, or INTERNAL with no detail (the

@@ -6,6 +6,8 @@ same class from the code, so ``except NotFound`` works on both sides of the wire
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 
@@ -249,3 +251,15 @@ class VerificationFailed(P2PError):
     def __init__(self, check: str, message: str) -> None:
         self.check = check
         super().__init__(f"{check}: {message}")
+
+
+@contextlib.contextmanager
+def transport_errors(what: str) -> Iterator[None]:
+    """Transport failures in the block as :class:`ConnectionClosed` or :class:`Timeout`
+    (httpcore's ``map_exceptions``: used where the asyncio layer connects)."""
+    try:
+        yield
+    except TimeoutError as exc:
+        raise Timeout(f"{what}: timed out") from exc
+    except (OSError, EOFError) as exc:  # ssl.SSLError is an OSError
+        raise ConnectionClosed(f"{what}: {exc or type(exc).__name__}") from exc

@@ -84,7 +84,7 @@ class FrameBuffer:
         if own is not None:
             return memoryview(own)[self._own_filled :]
         start, end, size = self._start, self._end, len(self._scratch)
-        if start == end:
+        if start == end or self.error is not None:  # past a refused prefix: nothing to keep
             start = end = self._start = self._end = 0
         needed = HEADER_SIZE  # what the incomplete frame at start needs in all
         if end - start >= HEADER_SIZE:
@@ -101,7 +101,9 @@ class FrameBuffer:
             else:
                 self._scratch[: end - start] = head
             self._start, self._end = 0, end - start
-        return self._view[self._end :]
+        view = self._view[self._end :]
+        assert view, "an incomplete frame never fills its buffer"  # else reads see EOF
+        return view
 
     def buffer_updated(self, nbytes: int) -> list[memoryview | bytearray]:
         """``nbytes`` arrived in the last buffer; return the frame bodies now complete.

@@ -8,6 +8,7 @@ writes what they encode.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,17 +64,56 @@ class Rejected:
     error: RequestError
 
 
-class ServerProtocol:
-    """The server side of one connection: decodes requests, encodes answers."""
+class HeldFrames:
+    """Frames written in one event-loop turn, kept to be encrypted and sent together."""
+
+    def __init__(self) -> None:
+        self._frames: list[bytes] = []
+        #: Bytes held now.
+        self.nbytes = 0
+
+    def hold(self, frame: bytes) -> int:
+        """Keep ``frame``; return the bytes now held."""
+        self._frames.append(frame)
+        self.nbytes += len(frame)
+        return self.nbytes
+
+    def take(self) -> tuple[bytes, ...]:
+        """What is held, joined (nothing: an empty tuple); nothing is held after."""
+        frames = self._frames
+        if not frames:
+            return ()
+        joined = frames[0] if len(frames) == 1 else b"".join(frames)
+        self.discard()
+        return (joined,)
+
+    def discard(self) -> None:
+        """Forget what is held."""
+        self._frames = []
+        self.nbytes = 0
+
+
+class _Receiving:
+    """What both endpoints share: the frame buffer bytes are received into."""
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self._frames = FrameBuffer(max_frame)
         self.max_frame = max_frame
+        self._stopped = False
 
     @property
     def in_frame(self) -> bool:
         """True while a frame has started arriving but is not complete."""
         return self._frames.in_frame
+
+    @property
+    def accepting(self) -> bool:
+        """False once nothing more is read: after a refused frame length, or :meth:`stop`."""
+        return not self._stopped and self._frames.error is None
+
+    def stop(self) -> None:
+        """Read nothing more (the connection stopped reading for good)."""
+        self._stopped = True
 
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         """Where to receive the next bytes into (see :class:`FrameBuffer`)."""
@@ -87,6 +127,10 @@ class ServerProtocol:
     def allocated(self) -> int:
         """Bytes of receive buffer held now (none while idle: PROTOCOL.md §6)."""
         return self._frames.allocated
+
+
+class ServerProtocol(_Receiving):
+    """The server side of one connection: decodes requests, encodes answers."""
 
     def buffer_updated(self, nbytes: int) -> list[Request | Rejected | Unreadable]:
         """``nbytes`` arrived in the last :meth:`get_buffer`; return the events completed.
@@ -155,22 +199,19 @@ class ServerProtocol:
         return encode_message(stream_end_map(rid, trailer))
 
 
-class ClientProtocol:
+class ClientProtocol(_Receiving):
     """The client side of one connection: numbers requests, decodes answers."""
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
-        self._frames = FrameBuffer(max_frame)
+        super().__init__(max_frame)
         self._ids = itertools.cycle(range(1, MAX_ID + 1))
-        self.max_frame = max_frame
 
-    @property
-    def in_frame(self) -> bool:
-        """True while a frame has started arriving but is not complete."""
-        return self._frames.in_frame
-
-    def next_id(self) -> int:
-        """A fresh request id (wraps after 2^32-1; ids in flight are the caller's to skip)."""
-        return next(self._ids)
+    def next_id(self, in_use: Callable[[int], bool] = lambda rid: False) -> int:
+        """A fresh request id (wraps after 2^32-1), skipping those ``in_use`` says are."""
+        rid = next(self._ids)
+        while in_use(rid):
+            rid = next(self._ids)
+        return rid
 
     def request(self, request: Request) -> bytes:
         """Encode a request; raise :class:`LocalProtocolError` if it cannot be sent."""
@@ -194,19 +235,6 @@ class ClientProtocol:
     def receive_data(self, data: bytes) -> list[ServerMessage]:
         """Feed received bytes; return the server messages they completed."""
         return [self._message(f) for f in self._frames.receive_data(data)]
-
-    def get_buffer(self, sizehint: int = -1) -> memoryview:
-        """Where to receive the next bytes into (see :class:`FrameBuffer`)."""
-        return self._frames.get_buffer(sizehint)
-
-    def release(self) -> None:
-        """Drop the receive buffer between reads unless a frame is incomplete."""
-        self._frames.release()
-
-    @property
-    def allocated(self) -> int:
-        """Bytes of receive buffer held now (none while idle: PROTOCOL.md §6)."""
-        return self._frames.allocated
 
     def buffer_updated(self, nbytes: int) -> list[ServerMessage]:
         """``nbytes`` arrived in the last :meth:`get_buffer`; return the messages completed.

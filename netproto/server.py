@@ -1,6 +1,7 @@
-"""The server side: a connection is accepted as plain TCP, counted against the caps, upgraded
-to TLS, then its requests run concurrently (answers in any order) through the handler table;
-an ``inline`` handler answers as its request is read (PROTOCOL.md §6, :mod:`netproto.dispatch`).
+"""The server side: a connection is accepted as plain TCP and counted against the caps; only
+then does its TLS session start (:mod:`netproto.tlsbio`). Its requests run concurrently
+(answers in any order) through the handler table; an ``inline`` handler answers as its request
+is read (PROTOCOL.md §6, :mod:`netproto.dispatch`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from netproto.service import (
     StreamReply,
     to_wire,
 )
-from netproto.tlsbio import TLSSession
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +92,14 @@ class Server:
 
 
 class ServerConnection(FramedConnection):
-    """One client connection: admission, the TLS upgrade, dispatch and deadlines."""
+    """One client connection: admission, then TLS, dispatch and deadlines."""
 
     def __init__(self, server: Server) -> None:
         self.server = server
         self.limits = limits = server.limits
-        tls = TLSSession(server.ssl_context, server_side=True)
-        super().__init__(ServerProtocol(limits.max_frame), tls, limits.write_high_water)
+        super().__init__(
+            ServerProtocol(limits.max_frame), server.ssl_context, limits.write_high_water
+        )
         self.address, self.port, self.key, self.pending = "?", 0, "?", True
         self.deadlines = ServerDeadlines(limits, self.loop.time())
         self.state = ConnectionState()
@@ -108,7 +109,8 @@ class ServerConnection(FramedConnection):
         self._ready, self._reading, self._busy = False, True, False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Plain TCP is up: count it against the caps, then start the TLS handshake."""
+        """TCP is up: count it against the caps; only then start a TLS session (no work is
+        spent on a connection that is dropped)."""
         assert isinstance(transport, asyncio.Transport)
         peer = transport.get_extra_info("peername") or ("?", 0)
         self.address, self.port = str(peer[0]), int(peer[1])
@@ -161,7 +163,8 @@ class ServerConnection(FramedConnection):
                 self._stop_reading()
                 self._spawn(self._close_with(event.error))
             elif (operation := operations.get(event.op)) is not None and operation.inline:
-                self._answer_inline(event, operation)
+                self.write(self.server.dispatch.answer_inline(event, operation, self.context()))
+                self._prove(self.state.proven)
             else:
                 self._spawn(self._handle(event, operation))
         if self.transport is not None and self._reading and not self.is_closing:
@@ -189,21 +192,13 @@ class ServerConnection(FramedConnection):
     def _stop_reading(self) -> None:
         self._reading = False
         self._queue.clear()
+        self.core.stop()  # what was read but not yet decrypted is not
         if not self.is_closing:
             self.transport.pause_reading()  # type: ignore[union-attr]
 
     def context(self) -> RequestContext:
         """A request's view of this connection."""
         return RequestContext(self.address, self.port, self.peer_cert, conn=self.state)
-
-    def _answer_inline(self, req: Request, operation: Operation[Any]) -> None:
-        try:
-            ctx, body = self.server.dispatch.prepare(req, operation, self.context())
-            frame = self.server.dispatch.reply_frame(req, operation.handler(ctx, body))
-        except Exception as exc:
-            frame = self.server.dispatch.error_frame(req, exc)
-        self.write(frame)
-        self._prove(self.state.proven)
 
     def _prove(self, proven: bool = True) -> None:  # leaves the pending cap and its deadline
         if self.pending and proven:
@@ -258,7 +253,7 @@ class ServerConnection(FramedConnection):
         )
         if not isinstance(due, Expired):
             return due
-        (log.info if due.abort else log.debug)("closing %s: %s", self.address, due.why)
+        log.debug("closing %s: %s", self.address, due.why)  # port scanners: not news
         if due.abort:
             self.abort()
             return None

@@ -23,6 +23,7 @@ def server_context(cert: Path, key: Path, ca: Path, *, require_client_cert: bool
     ctx = _base(ssl.PROTOCOL_TLS_SERVER, ca)
     ctx.load_cert_chain(str(cert), str(key))
     ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
+    ctx.num_tickets = 0  # nothing resumes a session: no tickets to make, send or hold
     return ctx
 
 

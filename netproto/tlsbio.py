@@ -21,6 +21,8 @@ from typing import Any, Protocol, cast
 
 from cryptography import x509
 
+from netproto.errors import LocalProtocolError
+
 #: The most plaintext one TLS record carries; ciphertext slices are one record and its head.
 RECORD = 16 << 10
 _CIPHER_SLICE = RECORD + 512
@@ -29,6 +31,11 @@ _CIPHER_SLICE = RECORD + 512
 class Receiver(Protocol):
     """What decrypted bytes go into: :class:`netproto.protocol.ServerProtocol` or
     :class:`netproto.protocol.ClientProtocol` (their frame buffer)."""
+
+    @property
+    def accepting(self) -> bool:
+        """False once nothing more is to be read (a refused frame length, a stopped
+        connection): decryption stops there."""
 
     def get_buffer(self, sizehint: int = -1) -> memoryview: ...
 
@@ -47,8 +54,7 @@ class TLSSession:
             self._incoming, self._outgoing, server_side=server_side, server_hostname=server_hostname
         )
         self._out: list[bytes] = []
-        self._held: list[bytes] = []
-        self.held_bytes = 0
+        self._closed = False  # our close_notify went out: nothing more may be sent
         #: True once the handshake completed (the peer is authenticated).
         self.established = False
         #: True once the peer's close_notify arrived.
@@ -64,7 +70,8 @@ class TLSSession:
                 pass
             else:
                 self.established = True
-            self._drain()
+            finally:  # a failed handshake's alert is sent too
+                self._drain()
         return self.established
 
     def peer_certificate(self) -> x509.Certificate | None:
@@ -76,19 +83,27 @@ class TLSSession:
         """The negotiated protocol version (``TLSv1.3``)."""
         return self._ssl.version()
 
-    def receive_data(self, data: memoryview, core: Receiver) -> list[Any]:
+    def receive_data(self, data: memoryview, core: Receiver) -> tuple[list[Any], int]:
         """Take ciphertext, advance the handshake, decrypt what follows it straight into
-        ``core``'s buffers; return the events the core completed (a record's worth of
-        ciphertext at a time, so the incoming BIO stays small). Stops at the peer's
-        close_notify (:attr:`peer_closed`)."""
+        ``core``'s buffers; return the events the core completed and the plaintext bytes
+        decrypted (0: handshake or post-handshake messages only). A record's worth of
+        ciphertext goes in at a time, so the incoming BIO stays small. Stops at the peer's
+        close_notify (:attr:`peer_closed`), and as soon as ``core`` stops accepting: the rest
+        of the read is dropped undecrypted (a refused frame length costs no more work)."""
         events: list[Any] = []
+        plaintext = 0
         for start in range(0, max(len(data), 1), _CIPHER_SLICE):  # once at least: the hello
             self._incoming.write(data[start : start + _CIPHER_SLICE])
             if not self.handshake():
                 continue
-            while not self.peer_closed and (n := self.read_into(core.get_buffer(-1))):
+            while core.accepting and not self.peer_closed:
+                if not (n := self.read_into(core.get_buffer(-1))):
+                    break
+                plaintext += n
                 events += core.buffer_updated(n)
-        return events
+            if not core.accepting or self.peer_closed:
+                break
+        return events, plaintext
 
     def read_into(self, buffer: memoryview) -> int:
         """Decrypt into ``buffer``: the bytes written, 0 when nothing more is decrypted now
@@ -99,40 +114,29 @@ class TLSSession:
             n = cast(int, self._ssl.read(len(buffer), buffer))
         except ssl.SSLWantReadError:
             n = 0
+        except ssl.SSLZeroReturnError:  # its close_notify after ours
+            n, self.peer_closed = 0, True
         else:
-            self.peer_closed = n == 0
+            self.peer_closed = n == 0 and len(buffer) > 0  # 0 into nothing is no close_notify
         if self._outgoing.pending:
             self._drain()
         return n
 
-    def hold(self, frame: bytes) -> int:
-        """Keep a frame to be encrypted together with the next ones; return the plaintext
-        bytes now held."""
-        self._held.append(frame)
-        self.held_bytes += len(frame)
-        return self.held_bytes
-
     def send(self, parts: Iterable[bytes | bytearray | memoryview] = ()) -> None:
-        """Encrypt what is held, then ``parts`` (a record at a time, so the outgoing BIO stays
-        small)."""
-        if self._held:
-            held = self._held[0] if len(self._held) == 1 else b"".join(self._held)
-            self.discard()
-            parts = (held, *parts)
+        """Encrypt ``parts`` (a record at a time, so the outgoing BIO stays small). After
+        :meth:`close` that is our error (:class:`LocalProtocolError`)."""
         write = self._ssl.write
         for part in parts:
             view = memoryview(part)
+            if self._closed and view:
+                raise LocalProtocolError("data written after our close_notify")
             for start in range(0, len(view), RECORD):
                 write(view[start : start + RECORD])
                 self._drain()
 
-    def discard(self) -> None:
-        """Forget what is held."""
-        self._held.clear()
-        self.held_bytes = 0
-
     def close(self) -> None:
-        """Send close_notify (the peer's is not waited for)."""
+        """Send close_notify (the peer's is not waited for); nothing may be sent after it."""
+        self._closed = True
         # SSLWantReadError: waiting for the peer's close_notify; else the session is broken.
         with contextlib.suppress(ssl.SSLError):
             self._ssl.unwrap()

@@ -45,6 +45,7 @@ from runner import (
     run_until_signalled,
 )
 from runner.config import add_config_flag, parse_with_config
+from runner.fdlimit import raise_open_file_limit
 
 log = logging.getLogger("peerd")
 
@@ -352,7 +353,7 @@ def config_from_args(args: argparse.Namespace, password: str) -> PeerConfig:
         serve_pace=pace_from_args(args),
         download_limits=DownloadLimits(args.max_download_size, pace_from_args(args)),
         partial_max_age=args.partial_max_age * 86400,
-        limits=limits_from_args(args),
+        limits=limits_from_args(args, raise_open_file_limit()),
         metrics=args.metrics,
         state_dir=state_dir,
         watch=not args.no_watch,

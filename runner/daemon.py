@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from netproto.server import ServerLimits
-from runner.fdlimit import connections_for, raise_open_file_limit
+from runner.fdlimit import MAX_DEFAULT_CONNECTIONS, connections_for
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,8 @@ def add_daemon_flags(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="connections in total before BUSY (default: the open-file limit less 256)",
+        help="connections in total before BUSY (default: half the open-file limit less 256,"
+        f" at most {MAX_DEFAULT_CONNECTIONS})",
     )
     group.add_argument(
         "--max-connections-per-address",
@@ -105,11 +106,10 @@ def metrics_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def limits_from_args(args: argparse.Namespace) -> ServerLimits:
-    """The :class:`ServerLimits` the flags of :func:`add_daemon_flags` describe. A daemon
-    starts here: its open-file limit is raised to the hard limit, and sizes
-    ``--max-connections`` when it is not given (:mod:`runner.fdlimit`)."""
-    open_files = raise_open_file_limit()
+def limits_from_args(args: argparse.Namespace, open_files: int) -> ServerLimits:
+    """The :class:`ServerLimits` the flags of :func:`add_daemon_flags` describe; without
+    ``--max-connections``, the cap ``open_files`` descriptors allow (:mod:`runner.fdlimit`:
+    a daemon passes what :func:`runner.fdlimit.raise_open_file_limit` returned at start)."""
     return ServerLimits(
         handshake_timeout=args.handshake_timeout,
         frame_timeout=args.frame_timeout,

@@ -1,6 +1,6 @@
-"""The open-file limit: a daemon raises its soft limit to the hard one at start, and sizes
-``--max-connections`` (when not given) to the descriptors that leaves (README.md, "Connection
-limits").
+"""The open-file limit: a daemon raises its soft limit to the hard one at start
+(:func:`raise_open_file_limit`), and sizes ``--max-connections`` (when not given) to the
+descriptors that leaves (:func:`connections_for`; README.md, "Connection limits").
 """
 
 from __future__ import annotations
@@ -35,7 +35,16 @@ def raise_open_file_limit() -> int:
     return soft
 
 
+#: The most connections the open-file limit alone gives (~1 GiB of idle connections at the
+#: 64 KiB bound of PROTOCOL.md §6, over twice the cap): a hard limit of a million does not
+#: mean a million connections. More takes ``--max-connections``.
+MAX_DEFAULT_CONNECTIONS = 8192
+
+
 def connections_for(open_files: int) -> int:
-    """The ``--max-connections`` an open-file limit allows: the limit minus :data:`RESERVED`
-    (minus half of it when the limit is under twice :data:`RESERVED`), at least 1."""
-    return max(1, open_files - min(RESERVED, open_files // 2))
+    """The ``--max-connections`` an open-file limit allows: half of what :data:`RESERVED`
+    leaves (half the limit when it is under twice :data:`RESERVED`), since connections up to
+    twice the cap are each answered BUSY before they close (PROTOCOL.md §6); at least 1, at
+    most :data:`MAX_DEFAULT_CONNECTIONS`."""
+    usable = open_files - min(RESERVED, open_files // 2)
+    return max(1, min(MAX_DEFAULT_CONNECTIONS, usable // 2))

@@ -26,7 +26,6 @@ def test_simulated_peers_each_sync_and_the_figures_come_with_their_caps(tmp_path
     rss, probe = figures
     assert (rss.key, probe.key) == ("index_conns", "index_conns_probe")
     assert rss.extra["connections"] == 24 and rss.extra["client_processes"] == 2
-    assert rss.limit == [64.0] and probe.limit == [10.0]
     assert all(math.isfinite(f.project_value) for f in figures)
-    assert probe.project_value > 0
+    assert rss.project_value > 0 and probe.project_value > 0
     assert any("24 connections" in line for line in lines)

@@ -10,7 +10,14 @@ from hypothesis import strategies as st
 
 from netproto.codec import pack, unpack_map
 from netproto.errors import BadFrame, FrameTooLarge
-from netproto.framing import DEFAULT_MAX_FRAME, FrameBuffer, encode_frame, frame_header
+from netproto.framing import (
+    DEFAULT_MAX_FRAME,
+    OWN_BUFFER_AT,
+    SCRATCH,
+    FrameBuffer,
+    encode_frame,
+    frame_header,
+)
 
 Feed = Callable[[bytes], Iterator[bytes]]
 
@@ -145,8 +152,6 @@ def test_arbitrary_bytes_give_frames_or_only_the_documented_errors(data: bytes) 
 
 # --- FrameBuffer: receiving into handed-out buffers (asyncio.BufferedProtocol) -------------
 
-from netproto.framing import OWN_BUFFER_AT  # noqa: E402
-
 
 def receive_into(fb: FrameBuffer, data: bytes, sizes: list[int]) -> list[bytes]:
     """Receive ``data`` as a transport would, at most ``sizes[i]`` bytes per buffer."""
@@ -227,8 +232,6 @@ def test_frame_buffer_survives_any_split_into_reads(bodies: list[bytes], sizes: 
 
 # --- FrameBuffer: memory follows the traffic (PROTOCOL.md §6) --------------------------------
 
-from netproto.framing import SCRATCH  # noqa: E402
-
 
 def test_a_new_frame_buffer_holds_no_memory() -> None:
     assert FrameBuffer().allocated == 0
@@ -273,3 +276,18 @@ def test_a_large_frame_holds_its_own_buffer_only_while_in_flight() -> None:
     assert receive_into(fb, data[1000:], [1 << 20]) == [b"L" * (OWN_BUFFER_AT * 2)]
     fb.release()
     assert fb.allocated == 0
+
+
+@pytest.mark.parametrize("prefix", [bytes(4), (1 << 30).to_bytes(4, "big")], ids=["0", "1GiB"])
+def test_after_a_refused_length_that_fills_the_buffer_get_buffer_is_never_empty(
+    prefix: bytes,
+) -> None:
+    # An empty buffer would read as end of stream (TLS: the peer's close_notify), and the
+    # error reply PROTOCOL.md §2 promises would never be sent.
+    fb = FrameBuffer()
+    buf = fb.get_buffer(-1)
+    buf[:] = prefix + bytes(len(buf) - 4)
+    with pytest.raises((BadFrame, FrameTooLarge)):
+        fb.buffer_updated(len(buf))
+    assert fb.error is not None
+    assert len(fb.get_buffer(-1)) > 0

@@ -36,6 +36,7 @@ from netproto.messages import (
 from netproto.operations import FetchHeader, FetchTrailer, ListedFile, SearchHit
 from netproto.protocol import (
     ClientProtocol,
+    HeldFrames,
     Rejected,
     ServerProtocol,
     Unreadable,
@@ -412,3 +413,23 @@ def test_a_chunk_frame_laid_out_otherwise_goes_through_the_strict_codec() -> Non
     trailing = encode_frame(chunk_frame(3, payload)[4:] + b"\x00")
     with pytest.raises(BadFrame):
         _receive_into(ClientProtocol(), trailing, 1 << 20)
+
+
+def test_held_frames_leave_joined_once_and_then_nothing_is_held() -> None:
+    held = HeldFrames()
+    assert held.take() == ()
+    assert held.hold(b"ab") == 2 and held.hold(b"cde") == 5
+    assert held.take() == (b"abcde",)
+    assert held.nbytes == 0 and held.take() == ()
+    held.hold(b"x")
+    held.discard()
+    assert held.take() == () and held.nbytes == 0
+
+
+def test_an_endpoint_stops_accepting_after_a_refused_length_or_stop() -> None:
+    server, client = ServerProtocol(), ClientProtocol()
+    assert server.accepting and client.accepting
+    assert [type(e) for e in server.receive_data(bytes(4))] == [Unreadable]
+    assert not server.accepting
+    client.stop()
+    assert not client.accepting

@@ -17,7 +17,10 @@ import pytest
 
 import netproto
 
-CORE = ("framing", "codec", "messages", "operations", "names", "protocol", "errors", "signing")
+CORE = (
+    *("framing", "codec", "messages", "operations", "names", "protocol", "errors", "signing"),
+    "deadlines",
+)
 FORBIDDEN = {"asyncio", "socket", "ssl", "time"}
 PACKAGE = Path(netproto.__file__).parent
 

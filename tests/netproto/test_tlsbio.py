@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
+from netproto.errors import LocalProtocolError
 from netproto.framing import OWN_BUFFER_AT
 from netproto.messages import Request
-from netproto.protocol import ClientProtocol, ServerProtocol
-from netproto.tls import certificate_dns_names
+from netproto.protocol import ClientProtocol, ServerProtocol, Unreadable
+from netproto.tls import certificate_dns_names, server_context
 from netproto.tlsbio import RECORD, TLSSession
 
 
@@ -30,7 +31,7 @@ def _deliver(data: list[bytes], to: TLSSession, core: Any, *, bytewise: bool) ->
     joined = b"".join(data)
     pieces = [joined[i : i + 1] for i in range(len(joined))] if bytewise else [joined]
     for piece in pieces:
-        events += to.receive_data(memoryview(piece), core)
+        events += to.receive_data(memoryview(piece), core)[0]
     return events
 
 
@@ -69,10 +70,7 @@ def test_frames_sent_arrive_as_the_receiving_cores_events(pki: Any, bytewise: bo
     protocol = ClientProtocol()
     frames = [protocol.encode_request(i, "search", {"keyword": f"k{i}"}, None) for i in (1, 2)]
     big = protocol.encode_request(3, "search", {"keyword": "x" * (OWN_BUFFER_AT + 10)}, None)
-    client.hold(frames[0])
-    assert client.held_bytes == len(frames[0])
-    client.send((frames[1], big))
-    assert client.held_bytes == 0
+    client.send((frames[0], frames[1], big))
     events = _deliver(client.data_to_send(), server, ServerProtocol(), bytewise=bytewise)
     assert [(e.id, len(e.body["keyword"])) for e in events if isinstance(e, Request)] == [
         (1, 2),
@@ -112,10 +110,120 @@ def test_a_tampered_record_is_an_ssl_error(pki: Any) -> None:
         server.receive_data(memoryview(record), ServerProtocol())
 
 
-def test_a_server_the_client_does_not_trust_fails_the_handshake(pki: Any) -> None:
+def test_a_server_certificate_for_another_name_fails_the_handshake(pki: Any) -> None:
     client = TLSSession(pki.client_ctx(), server_side=False, server_hostname="peer1")
     server = TLSSession(pki.server_ctx("indexd"), server_side=True)
     client.handshake()
     server.receive_data(memoryview(b"".join(client.data_to_send())), ServerProtocol())
     with pytest.raises(ssl.SSLCertVerificationError):
         client.receive_data(memoryview(b"".join(server.data_to_send())), ClientProtocol())
+
+
+def test_a_server_signed_by_another_ca_is_not_trusted(pki: Any) -> None:
+    foreign = server_context(
+        pki.cert("indexd", other=True),
+        pki.key("indexd", other=True),
+        pki.ca,
+        require_client_cert=False,
+    )
+    client = TLSSession(pki.client_ctx(), server_side=False, server_hostname="indexd")
+    server = TLSSession(foreign, server_side=True)
+    client.handshake()
+    server.receive_data(memoryview(b"".join(client.data_to_send())), ServerProtocol())
+    with pytest.raises(ssl.SSLCertVerificationError, match="unable to get local issuer"):
+        client.receive_data(memoryview(b"".join(server.data_to_send())), ClientProtocol())
+
+
+@pytest.mark.parametrize("other", [None, True], ids=["no-certificate", "other-ca"])
+def test_a_server_requiring_a_client_certificate_refuses_and_sends_the_alert_saying_why(
+    pki: Any, other: bool | None
+) -> None:
+    # None: no certificate at all; True: one signed by another CA. The server's alert must
+    # leave (TLS 1.3: the client finished its side and learns of the refusal from it alone).
+    ctx = pki.client_ctx() if other is None else pki.client_ctx("peer1", other=True)
+    client = TLSSession(ctx, server_side=False, server_hostname="indexd")
+    server = TLSSession(pki.server_ctx("indexd", require_client_cert=True), server_side=True)
+    client.handshake()
+    server.receive_data(memoryview(b"".join(client.data_to_send())), ServerProtocol())
+    client.receive_data(memoryview(b"".join(server.data_to_send())), ClientProtocol())
+    assert client.established  # its side is done before the server has looked
+    with pytest.raises(ssl.SSLError):
+        server.receive_data(memoryview(b"".join(client.data_to_send())), ServerProtocol())
+    alert = server.data_to_send()
+    assert alert, "the alert was not sent"
+    why = "certificate required" if other is None else "unknown ca"
+    with pytest.raises(ssl.SSLError, match=why):
+        client.receive_data(memoryview(b"".join(alert)), ClientProtocol())
+
+
+def test_a_request_in_the_same_flight_as_the_clients_finished_is_read(pki: Any) -> None:
+    client, server = _pair(pki)
+    client.handshake()
+    server.receive_data(memoryview(b"".join(client.data_to_send())), ServerProtocol())
+    client.receive_data(memoryview(b"".join(server.data_to_send())), ClientProtocol())
+    assert client.established and not server.established
+    client.send((ClientProtocol().encode_request(1, "search", {"keyword": "k"}, None),))
+    events, plaintext = server.receive_data(
+        memoryview(b"".join(client.data_to_send())), ServerProtocol()
+    )
+    assert server.established
+    assert [(e.id, e.body) for e in events] == [(1, {"keyword": "k"})]
+    assert plaintext > 0
+
+
+def test_handshake_messages_decrypt_no_plaintext_and_data_counts_its_bytes(pki: Any) -> None:
+    client, server = _pair(pki)
+    client.handshake()
+    server.receive_data(memoryview(b"".join(client.data_to_send())), ServerProtocol())
+    flight = memoryview(b"".join(server.data_to_send()))
+    assert client.receive_data(flight, ClientProtocol()) == ([], 0)
+    _, plaintext = server.receive_data(
+        memoryview(b"".join(client.data_to_send())), ServerProtocol()
+    )
+    assert plaintext == 0  # the client's Finished alone: no activity on the connection
+    frame = ClientProtocol().encode_request(1, "search", {"keyword": "k"}, None)
+    client.send((frame,))
+    events, plaintext = server.receive_data(
+        memoryview(b"".join(client.data_to_send())), ServerProtocol()
+    )
+    assert plaintext == len(frame) and len(events) == 1
+
+
+@pytest.mark.parametrize("prefix", [bytes(4), (1 << 30).to_bytes(4, "big")], ids=["0", "1GiB"])
+def test_a_refused_frame_length_stops_decryption_with_one_unreadable(
+    pki: Any, prefix: bytes
+) -> None:
+    # One record ending in a refused length, then 240 KiB more in the same read: decrypting
+    # the rest would cost one event per byte that fits after it (PROTOCOL.md §2).
+    client, server = _pair(pki)
+    _handshake(client, server, bytewise=False)
+    frame = ClientProtocol().encode_request(1, "search", {"keyword": "k"}, None)
+    client.send((frame + prefix,))
+    client.send((b"\1" * (240 << 10),))
+    events, plaintext = server.receive_data(
+        memoryview(b"".join(client.data_to_send())), ServerProtocol()
+    )
+    assert [type(e) for e in events] == [Request, Unreadable]
+    assert plaintext < 2 * RECORD  # the rest of the read was never decrypted
+
+
+def test_a_refused_length_filling_the_buffer_is_not_taken_for_close_notify(pki: Any) -> None:
+    client, server = _pair(pki)
+    _handshake(client, server, bytewise=False)
+    client.send((bytes(RECORD),))  # a zero length, then zeros to the end of the record
+    core = ServerProtocol()
+    events, _ = server.receive_data(memoryview(b"".join(client.data_to_send())), core)
+    assert [type(e) for e in events] == [Unreadable]
+    assert not server.peer_closed
+    client.send((bytes(RECORD),))
+    assert server.receive_data(memoryview(b"".join(client.data_to_send())), core) == ([], 0)
+    assert not server.peer_closed
+
+
+def test_data_sent_after_our_close_notify_is_a_local_error(pki: Any) -> None:
+    client, server = _pair(pki)
+    _handshake(client, server, bytewise=False)
+    client.close()
+    client.send(())  # nothing to send is fine
+    with pytest.raises(LocalProtocolError):
+        client.send((b"late",))

@@ -40,9 +40,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def test_without_flags_the_limits_are_the_server_defaults_with_proof_required() -> None:
     args = _parser().parse_args([])
-    limits = limits_from_args(args)
-    open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]  # as raised by limits_from_args
-    assert limits == ServerLimits(proof_required=True, max_connections=connections_for(open_files))
+    before = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limits = limits_from_args(args, 4096)
+    assert limits == ServerLimits(proof_required=True, max_connections=connections_for(4096))
+    assert resource.getrlimit(resource.RLIMIT_NOFILE) == before  # mapping flags changes nothing
     assert args.verbose == 0
 
 
@@ -54,7 +55,7 @@ def test_each_limit_flag_sets_its_limit() -> None:
             *("--max-pending", "7", "--max-pending-per-address", "3", "--pending-timeout", "4"),
         ]
     )
-    assert limits_from_args(args) == ServerLimits(
+    assert limits_from_args(args, 4096) == ServerLimits(
         handshake_timeout=1.5,
         frame_timeout=2.0,
         idle_timeout=3.0,
