@@ -1,7 +1,7 @@
 """A throwaway PostgreSQL server for tests and the driver measurement (``bench.pgdrivers``).
 
 :func:`start_postgres` runs ``initdb`` and ``postgres`` from ``PATH`` (else from
-``/usr/lib/postgresql/*/bin``) on a data directory in a fresh temporary directory, with
+``/usr/lib/postgresql/*/bin``, else the ``pgserver`` wheel's) on a data directory in a fresh temporary directory, with
 ``fsync`` on (a commit that returned is on disk). It listens on no TCP address at all, only on
 a unix socket in a directory of mode 0700, so ``trust`` authentication lets in the user who
 started it (and root) and nobody else; URLs name the socket directory the libpq way
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import importlib.util
 import itertools
 import os
 import pwd
@@ -51,8 +52,22 @@ class PostgresUnavailable(RuntimeError):
     """No PostgreSQL server binaries (``initdb``, ``postgres``) were found."""
 
 
+def pgserver_binaries() -> Path | None:
+    """The server binaries the ``pgserver`` wheel carries (the fallback where no system
+    PostgreSQL is installed: it is in the ``test`` extra), or None. Found without importing
+    the package (its import sets up directories of its own)."""
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or spec.origin is None:
+        return None
+    directory = Path(spec.origin).parent / "pginstall" / "bin"
+    if (directory / "initdb").exists() and (directory / "postgres").exists():
+        return directory
+    return None
+
+
 def find_binaries() -> Path | None:
-    """The directory holding ``initdb`` and ``postgres``, or None."""
+    """The directory holding ``initdb`` and ``postgres`` — the system's (``PATH``, then
+    ``/usr/lib/postgresql/*/bin``), else the ``pgserver`` wheel's — or None."""
     found = shutil.which("initdb")
     if found is not None and shutil.which("postgres") is not None:
         return Path(found).resolve().parent
@@ -63,7 +78,7 @@ def find_binaries() -> Path | None:
     for directory in reversed(versions):
         if (Path(directory) / "initdb").exists() and (Path(directory) / "postgres").exists():
             return Path(directory)
-    return None
+    return pgserver_binaries()
 
 
 def _server_user() -> pwd.struct_passwd | None:
@@ -192,9 +207,10 @@ def _watch(root: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def start_postgres() -> PostgresServer:
-    """Start a throwaway server; raise :class:`PostgresUnavailable` without binaries."""
-    bindir = find_binaries()
+def start_postgres(bindir: Path | None = None) -> PostgresServer:
+    """Start a throwaway server (from ``bindir``, by default :func:`find_binaries`'s); raise
+    :class:`PostgresUnavailable` without binaries."""
+    bindir = bindir or find_binaries()
     if bindir is None:
         raise PostgresUnavailable(
             "PostgreSQL server binaries (initdb, postgres; version 15 or later) not found"
