@@ -78,6 +78,8 @@ class Sizes:
     sync_files: int = 100_000
     #: Simulated peers connected at once to one index (bench/conns.py).
     conns_peers: int = 10_000
+    #: Seconds the search probe measures with all of them connected and pinging.
+    conns_hold: float = 30.0
 
 
 FULL = Sizes(
@@ -111,6 +113,7 @@ QUICK = Sizes(
     memory_files=10**5,
     sync_files=20_000,
     conns_peers=1000,
+    conns_hold=5.0,
 )
 
 
@@ -683,7 +686,7 @@ async def run(
             if "conns" in groups:
                 log(f"conns: {sizes.conns_peers:,} simulated peers on one indexd")
                 bench.figures += await conns.index_conns(
-                    bench.tmp, bench.pki, log, peers=sizes.conns_peers
+                    bench.tmp, bench.pki, log, peers=sizes.conns_peers, hold=sizes.conns_hold
                 )
             if "cluster" in groups:
                 log("cluster: search on SQLite, PostgreSQL, two servers; CPU per operation")

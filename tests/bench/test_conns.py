@@ -19,7 +19,9 @@ def test_simulated_peers_each_sync_and_the_figures_come_with_their_caps(tmp_path
     pki = fixtures.make_pki(tmp_path / "pki")
     figures = asyncio.run(
         asyncio.wait_for(
-            index_conns(tmp_path, pki, lines.append, peers=24, processes=2, arrivals=500.0),
+            index_conns(
+                tmp_path, pki, lines.append, peers=24, processes=2, arrivals=500.0, hold=1.0
+            ),
             120,
         )
     )
