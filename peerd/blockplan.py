@@ -2,9 +2,9 @@
 
 :class:`BlockMap` is the set of verified blocks (kept as a bitmap beside the partial file, so
 a resumed download neither fetches nor hashes them again). :class:`BlockPlan` hands out runs of
-blocks in file order from a random start, takes back the blocks of a peer that failed, and at
-the end (the endgame) gives a block still in flight to a second peer, so that one slow peer
-cannot hold up the last blocks. No I/O and no clock: :mod:`peerd.swarm` drives it.
+blocks in file order from a given start (wrapping), takes back the blocks of a peer that
+failed, and at the end (the endgame) gives a block still in flight to a second peer, so that
+one slow peer cannot hold up the last blocks. No I/O and no clock: :mod:`peerd.swarm` drives it.
 """
 
 from __future__ import annotations

@@ -52,6 +52,7 @@ from netproto.protocol import (
 from peerd.download import DownloadResult
 from peerd.errors import DownloadRefused, FileConflict
 from peerd.session import PeerSession, PeerStatus, SyncReport
+from peerd.swarmget import as_download_result, get_from_holders
 from peerd.verify import CheckOutcome
 
 log = logging.getLogger(__name__)
@@ -475,6 +476,31 @@ class ControlService:
                     " is there)"
                 )
         attempts: list[Attempt] = []
+        # Every holder at once when the file has a signed manifest, as the shell's get does.
+        started = asyncio.get_running_loop().time()
+        try:
+            swarm = await get_from_holders(
+                self.peer, keyword, file_name, hits, source=req.source, overwrite=req.overwrite
+            )
+        except DownloadRefused as exc:
+            self.refused += 1
+            detail = str(exc).partition(": ")[2] or str(exc)
+            names = ", ".join(h.domain_name for h in hits)
+            attempts.append(Attempt(names, detail, exc.check, exc.checks, exc.partial_kept))
+            if exc.check in ("holders", "size"):
+                raise DownloadFailed(attempts=[a.to_wire() for a in attempts]) from exc
+            swarm = None  # a manifest refused: fetch the whole file from one holder instead
+        except (P2PError, OSError) as exc:
+            self.failed += 1
+            where = f"{keyword}/{file_name}"
+            attempts.append(Attempt(", ".join(h.domain_name for h in hits), _explain(exc, where)))
+            raise DownloadFailed(attempts=[a.to_wire() for a in attempts]) from exc
+        if swarm is not None:
+            elapsed = asyncio.get_running_loop().time() - started
+            result = as_download_result(swarm, keyword, file_name, elapsed)
+            self.downloads += 1
+            self.downloaded_bytes += result.received
+            return {"peer": result.signer, "result": result_to_wire(result), "attempts": []}
         for hit in hits:
             where = f"{hit.domain_name} at {hit.address}:{hit.port_number}"
             expected: ListedFile | None = next(

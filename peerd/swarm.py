@@ -5,28 +5,37 @@ whose signature does not verify under the certificate it presented, or whose man
 the one the index listed (or, without a listing, the first one that checked out), is dropped
 and named. The blocks are then fetched from every remaining holder at once with
 ``fetch_range``: each holder has a window of requests sized to its measured rate, blocks go
-out in file order from a random start, and once none is left unassigned the last ones are
-asked of a second holder too (the endgame), the loser cancelled. Every block is hashed as it
-arrives and checked against the manifest before it is written at its offset; a bad block is
-charged to its sender, which is dropped for this file and named; a holder that vanishes gives
-its blocks back to the others. Verified blocks are recorded in a bitmap beside the partial
-file, so a download cut off resumes without fetching or hashing them again; the whole file's
-SHA-256 is still checked before it is renamed into place. Hashing and writing run in worker
-threads (:class:`~peerd.threadjob.DiskWork`); the partial file is synced in the background as
-it fills, so the final ``fsync`` has little left to do.
+out in file order from the first (from a random start if asked), and once none is left
+unassigned the last ones are asked of a second holder too (the endgame): the loser's stream is
+closed unread, uncharged. Every block is checked against the manifest before it is written at
+its offset; a bad block is charged to its sender, which is dropped for this file and named; a
+holder that vanishes gives its blocks back to the others. Verified blocks are recorded in a
+bitmap beside the partial file, so a download cut off resumes without fetching or hashing them
+again; the whole file's SHA-256 is still checked before it is renamed into place.
+
+The way to disk overlaps the transfer: the event loop only cuts the stream into blocks (no
+copy: the pieces are the received chunks) and hands them in batches to worker threads
+(:class:`~peerd.threadjob.DiskWork`), which hash each block, write consecutive good ones with
+one ``pwritev`` and start their writeback early (:mod:`peerd.writeback`); the whole file's
+running digest follows in a job of its own, from memory; the bitmap is synced in the
+background. At the end only the last ``fdatasync`` (run while the digest finishes) is left.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import math
 import os
 import random
 import stat
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -60,9 +69,9 @@ from peerd.staging import (
     remove_empty_folder,
     unlink_quietly,
 )
-from peerd.threadjob import DiskWork
+from peerd.threadjob import LOCAL, DiskWork, ThreadJob
 from peerd.verify import CheckOutcome, check_size_limit
-from peerd.writeback import PrefixDigest, start_writeback
+from peerd.writeback import Buffer, PrefixDigest, start_writeback
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +79,25 @@ log = logging.getLogger(__name__)
 MAX_WINDOW = 3
 #: A holder's window holds about this many seconds of its measured rate.
 WINDOW_SECONDS = 0.5
-#: The most blocks one request asks for.
-MAX_RUN = 16
+#: The most bytes one request asks for (whole blocks; at least one).
+MAX_REQUEST = 16 << 20
+#: Blocks being checked and written in worker threads while one request's next chunks are read:
+#: at most this many bytes of them (at least two blocks), so the network never waits for
+#: the disk nor the disk for the network, and memory stays bounded.
+STORE_AHEAD = 16 << 20
+#: Blocks past the whole file's running digest kept in memory for it (beyond, read back).
+HELD_BYTES = 32 << 20
+#: Writeback of the partial file is started each time this much more was written.
+WRITEBACK_EVERY = 8 << 20
+#: Blocks are handed to a worker thread in batches of about this many bytes (a thread hop
+#: per block costs more than its hashing on a busy machine); a batch also leaves after
+#: STORE_WAIT seconds, so a slow holder's blocks are not held back.
+STORE_BATCH = 4 << 20
+STORE_WAIT = 0.05
+#: The most pieces one ``pwritev`` takes (Linux's IOV_MAX is 1024).
+_MAX_IOV = 512
+#: Pieces of a block smaller than this are gathered into one buffer as they arrive.
+_SMALL_PIECE = 16 << 10
 #: The bitmap is written (after an ``fdatasync`` of the data) at least this often.
 CHECKPOINT_SECONDS = 2.0
 CHECKPOINT_BYTES = 64 << 20
@@ -299,7 +325,7 @@ def check_manifest(
 # --- the partial file and its bitmap (blocking) ---------------------------------------------
 
 
-def _bitmap_doc(keyword: str, file_name: str, digest: bytes, size: int, have: BlockMap) -> bytes:
+def _bitmap_doc(keyword: str, file_name: str, digest: bytes, size: int, have: bytes) -> bytes:
     return json.dumps(
         {
             "blocks": _BITMAP_VERSION,
@@ -307,7 +333,7 @@ def _bitmap_doc(keyword: str, file_name: str, digest: bytes, size: int, have: Bl
             "file_name": file_name,
             "manifest": digest.hex(),
             "size": size,
-            "bitmap": have.to_bytes().hex(),
+            "bitmap": have.hex(),
         }
     ).encode()
 
@@ -353,12 +379,32 @@ class BlockPart:
     digest: bytes
     manifest: Manifest
     unsynced: int = 0
+    #: The one thread that checks and writes blocks: one, so that hashing on a 2-core machine
+    #: leaves the event loop its core (more threads only contend for it and for the GIL).
+    writer: concurrent.futures.ThreadPoolExecutor = field(
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="peerd-blocks"
+        ),
+        init=False,
+    )
+    #: Bytes written since writeback was last started (by the worker threads), and the
+    #: writeback being started.
+    _dirty: int = field(default=0, init=False)
+    _writeback: concurrent.futures.Future[bool] | None = field(default=None, init=False)
+    _dirty_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     #: The whole file's SHA-256, computed over the in-order prefix as blocks are written.
     prefix: PrefixDigest = field(init=False)
 
     def __post_init__(self) -> None:
         have = (i for i in range(self.manifest.count) if i in self.have)
-        self.prefix = PrefixDigest(self.fd, self.manifest.count, self.manifest.span, have)
+        self.prefix = PrefixDigest(
+            self.fd,
+            self.manifest.count,
+            self.manifest.span,
+            have,
+            pool=LOCAL,
+            hold=max(2, HELD_BYTES // max(1, self.manifest.block_size)),
+        )
 
     @classmethod
     def open(
@@ -394,25 +440,73 @@ class BlockPart:
             raise
         return cls(staging, fd, have, keyword, file_name, digest, manifest)
 
-    def write_block(self, index: int, data: bytes) -> None:
-        """Check block ``index`` against the manifest and write it at its offset
-        (:class:`BadBlock` if it does not match; nothing is written then)."""
-        if not self.manifest.block_valid(index, data):
-            raise BadBlock(index)
-        view, pos = memoryview(data), index * self.manifest.block_size
-        while view:
-            written = os.pwrite(self.fd, view, pos)
-            view, pos = view[written:], pos + written
-        # Writeback starts now, so the final fsync has little left (the pages stay cached:
-        # the running digest may still read them back).
-        start_writeback(self.fd, index * self.manifest.block_size, len(data))
-        self.prefix.written(index, data)
+    def block_valid(self, index: int, pieces: Sequence[Buffer]) -> bool:
+        """True when ``pieces`` (block ``index`` as it arrived) match the manifest."""
+        block = hashlib.sha256()
+        size = 0
+        for piece in pieces:
+            block.update(piece)
+            size += len(piece)
+        return (
+            size == self.manifest.span(index)[1] and block.digest() == self.manifest.blocks[index]
+        )
 
-    def checkpoint(self) -> None:
-        """Put the written blocks on disk, then record them in the bitmap (in a new file,
-        renamed over the old one, so a crash leaves one or the other)."""
+    def write_blocks(self, blocks: Sequence[tuple[int, Sequence[Buffer]]]) -> list[int]:
+        """Check each block (its index and the pieces it arrived in) against the manifest and
+        write those that match at their offsets, consecutive ones in one system call; the
+        indexes of those that do not match (nothing of them is written)."""
+        bad: list[int] = []
+        run: list[Buffer] = []
+        run_at = run_end = -1
+        good: list[tuple[int, Sequence[Buffer]]] = []
+        for index, pieces in blocks:
+            if not self.block_valid(index, pieces):
+                bad.append(index)
+                continue
+            offset, length = self.manifest.span(index)
+            if offset != run_end or len(run) + len(pieces) > _MAX_IOV:
+                self._write_run(run, run_at)
+                run, run_at = [], offset
+            run.extend(pieces)
+            run_end = offset + length
+            good.append((index, pieces))
+        self._write_run(run, run_at)
+        for index, pieces in good:
+            self.prefix.written(index, pieces)
+        return bad
+
+    def stop_writing(self) -> None:
+        """Drop the blocks not yet being written and wait for the batch being written (at most
+        one): no write lands after this (blocking, briefly)."""
+        self.writer.shutdown(wait=True, cancel_futures=True)
+        with self._dirty_lock:
+            writeback = self._writeback
+        if writeback is not None:
+            concurrent.futures.wait([writeback])
+
+    def _write_run(self, pieces: list[Buffer], offset: int) -> None:
+        if not pieces:
+            return
+        _pwrite_all(self.fd, pieces, offset)
+        length = sum(len(p) for p in pieces)
+        with self._dirty_lock:
+            self._dirty += length
+            due = self._dirty >= WRITEBACK_EVERY
+            if due:
+                self._dirty = 0
+            if due and (self._writeback is None or self._writeback.done()):
+                # Writeback of everything written so far starts now, in large runs, so the
+                # final fsync has little left (the pages stay cached: the running digest may
+                # read them). In a thread of its own: starting it may wait for the disk.
+                self._writeback = LOCAL.submit(start_writeback, self.fd, 0, self.manifest.size)
+
+    def checkpoint(self, have: bytes | None = None) -> None:
+        """Put the written blocks on disk, then record ``have`` (a bitmap taken before, so
+        every block it names is covered by the sync; default: the current one) beside them
+        (in a new file, renamed over the old one, so a crash leaves one or the other)."""
+        bits = self.have.to_bytes() if have is None else have
         os.fdatasync(self.fd)
-        doc = _bitmap_doc(self.keyword, self.file_name, self.digest, self.manifest.size, self.have)
+        doc = _bitmap_doc(self.keyword, self.file_name, self.digest, self.manifest.size, bits)
         tmp = self.staging.meta + ".new"
         unlink_quietly(self.staging.dir_fd, tmp)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -426,8 +520,40 @@ class BlockPart:
 
     def whole_digest(self) -> bytes:
         """SHA-256 of the whole partial file: the running digest of the blocks written in
-        order, finished by reading back the blocks past it."""
+        order, finished by hashing the blocks past it (read back without a copy)."""
         return self.prefix.finish()
+
+
+def _pwrite_all(fd: int, pieces: Sequence[Buffer], pos: int) -> None:
+    """Write ``pieces`` one after the other from ``pos``, in as few system calls as may be."""
+    views = [memoryview(p) for p in pieces]
+    while views:
+        written = os.pwritev(fd, views[:_MAX_IOV], pos)
+        pos += written
+        while views and written >= len(views[0]):
+            written -= len(views.pop(0))
+        if written:
+            views[0] = views[0][written:]
+
+
+class _BlockBuffer:
+    """The pieces of one block as its chunks arrive: large pieces kept as they came (no copy),
+    small ones gathered, so a holder sending tiny chunks cannot make a block of many pieces."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self.size = 0
+        self.pieces: list[Buffer] = []
+
+    def add(self, view: memoryview) -> None:
+        """Append the next bytes of the block."""
+        if len(view) >= _SMALL_PIECE:
+            self.pieces.append(view)
+        elif self.pieces and isinstance(last := self.pieces[-1], bytearray):
+            last += view
+        else:
+            self.pieces.append(bytearray(view))
+        self.size += len(view)
 
 
 # --- the download ------------------------------------------------------------------------------
@@ -448,8 +574,13 @@ class _Peer:
     def window(self, block_size: int) -> tuple[int, int]:
         """How many requests it may have in flight, and how many blocks each asks for."""
         wanted = max(1, int(self.stats.rate * WINDOW_SECONDS / block_size))
-        run = max(1, min(MAX_RUN, -(-wanted // MAX_WINDOW)))
+        most = max(1, MAX_REQUEST // block_size)
+        run = max(1, min(most, -(-wanted // MAX_WINDOW)))
         return MAX_WINDOW, run
+
+
+#: A batch of blocks being checked and written: their indexes, and the job (the bad ones).
+_Stored = tuple[list[int], ThreadJob[list[int]]]
 
 
 class _Swarm:
@@ -475,6 +606,10 @@ class _Swarm:
         self.clock = clock
         self.last_checkpoint = clock()
         self.task_peer: dict[asyncio.Task[None], _Peer] = {}
+        #: Blocks being checked and written in worker threads.
+        self.storing: set[ThreadJob[list[int]]] = set()
+        #: The checkpoint running in the background, if any (the transfer never waits for it).
+        self.checkpointing: asyncio.Task[None] | None = None
 
     def progress(self) -> None:
         if self.on_progress is not None:
@@ -533,7 +668,7 @@ class _Swarm:
                 if exc is not None:
                     self._drop(peer, exc, blocks)
             self._check_pace()
-            await self._maybe_checkpoint()
+            self._maybe_checkpoint()
 
     def _next_wake(self) -> float | None:
         """When a pace check falls due or a resting holder may be asked again, if ever."""
@@ -581,17 +716,30 @@ class _Swarm:
             reason = f"failed: {exc}"
         else:
             raise exc
+        self.plan.give_back(peer.stats.name, blocks)
+        if peer.stats.dropped is not None:  # another of its requests failed after the first
+            if isinstance(exc, BadBlock):
+                peer.stats.dropped = reason  # a bad block is what it is named for
+            return
         log.info(
             "dropping %s from the download of %s: %s", peer.stats.name, self.part.file_name, reason
         )
         peer.stats.dropped = reason
-        self.plan.give_back(peer.stats.name, blocks)
         for task, others in list(peer.tasks.items()):
             task.cancel()
             self.plan.give_back(peer.stats.name, others)
         self.progress()
 
-    async def _maybe_checkpoint(self) -> None:
+    def _maybe_checkpoint(self) -> None:
+        """Start a checkpoint in the background when one is due and none is running; raise
+        the local write error of the last one, if it failed."""
+        running = self.checkpointing
+        if running is not None:
+            if not running.done():
+                return
+            self.checkpointing = None
+            if (exc := running.exception()) is not None:
+                raise exc
         now = self.clock()
         if (
             self.part.unsynced >= CHECKPOINT_BYTES
@@ -599,52 +747,142 @@ class _Swarm:
         ):
             self.part.unsynced = 0
             self.last_checkpoint = now
-            await self.disk.run(self.part.checkpoint)
+            # The bitmap as it is now: every block in it is written, so the sync covers it.
+            self.checkpointing = asyncio.create_task(self._checkpoint(self.plan.have.to_bytes()))
+
+    async def _checkpoint(self, have: bytes | None = None) -> None:
+        try:
+            await self.disk.run(self.part.checkpoint, have)
+        except OSError as exc:
+            raise LocalWriteFailed(_write_failed(self.part.staging.path, exc)) from exc
+
+    async def settle(self) -> None:
+        """Wait for the background work to end: the blocks being written (so none lands after
+        this) and the checkpoint; then, unless every block is in, a last checkpoint."""
+        if self.storing:
+            await asyncio.wait([job.future for job in self.storing])
+        running, self.checkpointing = self.checkpointing, None
+        if running is not None:
+            await asyncio.wait([running])
+            if not self.plan.complete and (exc := running.exception()) is not None:
+                raise exc
+        if not self.plan.complete:
+            await self._checkpoint()
+
+    def _store(self, batch: list[tuple[int, list[Buffer]]]) -> _Stored | None:
+        """Check and write a batch of blocks in the writer thread (None: the download is
+        ending and the batch is dropped unwritten)."""
+        try:
+            job = ThreadJob(self.part.write_blocks, batch, pool=self.part.writer)
+        except RuntimeError:  # the writer is shut down
+            return None
+        self.storing.add(job)
+        job.future.add_done_callback(lambda _: self.storing.discard(job))
+        return [index for index, _ in batch], job
 
     async def _fetch(self, peer: _Peer, blocks: list[int]) -> None:
-        bs = self.manifest.block_size
-        first = blocks[0]
-        offset = first * bs
-        length = min(len(blocks) * bs, self.manifest.size - offset)
+        """Ask ``peer`` for the run ``blocks``; check and write its blocks in worker threads
+        (in batches of :data:`STORE_BATCH`) while the next ones are read, at most
+        :data:`STORE_AHEAD` bytes of them at a time."""
+        manifest = self.manifest
+        first, last = blocks[0], blocks[-1]
+        offset = first * manifest.block_size
+        length = min(len(blocks) * manifest.block_size, manifest.size - offset)
+        ahead = max(2, STORE_AHEAD // max(STORE_BATCH, manifest.block_size))
         started = self.clock()
-        buf = bytearray()
-        index, last = first, blocks[-1]
-        async for chunk in peer.holder.blocks(self.request(peer.holder, offset, length)):
-            buf += chunk
-            peer.stats.received += len(chunk)
-            if peer.meter is not None and (why := peer.meter.update(self.clock(), len(chunk))):
-                raise TooSlow(why)
-            while index <= last and len(buf) >= (want := self.manifest.span(index)[1]):
-                data = bytes(buf[:want])
-                del buf[:want]
-                await self._deliver(peer, index, data)
-                index += 1
-            if index > last and buf:
-                raise BadBlock(index)  # more bytes than the range holds
-        if index <= last:
-            raise ConnectionClosed(f"the range ended after {index - first} of {len(blocks)} blocks")
+        index = first
+        block = _BlockBuffer(manifest.span(index)[1])
+        batch: list[tuple[int, list[Buffer]]] = []
+        batch_bytes, batch_started = 0, started
+        stores: collections.deque[_Stored] = collections.deque()
+        try:
+            async for chunk in peer.holder.blocks(self.request(peer.holder, offset, length)):
+                view = memoryview(chunk)
+                peer.stats.received += len(view)
+                now = self.clock()
+                if peer.meter is not None and (why := peer.meter.update(now, len(view))):
+                    raise TooSlow(why)
+                while view:
+                    if index > last:
+                        raise BadBlock(index)  # more bytes than the range holds
+                    take = min(len(view), block.length - block.size)
+                    block.add(view[:take])
+                    view = view[take:]
+                    if block.size == block.length:
+                        if index not in self.plan.have:  # else the endgame's loser: dropped
+                            if not batch:
+                                batch_started = now
+                            batch.append((index, block.pieces))
+                            batch_bytes += block.length
+                        index += 1
+                        if index <= last:
+                            block = _BlockBuffer(manifest.span(index)[1])
+                if batch and (batch_bytes >= STORE_BATCH or now - batch_started >= STORE_WAIT):
+                    if (stored := self._store(batch)) is not None:
+                        stores.append(stored)
+                    batch, batch_bytes = [], 0
+                while stores and (stores[0][1].future.done() or len(stores) > ahead):
+                    await self._settle(peer, stores)
+            if index <= last:
+                raise ConnectionClosed(
+                    f"the range ended after {index - first} of {len(blocks)} blocks"
+                )
+            if batch and (stored := self._store(batch)) is not None:
+                stores.append(stored)
+            batch = []
+            while stores:
+                await self._settle(peer, stores)
+        except BaseException:
+            # The request failed (the holder vanished, was too slow, overran its range) or was
+            # cancelled (its holder dropped, or the endgame's loser): the blocks that came whole
+            # before are still checked, kept if good and charged to their sender if bad.
+            if batch and (stored := self._store(batch)) is not None:
+                stores.append(stored)
+            while stores:
+                try:
+                    await self._settle(peer, stores)
+                except asyncio.CancelledError:
+                    continue  # cancelled again meanwhile: these blocks are still ours to judge
+            raise
+        finally:
+            for _, job in stores:
+                job.future.add_done_callback(_retrieve)  # cancelled: no longer ours to judge
         elapsed = max(self.clock() - started, 1e-3)
         rate = length / elapsed
         peer.stats.rate = rate if not peer.stats.rate else 0.5 * peer.stats.rate + 0.5 * rate
 
-    async def _deliver(self, peer: _Peer, index: int, data: bytes) -> None:
-        if index in self.plan.have:
-            return  # the endgame's loser: already here from another peer
+    async def _settle(self, peer: _Peer, stores: collections.deque[_Stored]) -> None:
+        """Wait for the first batch of ``stores`` to be checked and written, then take it off
+        (a cancel while waiting leaves it there), count its good blocks, and raise
+        :class:`BadBlock` if one did not match (or the local error if the writes failed)."""
+        indexes, job = stores[0]
+        if not job.future.done():
+            await asyncio.wait([job.future])
+        stores.popleft()
         try:
-            await self.disk.run(self.part.write_block, index, data)
+            bad = job.future.result()
         except OSError as exc:
             raise LocalWriteFailed(_write_failed(self.part.staging.path, exc)) from exc
-        if index in self.plan.have:
-            return
-        peer.stats.blocks += 1
-        self.part.unsynced += len(data)
-        losers = self.plan.finished(peer.stats.name, index)
+        losers: set[str] = set()
+        for index in indexes:
+            if index in bad or index in self.plan.have:
+                continue  # a bad block; or the endgame's loser (already here from another)
+            peer.stats.blocks += 1
+            self.part.unsynced += self.manifest.span(index)[1]
+            losers |= self.plan.finished(peer.stats.name, index)
         for other in self.peers:
             if other.stats.name in losers:
                 for task, run in list(other.tasks.items()):
                     if all(b in self.plan.have for b in run):
-                        task.cancel()  # the endgame's loser
+                        task.cancel()  # the endgame's loser: its stream is closed unread
         self.progress()
+        if bad:
+            raise BadBlock(bad[0])
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # the request it belonged to ended: not logged as never retrieved
 
 
 async def _gather_manifests(
@@ -717,7 +955,8 @@ async def swarm_download(
     limits: DownloadLimits | None = None,
 ) -> SwarmResult:
     """Download ``keyword/file_name`` into the share ``dest`` from every holder at once, held
-    to ``limits`` (the largest file, and each holder's pace: PROTOCOL.md §6)."""
+    to ``limits`` (the largest file, and each holder's pace: PROTOCOL.md §6); blocks go out in
+    file order from the first, or from a start drawn from ``rng`` when one is given."""
     limits = limits or DownloadLimits()
     if listing is not None:
         _check_size(listing.size, limits, [])  # before a holder is even asked
@@ -757,11 +996,10 @@ async def swarm_download(
                     # each holder is asked under its own names (PROTOCOL.md §4.9)
                     return RangeRequest(holder.keyword, holder.file_name, digest, offset, length)
 
-                start = (
-                    (rng or random.SystemRandom()).randrange(manifest.count)
-                    if manifest.count
-                    else 0
-                )
+                # From the first block by default: the whole file's running digest then
+                # follows the blocks as they arrive and nothing is left to hash at the end;
+                # a random start (``rng``) leaves the blocks before it to be hashed last.
+                start = rng.randrange(manifest.count) if rng is not None and manifest.count else 0
                 swarm = _Swarm(part, serving, request, disk, on_progress, clock, start, limits.pace)
                 for name, check in refused.items():
                     swarm.peers.append(_Peer(_Refused(name), PeerStats(name, dropped=check.detail)))
@@ -771,11 +1009,11 @@ async def swarm_download(
                     for task in list(swarm.task_peer):
                         task.cancel()
                     if swarm.task_peer:
-                        await asyncio.wait(swarm.task_peer)
-                    try:
-                        await disk.run(part.checkpoint)
-                    except OSError as exc:
-                        raise LocalWriteFailed(_write_failed(staging.path, exc)) from exc
+                        ended, _ = await asyncio.wait(swarm.task_peer)
+                        for task in ended:
+                            if not task.cancelled():
+                                task.exception()  # the download failed anyway
+                    await swarm.settle()
                 peers = tuple(p.stats for p in swarm.peers)
                 if not part.have.complete:
                     gone = "; ".join(f"{p.name} {p.dropped}" for p in peers if p.dropped)
@@ -788,7 +1026,10 @@ async def swarm_download(
                         partial_kept=True,
                     )
                 checks.append(CheckOutcome("blocks", True, f"{manifest.count} blocks verified"))
-                whole = await disk.run(part.whole_digest)
+                # The rest of the whole file's digest while its last pages go to the disk.
+                whole, _ = await asyncio.gather(
+                    disk.run(part.whole_digest), disk.run(os.fdatasync, part.fd)
+                )
                 if whole != manifest.sha256:
                     await disk.run(staging.discard)
                     checks.append(CheckOutcome("sha256", False, "the whole file does not match"))
@@ -796,6 +1037,8 @@ async def swarm_download(
                 checks.append(CheckOutcome("sha256", True, whole.hex()))
                 present = await disk.run(_install, staging, part.fd, file_name, whole, overwrite)
             finally:
+                part.stop_writing()
+                await disk.run(part.prefix.stop)
                 disk.close_when_idle(part.fd)
         finally:
             disk.close_when_idle(folder.fd)

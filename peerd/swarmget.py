@@ -1,7 +1,8 @@
 """A download from every listed holder: connect to each source, then :func:`swarm_download`.
 
 Used by the shell's ``get`` (through :class:`peerd.session.PeerSession`) and by the control
-socket's ``get``; a source that cannot be reached is listed among the dropped peers with why.
+socket's ``get`` (:func:`get_from_holders`: ``p2pshare get``); a source that cannot be reached
+is listed among the dropped peers with why.
 """
 
 from __future__ import annotations
@@ -9,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from netproto.errors import P2PError
+from netproto.operations import Holding, SearchHit
 from peerd.client import PeerClient
-from peerd.download import DownloadLimits
+from peerd.download import DownloadLimits, DownloadResult
 from peerd.errors import DownloadRefused
+from peerd.sources import listing_for
 from peerd.swarm import (
     Listing,
     PeerHolder,
@@ -87,4 +91,84 @@ async def swarm_from_sources(
     return dataclasses.replace(result, peers=result.peers + tuple(unreachable))
 
 
-__all__ = ["Connect", "swarm_from_sources"]
+class SwarmSession(Protocol):
+    """What :func:`get_from_holders` needs of the peer (a :class:`peerd.session.PeerSession`)."""
+
+    @property
+    def domain_name(self) -> str:
+        """This peer's name (never one of the holders)."""
+        ...
+
+    async def holders(self, sha256: bytes) -> list[Holding]:
+        """The live peers holding this content, each under its own names."""
+        ...
+
+    async def swarm_get(
+        self,
+        keyword: str,
+        file_name: str,
+        listing: Listing,
+        *,
+        overwrite: bool = False,
+        on_progress: Callable[[SwarmProgress], None] | None = None,
+    ) -> SwarmResult:
+        """Download from every source of ``listing`` at once."""
+        ...
+
+
+async def get_from_holders(
+    session: SwarmSession,
+    keyword: str,
+    file_name: str,
+    hits: Sequence[SearchHit],
+    *,
+    source: str | None = None,
+    overwrite: bool = False,
+    on_progress: Callable[[SwarmProgress], None] | None = None,
+) -> SwarmResult | None:
+    """Download ``keyword/file_name`` from every holder the search ``hits`` and the content
+    lookup name (only ``source`` if given), as the shell's ``get`` does; None when no holder
+    lists a signed manifest (the caller then fetches the whole file, PROTOCOL.md §7.1)."""
+    me = session.domain_name
+    listing = listing_for(keyword, file_name, hits, exclude=me, only=source)
+    if listing is None or not any(s.manifest for s in listing.sources):
+        return None
+    if source is None:
+        try:
+            holdings = await session.holders(listing.sha256)
+        except P2PError as exc:  # an index without the content lookup: the hits alone
+            log.debug("holders failed: %s", exc)
+            holdings = []
+        listing = listing_for(keyword, file_name, hits, holdings, exclude=me) or listing
+    return await session.swarm_get(
+        keyword, file_name, listing, overwrite=overwrite, on_progress=on_progress
+    )
+
+
+def as_download_result(
+    result: SwarmResult, keyword: str, file_name: str, elapsed: float
+) -> DownloadResult:
+    """A multi-source download as the one-holder result ``p2pshare get`` reports: the holders
+    that sent blocks as its ``signer``, the bytes they sent as ``received``."""
+    senders = ", ".join(p.name for p in result.peers if p.blocks)
+    return DownloadResult(
+        result.path,
+        keyword,
+        file_name,
+        result.size,
+        result.sha256,
+        senders or ", ".join(p.name for p in result.peers if p.dropped is None),
+        result.checks,
+        received=sum(p.received for p in result.peers),
+        elapsed=elapsed,
+        already_present=result.already_present,
+    )
+
+
+__all__ = [
+    "Connect",
+    "SwarmSession",
+    "as_download_result",
+    "get_from_holders",
+    "swarm_from_sources",
+]

@@ -113,9 +113,10 @@ async def test_get_json_names_the_peer_every_check_and_the_file_in_the_share(
     assert status == ExitCode.OK
     doc = json.loads(out)
     assert doc["ok"] is True and doc["peer"] == "peer2" and doc["signer"] == "peer2"
+    # every holder at once, each block checked against the publisher-signed manifest
     checks = {c["name"]: c["passed"] for c in doc["checks"]}
-    assert checks == {n: True for n in ("nonce", "size", "sha256", "signer", "signature",
-                                        "index-digest")}  # fmt: skip
+    assert checks == {n: True for n in ("manifest", "publisher-signature", "index-manifest",
+                                        "blocks", "sha256")}  # fmt: skip
     landed = tmp_path / "peer3-files" / "koala" / "joey.txt"
     assert Path(doc["path"]) == landed and landed.read_bytes() == b"a baby koala\n"
 

@@ -183,3 +183,69 @@ async def test_a_state_folder_with_a_long_path_still_works(session: ControlledFa
 async def test_no_socket_is_no_peer(state_dir: Path) -> None:
     with pytest.raises(NoPeer):
         await ControlClient(state_dir).status()
+
+
+@pytest.fixture
+def holders_session(tmp_path: Path) -> ControlledFake:
+    """peer1 and peer2 list koala/joey.txt with a signed manifest; peer4 holds the same
+    content as wombat/copy.txt."""
+    joey = b"a baby koala\n"
+    peers = [
+        FakePeer("peer1", {"koala": {"joey.txt": joey}}, port=7101, signed=True),
+        FakePeer("peer2", {"koala": {"joey.txt": joey}}, port=7102, signed=True),
+        FakePeer("peer4", {"wombat": {"copy.txt": joey}}, port=7104, signed=True),
+    ]
+    return ControlledFake(tmp_path / "peer3-files", peers)
+
+
+async def test_get_downloads_from_every_holder_at_once(
+    holders_session: ControlledFake, state_dir: Path
+) -> None:
+    server = ControlServer(ControlService(holders_session), state_dir)
+    await asyncio.wait_for(server.start(), TIMEOUT)
+    try:
+        peer, result, attempts = await ControlClient(state_dir, timeout=TIMEOUT).get(
+            "koala", "joey.txt"
+        )
+    finally:
+        await asyncio.wait_for(server.close(), TIMEOUT)
+    assert holders_session.swarms == [
+        ["peer1:koala/joey.txt", "peer2:koala/joey.txt", "peer4:wombat/copy.txt"]
+    ]
+    assert holders_session.downloads == []  # no whole-file fetch
+    assert (peer, attempts) == ("peer1, peer2, peer4", [])
+    assert result.path.read_bytes() == b"a baby koala\n"
+    assert [c.name for c in result.checks] == ["manifest", "blocks", "sha256"]
+
+
+async def test_get_from_limits_the_download_to_that_holder(
+    holders_session: ControlledFake, state_dir: Path
+) -> None:
+    server = ControlServer(ControlService(holders_session), state_dir)
+    await asyncio.wait_for(server.start(), TIMEOUT)
+    try:
+        peer, _, _ = await ControlClient(state_dir, timeout=TIMEOUT).get(
+            "koala", "joey.txt", source="PEER2"
+        )
+    finally:
+        await asyncio.wait_for(server.close(), TIMEOUT)
+    assert holders_session.swarms == [["peer2:koala/joey.txt"]]
+    assert peer == "peer2"
+
+
+async def test_get_with_every_holder_gone_is_download_failed_naming_the_check(
+    holders_session: ControlledFake, state_dir: Path
+) -> None:
+    for name in ("peer1", "peer2", "peer4"):
+        holders_session.peers[name].drop_reason = "vanished (connection reset)"
+    server = ControlServer(ControlService(holders_session), state_dir)
+    await asyncio.wait_for(server.start(), TIMEOUT)
+    try:
+        with pytest.raises(RequestError) as caught:
+            await ControlClient(state_dir, timeout=TIMEOUT).get("koala", "joey.txt")
+    finally:
+        await asyncio.wait_for(server.close(), TIMEOUT)
+    assert caught.value.code == DownloadFailed.code
+    (attempt,) = caught.value.extra["attempts"]
+    assert attempt["check"] == "holders" and attempt["partial_kept"] is True
+    assert holders_session.downloads == []

@@ -36,6 +36,7 @@ from peerd.swarm import (
     Source,
     SwarmIncomplete,
     SwarmProgress,
+    _pwrite_all,
     swarm_download,
 )
 
@@ -336,10 +337,10 @@ async def test_a_manifest_over_max_download_size_is_refused_before_a_byte_lands(
 async def test_a_local_disk_error_fails_the_download_without_dropping_the_holders(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def disk_full(self: BlockPart, index: int, data: bytes) -> None:
+    def disk_full(self: BlockPart, blocks: object) -> list[int]:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(BlockPart, "write_block", disk_full)
+    monkeypatch.setattr(BlockPart, "write_blocks", disk_full)
     holders = [FakeHolder("peer1"), FakeHolder("peer2")]
     with pytest.raises(LocalWriteFailed) as info:
         await get(holders, tmp_path, listing=listing())
@@ -403,3 +404,45 @@ async def test_each_holder_is_checked_against_its_own_listed_manifest(tmp_path: 
     assert (tmp_path / "koala" / "file.bin").read_bytes() == CONTENT
     assert list(result.dropped) == ["mallory"]
     assert mallory.requests == []
+
+
+class Stalling(FakeHolder):
+    """A holder that sends nothing until its requests are given up; it records each one it
+    saw cancelled (its stream closed unread by the downloader)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.cancelled = 0
+
+    async def blocks(self, request: RangeRequest) -> AsyncIterator[bytes]:
+        self.requests.append((request.offset, request.length))
+        try:
+            await asyncio.Event().wait()  # never set: only a cancel ends it
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        yield b""  # pragma: no cover - an async generator
+
+
+async def test_the_endgame_asks_a_second_holder_and_cancels_the_loser_uncharged(
+    tmp_path: Path,
+) -> None:
+    stalling = Stalling("peer2")
+    fast = FakeHolder("peer1", delay=0.001)
+    result = await get([stalling, fast], tmp_path, listing=listing())
+    assert (tmp_path / "koala" / "file.bin").read_bytes() == CONTENT
+    assert stalling.requests and stalling.cancelled == len(stalling.requests)
+    assert result.dropped == {}  # the loser is not charged with anything
+    assert result.peers[0].blocks == 0 and result.peers[1].blocks == MANIFEST.count
+
+
+def test_a_block_in_more_pieces_than_one_system_call_takes_is_written_whole(
+    tmp_path: Path,
+) -> None:
+    pieces = [bytes([i % 251]) * 7 for i in range(3000)]  # over IOV_MAX (1024)
+    fd = os.open(tmp_path / "part", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        _pwrite_all(fd, pieces, 5)
+        assert os.pread(fd, 30000, 5) == b"".join(pieces)
+    finally:
+        os.close(fd)
