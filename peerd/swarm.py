@@ -5,7 +5,7 @@ whose signature does not verify under the certificate it presented, or whose man
 the one the index listed (or, without a listing, the first one that checked out), is dropped
 and named. The blocks are then fetched from every remaining holder at once with
 ``fetch_range``: each holder has a window of requests sized to its measured rate, blocks go
-out in file order from the first (from a random start if asked), and once none is left
+out in file order from a random start (from the first with a single holder), and once none is left
 unassigned the last ones are asked of a second holder too (the endgame): the loser's stream is
 closed unread, uncharged. Every block is checked against the manifest before it is written at
 its offset; a bad block is charged to its sender, which is dropped for this file and named; a
@@ -956,7 +956,8 @@ async def swarm_download(
 ) -> SwarmResult:
     """Download ``keyword/file_name`` into the share ``dest`` from every holder at once, held
     to ``limits`` (the largest file, and each holder's pace: PROTOCOL.md §6); blocks go out in
-    file order from the first, or from a start drawn from ``rng`` when one is given."""
+    file order from a random start (drawn from ``rng``) when several holders serve, from the
+    first block with one."""
     limits = limits or DownloadLimits()
     if listing is not None:
         _check_size(listing.size, limits, [])  # before a holder is even asked
@@ -996,10 +997,13 @@ async def swarm_download(
                     # each holder is asked under its own names (PROTOCOL.md §4.9)
                     return RangeRequest(holder.keyword, holder.file_name, digest, offset, length)
 
-                # From the first block by default: the whole file's running digest then
-                # follows the blocks as they arrive and nothing is left to hash at the end;
-                # a random start (``rng``) leaves the blocks before it to be hashed last.
-                start = rng.randrange(manifest.count) if rng is not None and manifest.count else 0
+                # From a random start when several holders serve (downloaders of one file
+                # then ask the swarm for different blocks first); from the first block with
+                # one holder, where the order makes no difference to it and the whole file's
+                # running digest follows the blocks as they arrive (PROTOCOL.md §7.1).
+                start = 0
+                if len(serving) > 1 and manifest.count:
+                    start = (rng or random.SystemRandom()).randrange(manifest.count)
                 swarm = _Swarm(part, serving, request, disk, on_progress, clock, start, limits.pace)
                 for name, check in refused.items():
                     swarm.peers.append(_Peer(_Refused(name), PeerStats(name, dropped=check.detail)))

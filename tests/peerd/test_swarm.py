@@ -446,3 +446,24 @@ def test_a_block_in_more_pieces_than_one_system_call_takes_is_written_whole(
         assert os.pread(fd, 30000, 5) == b"".join(pieces)
     finally:
         os.close(fd)
+
+
+async def test_a_single_holder_is_asked_from_the_first_block(tmp_path: Path) -> None:
+    holder = FakeHolder("peer1")
+    await get([holder], tmp_path)
+    assert holder.requests[0][0] == 0
+
+
+async def test_several_holders_are_asked_in_file_order_from_a_random_start(
+    tmp_path: Path,
+) -> None:
+    # The start is drawn from the rng get() passes (seeded): the same draw here.
+    start = random.Random(7).randrange(MANIFEST.count)
+    assert start != 0  # the seed is one whose draw tells the two orders apart
+    holders = [FakeHolder(f"peer{i}", delay=0.002) for i in (1, 2)]
+    await get(holders, tmp_path)
+    first = min(
+        (offset for h in holders for offset, _ in h.requests[:1]),
+        key=lambda offset: (offset - start * MANIFEST.block_size) % len(CONTENT),
+    )
+    assert first == start * MANIFEST.block_size
