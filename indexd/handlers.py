@@ -5,9 +5,12 @@ ping, bye.
 the in-memory :class:`KeywordIndex`, the password hashers, the attempt and rate limits, the
 staged uploads, the per-user quotas and the deny-list of ended sessions — and
 :meth:`IndexService.operations` gives the handler table for :class:`netproto.server.Server`.
-Handlers do no socket I/O. Store calls run on two single-thread executors: one for writes, so
-they are serialized and commit in the order they were made, and one for reads, which WAL lets
-run beside a write.
+Handlers do no socket I/O. Store calls run on single-thread executors: one for writes, so
+they are serialized and commit in the order they were made; one for reads (``listing``,
+``holders``, ``renew``), which WAL lets run beside a write; one for password look-ups and login
+counters, so no flood of other reads delays a login; and, with a shared store, one for
+reloading what other servers changed. A write and the memory update after it run as one
+step that a client going away cannot cut in two (:meth:`IndexService._shielded`).
 
 With a shared store (PostgreSQL, several index servers: PROTOCOL.md §11) the service also
 listens to the other servers' commits and reloads what they changed, shares ping liveness in
@@ -25,7 +28,7 @@ import math
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -107,6 +110,13 @@ DEFAULT_LIVENESS_INTERVAL = 5.0
 #: Extra seconds each liveness poll looks back: a batch written by another server up to this
 #: late (a slow commit, clocks apart) is still read.
 _LIVENESS_SLACK = 5.0
+#: Seconds a user found active is taken to be so by ``renew`` with a shared store: the
+#: enrollment gates' refresh interval (indexd.enroll), after which a disabled user is refused.
+ACTIVE_USER_TTL = 1.0
+#: Login counter keys whose wait the store returned, remembered at most (then: ask it).
+MAX_KNOWN_WAITS = 100_000
+#: Waits between attempts of a whole reload that failed (the database away), in seconds.
+RELOAD_DELAYS = (0.05, 0.2, 0.5, 1.0, 2.0)
 
 
 @dataclass(frozen=True)
@@ -187,6 +197,8 @@ class IndexService:
         shared: bool = False,
     ) -> None:
         self.store = store
+        #: The store's refusals and failures: a background task that meets one tries again.
+        self._failures: tuple[type[Exception], ...] = (StoreError, RequestError, *store.failures)
         #: Other index servers write to the same store (PROTOCOL.md §11): listen to their
         #: changes, share liveness, and count login attempts in the store.
         self.shared = shared
@@ -209,6 +221,10 @@ class IndexService:
         self.address_attempts = AttemptLimiter(s.address_backoff)
         self.register_attempts = AttemptLimiter(s.register_backoff)
         self.sync_rate = RateBucket(s.sync_rate)
+        #: With a shared store: the waits it returned, per counter key, refused here without
+        #: a store call until they end (a flood of refused guesses costs the store nothing).
+        self.known_waits: dict[str, float] = {}
+        self._active_users: dict[str, float] = {}  # user -> when found active (renew)
         self.lookup_rate = RateBucket(s.lookup_rate)
         self._holders_turn = 0  # which owner the next holders reply starts with
         self.binding = BindingChecker()
@@ -232,15 +248,24 @@ class IndexService:
         self._logins = ThreadPoolExecutor(1, thread_name_prefix="indexd-store-login")
         # Numbered on the write thread, so the order of generations is the order of commits.
         self._generations: Iterator[int] = itertools.count(1)
+        #: Writes under way with the memory update after them (:meth:`_shielded`).
+        self._commits: set[asyncio.Task[Any]] = set()
+        self._closing = False  # close() has begun: start nothing new
         # -- a shared store (PROTOCOL.md §11) --
+        # Reloads of other servers' changes: a thread of their own, so a flood of listing
+        # and holders reads cannot hold them back.
+        self._reloads = ThreadPoolExecutor(1, thread_name_prefix="indexd-store-reload")
         self._listener: Listener | None = None
         self._liveness: asyncio.Task[None] | None = None
         #: Pings answered since the last batch was written: domain name -> when.
         self._seen: dict[str, float] = {}
-        self._reloading: set[str] = set()  # names being read from the store now
-        self._again: set[str] = set()  # ...and to be read once more after that
+        #: Names to read from the store again, all in one batch per round of the reloader.
+        self._pending: set[str] = set()
+        self._reloader: asyncio.Task[None] | None = None
         #: While a whole load runs: names changed meanwhile, reloaded after it.
         self._deferred: set[str] | None = None
+        self._opening = False  # open() is loading: a whole reload waits for its end
+        self._whole_wanted = False  # a whole reload is due (again)
         self._reload_all: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -252,42 +277,85 @@ class IndexService:
         liveness."""
         loop = asyncio.get_running_loop()
         if self.shared:
+            # Changes heard while loading wait for its end (PROTOCOL.md §11.1, Start); so
+            # does a whole reload after a lost notification connection.
+            self._opening = True
             self._deferred = set()
             self._listener = await loop.run_in_executor(
                 None, self.store.listen, functools.partial(self._heard, loop)
             )
-        peers, revoked = await self._write(self._load_records, self.clock())
-        for p in peers:
-            self._own(p.domain_name, p.owner)
-        # A batch at a time: only one batch of prepared hits waits beside the index being
-        # built (BENCHMARKS.md, the index's memory per 10^6 listed files).
-        listings = await self._write(self.store.iter_listings)
-        while batch := await self._write(self._prepare_batch, listings):
-            for prepared, generation, count in batch:
-                self.index.apply(prepared, generation)
-                self.listed[prepared.record.domain_name] = count
-        self.revoked = revoked
+        await self._load(self._writes, prune=True)
         if self.shared:
-            self._replay_deferred()
+            self._opening = False
+            if self._whole_wanted:
+                self._reload_all = self._spawn(self._reload_everything())
+            else:
+                self._replay_deferred()
             self._liveness = asyncio.create_task(self._share_liveness())
         await self.hasher.start()
         log.info("index loaded: %d peers known, %d listed", len(self.owners), len(self.index))
 
-    def _load_records(self, now: float) -> tuple[list[PeerRecord], dict[str, float]]:
-        self.store.prune_revoked(now)
-        return self.store.peers(), self.store.revoked_sessions(now)
+    async def _load(self, executor: ThreadPoolExecutor, *, prune: bool = False) -> set[str]:
+        """Read every peer, enrolled name, listing and ended session and put them in place
+        of memory's; the names whose listing a newer change in memory kept out (to read
+        again, alone). The listings come a batch at a time: only one batch of prepared hits
+        waits beside the index (BENCHMARKS.md, the index's memory per 10^6 listed files),
+        and requests are served between two batches."""
+        loop = asyncio.get_running_loop()
+        generation, peers, enrolled, revoked = await loop.run_in_executor(
+            executor, self._load_records, self.clock(), prune
+        )
+        for p in peers:
+            self._own(p.domain_name, p.owner)
+        for name, user in enrolled.items():
+            self._own(name, user)
+        refused: set[str] = set()
+        listed: set[str] = set()
+        listings = await loop.run_in_executor(executor, self.store.iter_listings)
+        try:
+            while batch := await loop.run_in_executor(executor, self._prepare_batch, listings):
+                for prepared, count in batch:
+                    name = prepared.record.domain_name
+                    listed.add(name)
+                    if not self._put(prepared, generation, count):
+                        refused.add(name)
+        finally:
+            if isinstance(listings, Generator):  # abandoned early: its snapshot ends now
+                await loop.run_in_executor(executor, listings.close)
+        for p in peers:
+            if p.domain_name not in listed and not self._remove(p.domain_name, generation):
+                refused.add(p.domain_name)
+        self._merge_revoked(revoked)
+        return refused
+
+    def _load_records(
+        self, now: float, prune: bool
+    ) -> tuple[int, list[PeerRecord], dict[str, str], dict[str, float]]:
+        # One generation for the whole load, numbered before its reads (and the listings'
+        # snapshot, taken at their first batch): whatever is committed or reloaded after is
+        # numbered later and wins over what the load read.
+        generation = next(self._generations)
+        if prune:
+            self.store.prune_revoked(now)
+        return (
+            generation,
+            self.store.peers(),
+            self.store.enrolled_names(),
+            self.store.revoked_sessions(now),
+        )
 
     def _prepare_batch(
         self, listings: Iterator[tuple[PeerRecord, list[SharedFile]]]
-    ) -> list[tuple[PeerHits, int, int]]:
+    ) -> list[tuple[PeerHits, int]]:
         return [
-            (self._prepare(record, files), next(self._generations), len(files))
+            (self._prepare(record, files), len(files))
             for record, files in itertools.islice(listings, LOAD_BATCH)
         ]
 
     async def close(self) -> None:
         """Stop listening, finish store work in progress and stop the worker threads."""
         loop = asyncio.get_running_loop()
+        self._closing = True  # no reload or notification starts a task from now on
         if self._listener is not None:
             listener, self._listener = self._listener, None
             await loop.run_in_executor(None, listener.close)
@@ -295,6 +363,8 @@ class IndexService:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # Writes under way finish, and memory learns of them.
+        await asyncio.gather(*self._commits, return_exceptions=True)
         if self._seen:  # the last pings' liveness, for the other servers
             seen, self._seen = self._seen, {}
             with contextlib.suppress(Exception):
@@ -302,6 +372,7 @@ class IndexService:
         await loop.run_in_executor(None, self._shutdown)
 
     def _shutdown(self) -> None:
+        self._reloads.shutdown(wait=True)
         self._reads.shutdown(wait=True)
         self._logins.shutdown(wait=True)
         self._writes.shutdown(wait=True)
@@ -328,6 +399,8 @@ class IndexService:
             self._writes.submit(self.store.prune_revoked, now).add_done_callback(_log_failure)
         if self.shared:  # the store's counters have no bound of their own
             self._writes.submit(self.store.attempts_prune, now).add_done_callback(_log_failure)
+            for key in [k for k, until in self.known_waits.items() if until <= now]:
+                del self.known_waits[key]
 
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
         return await self._in_store(self._writes, fn, *args)
@@ -351,16 +424,51 @@ class IndexService:
         return prepare_hits(record, files, max_hit_files=s.max_hit_files, max_frame=s.max_frame)
 
     def _own(self, domain_name: str, user: str) -> None:
+        """``user`` owns the name now: moved from any previous owner's names."""
+        previous = self.owners.get(domain_name)
+        if previous is not None and previous != user:
+            self._drop_domain(previous, domain_name)
         self.owners[domain_name] = user
         self.domains.setdefault(user, set()).add(domain_name)
 
     def _disown(self, domain_name: str, user: str) -> None:
+        """Undo ``user``'s claim of the name: off their names whoever owns it now."""
         if self.owners.get(domain_name) == user:
             del self.owners[domain_name]
-            names = self.domains.get(user, set())
+        self._drop_domain(user, domain_name)
+
+    def _drop_domain(self, user: str, domain_name: str) -> None:
+        names = self.domains.get(user)
+        if names is not None:
             names.discard(domain_name)
             if not names:
-                self.domains.pop(user, None)
+                del self.domains[user]
+
+    def _put(self, prepared: PeerHits, generation: int, count: int) -> bool:
+        """Put a listing read from the store in place, unless a newer one is there; pings
+        heard here and not yet in the store still count."""
+        name = prepared.record.domain_name
+        self._own(name, prepared.record.owner)
+        before = self.index.record(name)
+        if not self.index.apply(prepared, generation):
+            return False
+        self.listed[name] = count
+        if before is not None:
+            self.index.touch(name, before.last_seen)
+        return True
+
+    def _remove(self, domain_name: str, generation: int) -> bool:
+        """Take a withdrawn peer's listing out, unless a newer one is there."""
+        if domain_name in self.index:
+            if not self.index.remove(domain_name, generation):
+                return False
+            self.listed[domain_name] = 0
+        return True
+
+    def _merge_revoked(self, revoked: dict[str, float]) -> None:
+        """Ended sessions heard or read: each kept until the later of its expiries."""
+        for session, until in revoked.items():
+            self.revoked[session] = max(until, self.revoked.get(session, until))
 
     # -- several index servers on one store (PROTOCOL.md §11) ---------------------------
 
@@ -370,49 +478,70 @@ class IndexService:
             loop.call_soon_threadsafe(self._changed, payload)
 
     def _changed(self, payload: str | None) -> None:
-        """A change committed to the store (by any server): bring memory up to date."""
+        """A change committed to the store (by another server): bring memory up to date."""
+        if self._closing:
+            return
         if payload is None:  # notifications were lost for a while: anything may have changed
-            if self._reload_all is None:
-                self._reload_all = self._spawn(self._reload_everything())
+            self._reload_whole()
             return
         kind, _, arg = payload.partition(" ")
-        if kind == "revoked":
-            # Every token of a session expires within the token TTL (the same on every server
-            # of a deployment) and the leeway: refused here at once, no store read needed.
-            until = self.clock() + self.issuer.ttl + LEEWAY
-            self.revoked[arg] = max(until, self.revoked.get(arg, until))
-        elif kind == "listing":  # another server's commit: the store passes over our own
+        if kind == "listing":  # another server's commit: the store passes over our own
             self._reload(arg)
+        elif kind == "revoked":
+            session, _, expiry = arg.partition(" ")
+            until = _float(expiry)
+            if until is None:  # no expiry given: every token expires within TTL + leeway
+                until = self.clock() + self.issuer.ttl + LEEWAY
+            self._merge_revoked({session: until})
+        elif kind == "owner":  # a name enrolled through another server (PROTOCOL.md §10)
+            name, _, user = arg.partition(" ")
+            if name and user:
+                self._own(name, user)
         else:
             log.warning("unknown database notification %r", payload[:80])
 
     def _reload(self, domain_name: str) -> None:
-        """Read one peer from the store and apply it; bursts for one name are coalesced."""
+        """Read one peer from the store again and apply it; the names changed while a read
+        is under way are read together in the next one."""
+        if self._closing:
+            return
         # Another server changed it: a delta based on this server's version must not apply.
         self.versions.pop(domain_name, None)
         if self._deferred is not None:
             self._deferred.add(domain_name)
-        elif domain_name in self._reloading:
-            self._again.add(domain_name)
-        else:
-            self._reloading.add(domain_name)
-            self._spawn(self._reload_peer(domain_name))
+            return
+        self._pending.add(domain_name)
+        if self._reloader is None:
+            self._reloader = self._spawn(self._reload_pending())
 
-    async def _reload_peer(self, name: str) -> None:
+    async def _reload_pending(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            while True:
-                self._again.discard(name)
-                loaded = await self._read(self._read_peer, name)
+            while self._pending and not self._closing:
+                names, self._pending = sorted(self._pending), set()
+                try:
+                    loaded = await loop.run_in_executor(self._reloads, self._read_peers, names)
+                except self._failures as exc:
+                    # This change would be lost: read everything again, until it works.
+                    log.warning("could not reload peers from the database (%s)", exc)
+                    self._pending.update(names)
+                    self._reload_whole()
+                    return
                 if self._deferred is not None:  # a whole load began meanwhile: after it
-                    self._deferred.add(name)
-                    return
-                self._apply_loaded(name, *loaded)
-                if name not in self._again:
-                    return
-        except Exception:
-            log.exception("could not reload %s from the database", name)
+                    self._deferred.update(names)
+                    continue
+                for name, found in zip(names, loaded, strict=True):
+                    if not self._apply_loaded(name, *found):
+                        # A change numbered later is in memory, though this read may be
+                        # newer still (another server's): read again, numbered after it.
+                        self._pending.add(name)
         finally:
-            self._reloading.discard(name)
+            self._reloader = None
+
+    def _read_peers(
+        self, names: list[str]
+    ) -> list[tuple[int, PeerRecord | None, PeerHits | None, int]]:
+        return [self._read_peer(name) for name in names]
 
     def _read_peer(self, name: str) -> tuple[int, PeerRecord | None, PeerHits | None, int]:
         # Numbered before the read: a commit numbered later may be newer than what is read.
@@ -425,58 +554,49 @@ class IndexService:
 
     def _apply_loaded(
         self, name: str, generation: int, record: PeerRecord | None, hits: PeerHits | None, n: int
-    ) -> None:
+    ) -> bool:
+        """Put what was read of one peer in place; False if a newer change kept it out."""
+        if hits is not None:
+            return self._put(hits, generation, n)
         if record is not None:
             self._own(name, record.owner)
-        before = self.index.record(name)
-        if hits is None:
-            if self.index.remove(name, generation):
-                self.listed[name] = 0
-            return
-        if self.index.apply(hits, generation):
-            self.listed[name] = n
-            if before is not None:  # pings heard here and not yet in the store still count
-                self.index.touch(name, before.last_seen)
+        return self._remove(name, generation)
+
+    def _reload_whole(self) -> None:
+        """Read everything again (now, or after the load or reload under way)."""
+        self._whole_wanted = True
+        if not (self._opening or self._closing or self._reload_all is not None):
+            self._reload_all = self._spawn(self._reload_everything())
 
     async def _reload_everything(self) -> None:
-        """After lost notifications: load every peer again and swap it in (as :meth:`open`)."""
+        """After lost notifications: load everything again and put it in place (as
+        :meth:`open`), again after a failure (with growing waits) or another loss."""
+        failures = 0
         try:
-            # Names being reloaded now may be read after the load's snapshot: again after it.
-            self._deferred = (self._deferred or set()) | self._reloading
-            generation, peers, listings, revoked = await self._read(self._read_all, self.clock())
-            for p in peers:
-                self._own(p.domain_name, p.owner)
-            listed = set()
-            for prepared, count in listings:
-                name = prepared.record.domain_name
-                listed.add(name)
-                before = self.index.record(name)
-                if self.index.apply(prepared, generation):
-                    self.listed[name] = count
-                    if before is not None:
-                        self.index.touch(name, before.last_seen)
-            for p in peers:
-                if p.domain_name not in listed and self.index.remove(p.domain_name, generation):
-                    self.listed[p.domain_name] = 0
-            for session, until in revoked.items():
-                self.revoked[session] = max(until, self.revoked.get(session, until))
-            self.versions.clear()
-            log.info("index reloaded: %d peers known, %d listed", len(self.owners), len(self.index))
-        except Exception:
-            log.exception("could not reload the index from the database")
+            while self._whole_wanted and not self._closing:
+                self._whole_wanted = False
+                # Names read now may be read before the load's snapshot: again after it.
+                self._deferred = (self._deferred or set()) | self._pending
+                self._pending = set()
+                try:
+                    refused = await self._load(self._reloads)
+                except self._failures as exc:
+                    delay = RELOAD_DELAYS[min(failures, len(RELOAD_DELAYS) - 1)]
+                    failures += 1
+                    log.warning("could not reload the index (%s); again in %.2f s", exc, delay)
+                    self._whole_wanted = True
+                    await asyncio.sleep(delay)
+                    continue
+                failures = 0
+                self._deferred |= refused
+                self.versions.clear()
+                log.info(
+                    "index reloaded: %d peers known, %d listed", len(self.owners), len(self.index)
+                )
         finally:
             self._reload_all = None
-            self._replay_deferred()
-
-    def _read_all(
-        self, now: float
-    ) -> tuple[int, list[PeerRecord], list[tuple[PeerHits, int]], dict[str, float]]:
-        generation = next(self._generations)  # before the read, as in _read_peer
-        peers = self.store.peers()
-        listings = [
-            (self._prepare(r, files), len(files)) for r, files in self.store.iter_listings()
-        ]
-        return generation, peers, listings, self.store.revoked_sessions(now)
+            if not self._closing:
+                self._replay_deferred()
 
     def _replay_deferred(self) -> None:
         deferred, self._deferred = self._deferred or set(), None
@@ -487,6 +607,7 @@ class IndexService:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_task_failure)
         return task
 
     async def _share_liveness(self) -> None:
@@ -512,8 +633,11 @@ class IndexService:
                     record = self.index.record(name)
                     if record is not None and when > record.last_seen:
                         self.index.seen_at(name, when, now)
-            except Exception as exc:  # the store is away: try again next time
+            except self._failures as exc:
+                # The store is away (or refused): try again next time.
                 log.warning("could not share liveness with the database: %s", exc)
+            except Exception:
+                log.exception("sharing liveness failed")
 
     # -- checks -------------------------------------------------------------------------
 
@@ -613,8 +737,13 @@ class IndexService:
             (f"user {user}", s.user_backoff),
             (f"address {where}", s.address_backoff),
         ]
-        # Charged before the check, so parallel guesses are limited like sequential ones.
-        wait = await self._in_store(self._logins, self.store.attempts_charge, charges, now)
+        keys = [key for key, _ in charges]
+        wait = max(self.known_waits.get(key, 0.0) for key in keys) - now
+        if wait <= 0:
+            # Charged before the check, so parallel guesses are limited like sequential ones.
+            wait, blocked = await self._in_store(self._logins, self._charge_attempts, charges, now)
+            if len(self.known_waits) < MAX_KNOWN_WAITS:
+                self.known_waits.update(blocked)
         if wait > 0:
             raise RateLimited(retry_after=math.ceil(wait * 1000) / 1000)
         try:
@@ -635,18 +764,44 @@ class IndexService:
         log.info("user %s logged in from %s", user, ctx.address)
         return _auth_reply(tokens)
 
+    def _charge_attempts(
+        self, charges: list[AttemptCharge], now: float
+    ) -> tuple[float, dict[str, float]]:
+        """:meth:`IndexDatabase.attempts_charge`; on a refusal also which keys wait until
+        when (one more read, once per wait: then it is known in memory)."""
+        wait = self.store.attempts_charge(charges, now)
+        if wait <= 0:
+            return wait, {}
+        states = self.store.attempts_get([key for key, _ in charges])
+        return wait, {k: s.blocked_until for k, s in states.items() if s.blocked_until > now}
+
     async def handle_renew(self, ctx: RequestContext, req: None) -> AuthReply:
         """Fresh tokens of the same session for a certificate-bound token: a running peer
         stays logged in without its password (so a login lockout cannot knock it off)."""
         principal = self._authorize(ctx)
         if principal.thumbprint is None:
             raise Forbidden("renew needs a token bound to a client certificate; log in again")
-        if await self._password_hash(principal.subject) is None:
+        if not await self._user_active(principal.subject):
             raise Forbidden("the token's user is not registered")
         tokens = self.issuer.issue_session(
             principal.subject, ctx.peer_cert, session=principal.session_id
         )
         return _auth_reply(tokens)
+
+    async def _user_active(self, user: str) -> bool:
+        """Whether ``user`` is registered and not disabled, read on the reads' thread (a
+        flood of logins cannot delay it, PROTOCOL.md §8). With a shared store a yes is
+        remembered for :data:`ACTIVE_USER_TTL` seconds — the delay with which the enrollment
+        gates learn of a disabled user — so a renew costs no database round trip (§11)."""
+        now = self.clock()
+        if self.shared and self._active_users.get(user, -math.inf) > now - ACTIVE_USER_TTL:
+            return True
+        active = await self._read(self.store.user_active, user)
+        if active and self.shared:
+            if len(self._active_users) >= MAX_KNOWN_WAITS:
+                self._active_users.clear()
+            self._active_users[user] = now
+        return active
 
     async def handle_sync(self, ctx: RequestContext, req: SyncRequest) -> SyncReply:
         """Replace the caller's listing for a domain name (one-shot, or the final part)."""
@@ -679,22 +834,50 @@ class IndexService:
             self._own(name, user)
         self._committing[user] += len(files)
         self.versions.pop(name, None)  # a delta racing this sync must not apply
+
+        async def commit() -> SyncReply:
+            try:
+                count, prepared, generation = await self._write_or_reload(
+                    name, self._commit_listing, listing
+                )
+            except BaseException:
+                if claiming and name not in self.index:
+                    self._disown(name, user)
+                raise
+            finally:
+                self._committing[user] -= len(files)
+                if self._committing[user] <= 0:
+                    del self._committing[user]
+            self._own(name, user)
+            version = None  # a newer change (another server's) is in place: no version
+            if self.index.apply(prepared, generation):
+                self.listed[name] = count
+                version = self.versions[name] = _new_version()
+            log.info("%s synced %s: %d files", user, name, count)
+            return SyncReply(count, version)
+
+        return await self._shielded(commit())
+
+    async def _shielded(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run a write and the memory update after it to the end, even if the request is
+        cancelled meanwhile (its client went away): the store may commit, and memory must
+        then learn of it — with a shared store nothing else would tell this server."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._commits.add(task)
+        task.add_done_callback(self._commits.discard)
+        return await asyncio.shield(task)
+
+    async def _write_or_reload(self, name: str, fn: Callable[..., T], *args: Any) -> T:
+        """:meth:`_write` of a change to ``name``; if it failed other than by a refusal
+        (a lost COMMIT: committed or not, nobody knows), read the peer back from the store."""
         try:
-            count, prepared, generation = await self._write(self._commit_listing, listing)
-        except BaseException:
-            if claiming and name not in self.index:
-                self._disown(name, user)
+            return await self._write(fn, *args)
+        except RequestError:  # refused by the store: nothing was committed
             raise
-        finally:
-            self._committing[user] -= len(files)
-            if self._committing[user] <= 0:
-                del self._committing[user]
-        self._own(name, user)
-        self.listed[name] = count
-        self.index.apply(prepared, generation)
-        version = self.versions[name] = _new_version()
-        log.info("%s synced %s: %d files", user, name, count)
-        return SyncReply(count, version)
+        except BaseException:
+            if self.shared:
+                self._reload(name)
+            raise
 
     async def handle_sync_delta(self, ctx: RequestContext, req: SyncDeltaRequest) -> SyncReply:
         """Change the caller's listing at version ``req.base``: entries put and removed
@@ -722,26 +905,40 @@ class IndexService:
         change = ListingChange(user, name, req.files, req.removed, now)
         # The new version is taken now, so a second delta against the same base cannot apply.
         version = self.versions[name] = _new_version()
-        try:
-            count, touched, generation = await self._write(self._commit_change, change)
-        except BaseException:
-            if self.versions.get(name) == version:
-                del self.versions[name]
-            raise
-        fresh = PeerRecord(name, user, req.port_number, address, now)
-        hits = {kw: hit for kw, hit in self.index.hits_of(name).items() if kw not in touched}
-        hits.update(self._prepare(fresh, [f for files in touched.values() for f in files]).hits)
-        self.listed[name] = count
-        self.index.apply(PeerHits(fresh, hits), generation)
+
+        async def commit() -> SyncReply:
+            try:
+                count, touched, generation = await self._write_or_reload(
+                    name, self._commit_change, change
+                )
+            except BaseException:
+                if self.versions.get(name) == version:
+                    del self.versions[name]
+                raise
+            fresh = PeerRecord(name, user, req.port_number, address, now)
+            hits = {kw: hit for kw, hit in self.index.hits_of(name).items() if kw not in touched}
+            hits.update(self._prepare(fresh, [f for files in touched.values() for f in files]).hits)
+            if not self.index.apply(PeerHits(fresh, hits), generation):
+                # A newer change (another server's) is in place: this version is not it.
+                if self.versions.get(name) == version:
+                    del self.versions[name]
+                return SyncReply(count)
+            self.listed[name] = count
+            self._log_change(user, req, count)
+            return SyncReply(count, version)
+
+        return await self._shielded(commit())
+
+    @staticmethod
+    def _log_change(user: str, req: SyncDeltaRequest, count: int) -> None:
         log.info(
             "%s changed %s: %d put, %d removed; %d files",
             user,
-            name,
+            req.domain_name,
             len(req.files),
             len(req.removed),
             count,
         )
-        return SyncReply(count, version)
 
     def _commit_change(self, change: ListingChange) -> tuple[int, dict[str, list[SharedFile]], int]:
         count, touched = self.store.update_listing(change)
@@ -825,18 +1022,23 @@ class IndexService:
             raise NotFound("no peer with this domain_name")
         # Every token of the session expires by then: renew is refused once it has ended.
         until = self.clock() + self.issuer.ttl + LEEWAY
-        session = principal.session_id
-        generation = await self._write(self._commit_withdraw, req.domain_name, user, session, until)
-        self.revoked[session] = max(until, self.revoked.get(session, until))
-        self.listed[req.domain_name] = 0
-        self.versions.pop(req.domain_name, None)
-        self.index.remove(req.domain_name, generation)
-        log.info("%s withdrew %s and ended its session", user, req.domain_name)
-        return ByeReply(req.domain_name)
+        session, name = principal.session_id, req.domain_name
+        # Refused here from now on, whatever becomes of the write: failing safe.
+        self._merge_revoked({session: until})
+
+        async def commit() -> None:
+            generation = await self._write_or_reload(
+                name, self._commit_withdraw, name, user, session, until
+            )
+            self._remove(name, generation)
+            self.versions.pop(name, None)
+
+        await self._shielded(commit())
+        log.info("%s withdrew %s and ended its session", user, name)
+        return ByeReply(name)
 
     def _commit_withdraw(self, domain_name: str, owner: str, session: str, until: float) -> int:
-        self.store.withdraw(domain_name, owner)
-        self.store.revoke_session(session, until)
+        self.store.withdraw_and_revoke(domain_name, owner, session, until)
         return next(self._generations)
 
     def operations(self) -> dict[str, Operation[Any]]:
@@ -883,6 +1085,20 @@ def _new_version() -> int:
 
 def _auth_reply(tokens: SessionTokens) -> AuthReply:
     return AuthReply(tokens.token, tokens.expires_at, tokens.peer_token)
+
+
+def _float(text: str) -> float | None:
+    """A finite number written by ``repr(float)``, or None."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _log_task_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("a background task failed", exc_info=task.exception())
 
 
 def _log_failure(future: Future[Any]) -> None:

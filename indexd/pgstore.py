@@ -4,13 +4,14 @@ servers sharing one database (PROTOCOL.md §11; README "Database").
 :class:`PostgresIndexStore` implements :class:`indexd.store.IndexDatabase` with the same
 semantics and refusals as :class:`indexd.store.SqliteIndexStore`, on psycopg 3's blocking API
 (the store's methods block and run on the daemon's worker threads; README "Database" has the
-measurement behind the choice). Each thread that calls it gets a connection of its own;
-autocommit is off and every method is one explicit transaction, committed before it returns
+measurement behind the choice). Each thread that calls it gets a connection of its own, in
+autocommit mode: a read of one statement is sent alone (one round trip, no BEGIN and COMMIT
+around it), and every other method is one explicit transaction, committed before it returns
 (``synchronous_commit`` on: the commit is on the server's disk). Writes that two index servers
 may make at once take their locks in one order — the user's row, then the domain name's
 advisory lock, then the peer's row — so the same user or the same name synced through two
 servers at once is serialized, not interleaved; a deadlock or serialization failure is retried.
-Every committed listing change and ended session is announced with ``NOTIFY`` on
+Every committed listing change, ended session and enrolled name is announced with ``NOTIFY`` on
 :data:`indexd.store.NOTIFY_CHANNEL`.
 """
 
@@ -20,6 +21,7 @@ import contextlib
 import logging
 import secrets
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -63,6 +65,9 @@ RETRIES = 5  # a transaction that deadlocked or failed to serialize is run again
 #: starting on one new database do not both create it.
 MIGRATION_LOCK = 0x7032_7073_6861_7265  # "p2pshare"
 LISTEN_POLL = 0.5  # how often the listener's thread looks whether it should stop
+#: Seconds between the listener's ``SELECT 1`` on its idle connection; with the TCP keepalives
+#: below, a connection that went half-open is noticed within about 15 s.
+LISTEN_CHECK = 5.0
 RECONNECT_DELAYS = (0.05, 0.2, 0.5, 1.0, 2.0)  # the listener's waits between reconnections
 APPLICATION_NAME = "p2pshare-indexd"
 
@@ -202,6 +207,10 @@ SCHEMA_VERSION = len(_MIGRATIONS)
 class PostgresIndexStore:
     """An :class:`indexd.store.IndexDatabase` on PostgreSQL; one connection per thread."""
 
+    #: What its methods raise when the database fails (not a refusal): see
+    #: :attr:`indexd.store.IndexDatabase.failures`.
+    failures: tuple[type[Exception], ...] = (psycopg.Error, OSError)
+
     def __init__(self, url: str) -> None:
         self.url = url
         self.name = describe(url)
@@ -224,9 +233,10 @@ class PostgresIndexStore:
     # -- connections and transactions ----------------------------------------------------
 
     def _connect(self) -> Conn:
+        # Autocommit: _transaction sends BEGIN itself; a one-statement read needs none.
         return psycopg.connect(
             self.url,
-            autocommit=False,
+            autocommit=True,
             connect_timeout=CONNECT_TIMEOUT,
             application_name=APPLICATION_NAME,
         )
@@ -283,7 +293,17 @@ class PostgresIndexStore:
                 log.warning("lost the connection to %s; retrying on a new one", self.name)
 
     def _rows(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
-        return self._transaction(lambda conn: conn.execute(sql, args).fetchall())
+        """One read-only statement, alone: one snapshot, one round trip (no BEGIN/COMMIT —
+        the renew benchmark's one database read, BENCHMARKS.md). Sent once more on a new
+        connection if the connection was lost: a read may be repeated."""
+        conn = self._conn()
+        try:
+            return conn.execute(sql, args).fetchall()
+        except psycopg.OperationalError:
+            if not conn.broken:
+                raise
+            log.warning("lost the connection to %s; retrying on a new one", self.name)
+            return self._conn().execute(sql, args).fetchall()
 
     @property
     def schema_version(self) -> int:
@@ -456,38 +476,50 @@ class PostgresIndexStore:
 
         return self._transaction(work)
 
+    def _withdraw(self, conn: Conn, domain_name: str, owner: str) -> bool:
+        self._lock_user(conn, owner)
+        row = conn.execute(
+            "SELECT id, owner FROM peers WHERE domain_name = %s FOR UPDATE", (domain_name,)
+        ).fetchone()
+        if row is None:
+            return False
+        if row[1] != owner:
+            raise PeerOwned(domain_name)
+        conn.execute("DELETE FROM files WHERE peer_id = %s", (row[0],))
+        conn.execute("UPDATE peers SET withdrawn = true WHERE id = %s", (row[0],))
+        self._notify(conn, f"listing {domain_name}")
+        return True
+
+    def _revoke(self, conn: Conn, session: str, expires_at: float) -> None:
+        conn.execute(
+            "INSERT INTO revoked_sessions (session, expires_at) VALUES (%s, %s)"
+            " ON CONFLICT (session) DO UPDATE SET"
+            " expires_at = greatest(revoked_sessions.expires_at, excluded.expires_at)",
+            (session, expires_at),
+        )
+        # The expiry travels with it (repr: exact), so every server forgets it when this
+        # one does (PROTOCOL.md §11).
+        self._notify(conn, f"revoked {session} {expires_at!r}")
+
     def withdraw(self, domain_name: str, owner: str) -> bool:
         """Drop the peer's files and mark it withdrawn; durable on return."""
-
-        def work(conn: Conn) -> bool:
-            self._lock_user(conn, owner)
-            row = conn.execute(
-                "SELECT id, owner FROM peers WHERE domain_name = %s FOR UPDATE", (domain_name,)
-            ).fetchone()
-            if row is None:
-                return False
-            if row[1] != owner:
-                raise PeerOwned(domain_name)
-            conn.execute("DELETE FROM files WHERE peer_id = %s", (row[0],))
-            conn.execute("UPDATE peers SET withdrawn = true WHERE id = %s", (row[0],))
-            self._notify(conn, f"listing {domain_name}")
-            return True
-
-        return self._transaction(work)
+        return self._transaction(lambda conn: self._withdraw(conn, domain_name, owner))
 
     def revoke_session(self, session: str, expires_at: float) -> None:
         """Deny-list a session until ``expires_at``; durable on return."""
+        self._transaction(lambda conn: self._revoke(conn, session, expires_at))
 
-        def work(conn: Conn) -> None:
-            conn.execute(
-                "INSERT INTO revoked_sessions (session, expires_at) VALUES (%s, %s)"
-                " ON CONFLICT (session) DO UPDATE SET"
-                " expires_at = greatest(revoked_sessions.expires_at, excluded.expires_at)",
-                (session, expires_at),
-            )
-            self._notify(conn, f"revoked {session}")
+    def withdraw_and_revoke(
+        self, domain_name: str, owner: str, session: str, expires_at: float
+    ) -> bool:
+        """:meth:`withdraw` and :meth:`revoke_session` in one transaction (``bye``)."""
 
-        self._transaction(work)
+        def work(conn: Conn) -> bool:
+            withdrawn = self._withdraw(conn, domain_name, owner)
+            self._revoke(conn, session, expires_at)
+            return withdrawn
+
+        return self._transaction(work)
 
     def prune_revoked(self, now: float) -> int:
         """Drop expired deny-list entries."""
@@ -505,6 +537,12 @@ class PostgresIndexStore:
             "SELECT password_hash FROM users WHERE username = %s AND NOT disabled", (username,)
         )
         return bytes(rows[0][0]) if rows else None
+
+    def user_active(self, username: str) -> bool:
+        """Registered and not disabled: one statement, no transaction around it."""
+        return bool(
+            self._rows("SELECT 1 FROM users WHERE username = %s AND NOT disabled", (username,))
+        )
 
     def peer(self, domain_name: str) -> PeerRecord | None:
         """One peer's record, or None."""
@@ -659,6 +697,8 @@ class PostgresIndexStore:
                 " VALUES (%s, %s, %s, %s, %s)",
                 (cert.serial, cert.username, cert.domain_name, cert.issued_at, cert.not_after),
             )
+            # The other servers count the name against the user's quota too (§11).
+            self._notify(conn, f"owner {cert.domain_name} {cert.username}")
 
         self._transaction(work)
 
@@ -883,6 +923,12 @@ class _Listener:
             autocommit=True,
             connect_timeout=CONNECT_TIMEOUT,
             application_name=APPLICATION_NAME + "-listen",
+            # libpq keepalives: first probe after 5 s idle, then every 2 s, dead after 3
+            # unanswered (ignored on a unix socket, which cannot go half-open).
+            keepalives=1,
+            keepalives_idle=5,
+            keepalives_interval=2,
+            keepalives_count=3,
         )
         conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
         return conn
@@ -898,10 +944,15 @@ class _Listener:
             log.exception("database change callback failed")
 
     def _run(self) -> None:
+        checked = time.monotonic()
         while not self._stop.is_set():
             try:
                 for notify in self._conn.notifies(timeout=LISTEN_POLL):
                     self._deliver(notify.payload)
+                if time.monotonic() - checked >= LISTEN_CHECK:
+                    # Traffic on an idle connection: a dead one fails here, not never.
+                    self._conn.execute("SELECT 1")
+                    checked = time.monotonic()
             except psycopg.Error as exc:
                 if self._stop.is_set():
                     return

@@ -206,6 +206,12 @@ class IndexStore(Protocol):
         """
         ...
 
+    def user_active(self, username: str) -> bool:
+        """Whether the user is registered and not disabled (``renew``): one cheap read, on
+        the reads' thread — never on the logins' (PROTOCOL.md §8: a lockout cannot touch
+        renew)."""
+        ...
+
     def replace_listing(self, listing: Listing) -> int:
         """Replace the peer's whole listing atomically; return the number of files listed.
 
@@ -263,6 +269,13 @@ class IndexStore(Protocol):
         """Deny-list a session until ``expires_at`` (its last token's expiry). Durable."""
         ...
 
+    def withdraw_and_revoke(
+        self, domain_name: str, owner: str, session: str, expires_at: float
+    ) -> bool:
+        """:meth:`withdraw` and :meth:`revoke_session` atomically, in one transaction (``bye``:
+        no crash can withdraw the peer and leave its session going); the withdrawal's bool."""
+        ...
+
     def revoked_sessions(self, now: float) -> dict[str, float]:
         """The sessions still deny-listed at ``now``, with when each entry may go."""
         ...
@@ -280,6 +293,11 @@ class IndexDatabase(IndexStore, Protocol):
     """A whole index database: the handlers' :class:`IndexStore`, enrollment and ``indexd
     admin`` records (PROTOCOL.md §10), and the primitives several index servers sharing one
     PostgreSQL database coordinate with (PROTOCOL.md §11)."""
+
+    #: What its methods raise when the database itself fails (unreachable, a lost
+    #: connection), as opposed to a :class:`StoreError` refusal: a background task that
+    #: meets one of these tries again later, anything else is a bug and is logged as one.
+    failures: tuple[type[Exception], ...]
 
     def record_certificate(self, cert: IssuedCertificate) -> None:
         """Record an issued certificate; its name becomes (or stays) the user's."""
@@ -520,6 +538,8 @@ class SqliteIndexStore:
     by one thread at a time (the daemon gives each its own single-thread executor).
     """
 
+    failures: tuple[type[Exception], ...] = (sqlite3.Error, OSError)
+
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         self._write = _connect(self.path)
@@ -701,14 +721,36 @@ class SqliteIndexStore:
             raise
         return True
 
+    _REVOKE = (
+        "INSERT INTO revoked_sessions (session, expires_at) VALUES (?, ?)"
+        " ON CONFLICT (session) DO UPDATE SET expires_at = max(expires_at, excluded.expires_at)"
+    )
+
     def revoke_session(self, session: str, expires_at: float) -> None:
         """Deny-list a session until ``expires_at``; durable on return."""
-        self._write.execute(
-            "INSERT INTO revoked_sessions (session, expires_at) VALUES (?, ?)"
-            " ON CONFLICT (session) DO UPDATE SET"
-            " expires_at = max(expires_at, excluded.expires_at)",
-            (session, expires_at),
-        )
+        self._write.execute(self._REVOKE, (session, expires_at))
+
+    def withdraw_and_revoke(
+        self, domain_name: str, owner: str, session: str, expires_at: float
+    ) -> bool:
+        """:meth:`withdraw` and :meth:`revoke_session` in one transaction; durable on return."""
+        db = self._write
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute(
+                "SELECT id, owner FROM peers WHERE domain_name = ?", (domain_name,)
+            ).fetchone()
+            if row is not None:
+                if row[1] != owner:
+                    raise PeerOwned(domain_name)
+                db.execute("DELETE FROM files WHERE peer_id = ?", (row[0],))
+                db.execute("UPDATE peers SET withdrawn = 1 WHERE id = ?", (row[0],))
+            db.execute(self._REVOKE, (session, expires_at))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return row is not None
 
     def prune_revoked(self, now: float) -> int:
         """Drop expired deny-list entries."""
@@ -743,6 +785,12 @@ class SqliteIndexStore:
             with self._read_lock:
                 rows = self._login.execute(sql, (username,)).fetchall()
         return bytes(rows[0][0]) if rows else None
+
+    def user_active(self, username: str) -> bool:
+        """Registered and not disabled (on the read connection)."""
+        return bool(
+            self._query("SELECT 1 FROM users WHERE username = ? AND NOT disabled", (username,))
+        )
 
     def peer(self, domain_name: str) -> PeerRecord | None:
         """One peer's record, or None."""

@@ -8,37 +8,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import psycopg
 import pytest
 
 from indexd.app import IndexConfig, IndexDaemon
+from indexd.pgstore import PostgresIndexStore
 from indexd.ratelimit import BackoffPolicy
-from netproto.errors import AuthFailed, RateLimited, TokenInvalid
-from netproto.operations import SearchHit, SharedFile, SyncDeltaRequest, SyncRequest
+from indexd.store import IssuedCertificate
+from netproto.errors import AuthFailed, Forbidden, RateLimited, TokenInvalid
+from netproto.operations import SearchHit, SyncDeltaRequest, SyncRequest
 from tests.conftest import INDEX_TIMEOUT
+from tests.support.cluster import PASSWORD, eventually, shared_file, two_indexes
 
-PASSWORD = "correct horse battery"
 #: The issue's bound: a change acknowledged by one index is in the other's replies by then.
 VISIBLE_WITHIN = 1.0
-
-
-def _file(keyword: str, name: str) -> SharedFile:
-    return SharedFile(name, keyword, 1, bytes(32))
+_file = shared_file
 
 
 async def _eventually(probe: Callable[[], Awaitable[bool]], within: float = VISIBLE_WITHIN) -> bool:
-    """True once ``probe()`` is, asked again and again for at most ``within`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        if await probe():
-            return True
-        if loop.time() >= deadline:
-            return False
-        await asyncio.sleep(0.02)
+    return await eventually(probe, within)
 
 
 def _holders(hits: list[SearchHit]) -> set[str]:
@@ -61,25 +53,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-async def _stop(daemon: IndexDaemon) -> None:
-    await asyncio.wait_for(daemon.stop(), INDEX_TIMEOUT)
-
-
-@contextlib.asynccontextmanager
-async def two_indexes(
-    config: IndexConfig, clock: Callable[[], float] | None = None
-) -> AsyncIterator[tuple[IndexDaemon, IndexDaemon]]:
-    """Two daemons with one configuration (one database, one certificate and key)."""
-    async with contextlib.AsyncExitStack() as stack:
-        daemons = []
-        for _ in range(2):
-            daemon = IndexDaemon(config) if clock is None else IndexDaemon(config, clock=clock)
-            await asyncio.wait_for(daemon.start(), INDEX_TIMEOUT)
-            stack.push_async_callback(_stop, daemon)
-            daemons.append(daemon)
-        yield daemons[0], daemons[1]
 
 
 async def test_a_sync_acknowledged_by_one_index_is_in_the_others_search_within_a_second(
@@ -249,11 +222,30 @@ async def test_a_token_issued_by_one_index_is_accepted_by_the_other(
         assert _holders(await at_b.search("wombat")) == {"peer1"}
 
 
+def _hold_reconnection(listener: Any, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Make the listener wait for the returned event before it connects again."""
+    gate = threading.Event()
+    connect = listener._connect
+
+    def held() -> Any:
+        gate.wait(INDEX_TIMEOUT)
+        return connect()
+
+    monkeypatch.setattr(listener, "_connect", held)
+    return gate
+
+
+def _cut(url: str, pid: int) -> None:
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+
 async def test_an_index_that_lost_its_notifications_reloads_everything_and_sees_changes(
     postgres_url: str,
     index_config: Callable[..., IndexConfig],
     index_client: Any,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     caplog.set_level(logging.INFO, logger="indexd.handlers")
     async with (
@@ -264,16 +256,386 @@ async def test_an_index_that_lost_its_notifications_reloads_everything_and_sees_
         await at_a.register("alice", PASSWORD)
         await at_a.login("alice", PASSWORD)
         await at_b.login("alice", PASSWORD)
-        assert b.service is not None
+        assert a.service is not None and b.service is not None
         listener: Any = b.service._listener
         pid = listener.pid
-        with psycopg.connect(postgres_url, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        gate = _hold_reconnection(listener, monkeypatch)
+        _cut(postgres_url, pid)
+        # Acknowledged while B hears nothing: only the whole reload can show them to B.
         await at_a.sync("peer1", [_file("wombat", "w.txt")])
+        enrolled = IssuedCertificate("s-1", "alice", "peer7", 1.0, 2e9)
+        await asyncio.to_thread(a.service.store.record_certificate, enrolled)
+        gate.set()
 
         async def reloaded_and_seen() -> bool:
             reloaded = any("index reloaded" in r.getMessage() for r in caplog.records)
             return reloaded and _holders(await at_b.search("wombat")) == {"peer1"}
 
         assert await _eventually(reloaded_and_seen, INDEX_TIMEOUT)
+        assert b.service.owners.get("peer7") == "alice"  # enrolled names are reloaded too
         assert listener.pid != pid  # listening again, on a new connection
+
+
+async def test_a_whole_reload_that_failed_is_tried_again_until_it_works(
+    postgres_url: str,
+    index_config: Callable[..., IndexConfig],
+    index_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with (
+        two_indexes(index_config(db=postgres_url)) as (a, b),
+        index_client(a.port, cert="peer1") as at_a,
+        index_client(b.port) as at_b,
+    ):
+        await at_a.register("alice", PASSWORD)
+        await at_a.login("alice", PASSWORD)
+        await at_b.login("alice", PASSWORD)
+        assert b.service is not None
+        store: Any = b.service.store
+        listener: Any = b.service._listener
+        gate = _hold_reconnection(listener, monkeypatch)
+        failures = iter([psycopg.OperationalError("the database went away")])
+        iter_listings = store.iter_listings
+
+        def failing_once() -> Any:
+            for failure in failures:
+                raise failure
+            return iter_listings()
+
+        monkeypatch.setattr(store, "iter_listings", failing_once)
+        _cut(postgres_url, listener.pid)
+        await at_a.sync("peer1", [_file("wombat", "w.txt")])
+        gate.set()
+
+        async def seen() -> bool:
+            return _holders(await at_b.search("wombat")) == {"peer1"}
+
+        assert await _eventually(seen, INDEX_TIMEOUT)
+        assert next(failures, None) is None  # the first reload did fail
+
+
+async def test_a_failed_reload_of_one_peer_becomes_a_whole_reload(
+    postgres_url: str,
+    index_config: Callable[..., IndexConfig],
+    index_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with (
+        two_indexes(index_config(db=postgres_url)) as (a, b),
+        index_client(a.port, cert="peer1") as at_a,
+        index_client(b.port) as at_b,
+    ):
+        await at_a.register("alice", PASSWORD)
+        await at_a.login("alice", PASSWORD)
+        await at_b.login("alice", PASSWORD)
+        assert b.service is not None
+        store: Any = b.service.store
+        failures = iter([psycopg.OperationalError("the database went away")])
+        listing_of = store.listing_of
+
+        def failing_once(name: str) -> Any:
+            for failure in failures:
+                raise failure
+            return listing_of(name)
+
+        monkeypatch.setattr(store, "listing_of", failing_once)
+        await at_a.sync("peer1", [_file("wombat", "w.txt")])
+
+        async def seen() -> bool:
+            return _holders(await at_b.search("wombat")) == {"peer1"}
+
+        assert await _eventually(seen, INDEX_TIMEOUT)
+        assert next(failures, None) is None  # the read of the peer did fail
+
+
+async def test_a_reload_refused_for_an_older_number_reads_the_peer_again(
+    postgres_url: str,
+    index_config: Callable[..., IndexConfig],
+    index_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with (
+        two_indexes(index_config(db=postgres_url)) as (a, b),
+        index_client(a.port, cert="peer1") as at_a,
+        index_client(b.port, cert="peer1") as at_b,
+    ):
+        await at_a.register("alice", PASSWORD)
+        await at_a.login("alice", PASSWORD)
+        at_b.token = at_a.token
+        await at_b.sync("peer1", [_file("wombat", "w.txt")])  # B's own commit, numbered at B
+        assert b.service is not None
+        service: Any = b.service
+        read_peer = service._read_peer
+        numbered_early = iter([True])
+
+        def read_numbered_before_the_commit(name: str) -> Any:
+            generation, *rest = read_peer(name)
+            # As if numbered before B's commit, while its snapshot holds A's later one.
+            return (0 if next(numbered_early, False) else generation, *rest)
+
+        monkeypatch.setattr(service, "_read_peer", read_numbered_before_the_commit)
+        await at_a.sync("peer1", [_file("numbat", "n.txt")])
+
+        async def a_change_seen_at_b() -> bool:
+            return _holders(await at_b.search("numbat")) == {"peer1"}
+
+        assert await _eventually(a_change_seen_at_b, INDEX_TIMEOUT)
+        assert await at_b.search("wombat") == []
+
+
+async def test_a_bye_whose_client_left_mid_write_still_ends_the_session_and_withdraws_there(
+    postgres_url: str,
+    index_config: Callable[..., IndexConfig],
+    index_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with (
+        two_indexes(index_config(db=postgres_url)) as (a, _b),
+        index_client(a.port) as searcher,
+        index_client(a.port, cert="peer1") as again,
+    ):
+        leaving = index_client(a.port, cert="peer1")
+        await leaving.__aenter__()
+        await leaving.register("alice", PASSWORD)
+        await leaving.login("alice", PASSWORD)
+        await searcher.login("alice", PASSWORD)  # a session of its own
+        await leaving.sync("peer1", [_file("wombat", "w.txt")])
+        assert a.service is not None
+        store: Any = a.service.store
+        entered, release = threading.Event(), threading.Event()
+        withdraw_and_revoke = store.withdraw_and_revoke
+
+        def slow(*args: Any) -> Any:
+            entered.set()
+            release.wait(INDEX_TIMEOUT)
+            return withdraw_and_revoke(*args)
+
+        monkeypatch.setattr(store, "withdraw_and_revoke", slow)
+        bye = asyncio.create_task(leaving.bye("peer1"))
+        assert await asyncio.to_thread(entered.wait, INDEX_TIMEOUT)
+        await leaving.__aexit__(None, None, None)  # gone while the write runs
+        await asyncio.gather(bye, return_exceptions=True)
+        again.token = leaving.token
+        with pytest.raises(TokenInvalid):  # refused at once, before the write commits
+            await again.search("wombat")
+        release.set()
+
+        async def withdrawn_at_a() -> bool:
+            return not await searcher.search("wombat")
+
+        assert await _eventually(withdrawn_at_a, INDEX_TIMEOUT)
+        with pytest.raises(TokenInvalid):
+            await again.search("wombat")
+
+
+async def test_an_ended_sessions_expiry_travels_with_it_to_the_other_index(
+    postgres_url: str, index_config: Callable[..., IndexConfig], index_client: Any
+) -> None:
+    clock = Clock()
+    async with (
+        two_indexes(index_config(db=postgres_url), clock) as (a, b),
+        index_client(a.port, cert="peer1") as at_a,
+    ):
+        await at_a.register("alice", PASSWORD)
+        await at_a.login("alice", PASSWORD)
+        await at_a.sync("peer1", [_file("wombat", "w.txt")])
+        assert a.service is not None and b.service is not None
+        b.service.clock = lambda: clock.now + 100  # B's clock is ahead: it keeps A's expiry
+        await at_a.bye("peer1")
+        [(session, until)] = a.service.revoked.items()
+
+        async def heard_at_b() -> bool:
+            return session in b.service.revoked  # type: ignore[union-attr]
+
+        assert await _eventually(heard_at_b, INDEX_TIMEOUT)
+        assert b.service.revoked[session] == until
+
+
+async def test_a_name_enrolled_at_one_index_counts_against_the_users_quota_at_the_other(
+    postgres_url: str, index_config: Callable[..., IndexConfig], index_client: Any
+) -> None:
+    async with (
+        two_indexes(index_config(db=postgres_url, max_domains_per_user=1)) as (a, b),
+        index_client(b.port, cert="peer2") as at_b,
+    ):
+        await at_b.register("alice", PASSWORD)
+        await at_b.login("alice", PASSWORD)
+        assert a.service is not None and b.service is not None
+        enrolled = IssuedCertificate("s-1", "alice", "peer1", 1.0, 2e9)
+        await asyncio.to_thread(a.service.store.record_certificate, enrolled)
+
+        async def owned_at_b() -> bool:
+            return b.service.owners.get("peer1") == "alice"  # type: ignore[union-attr]
+
+        assert await _eventually(owned_at_b, INDEX_TIMEOUT)
+        with pytest.raises(Forbidden, match="at most 1 domain names"):
+            await at_b.sync("peer2", [_file("wombat", "w.txt")])
+
+
+@contextlib.asynccontextmanager
+async def _starting_held(
+    config: IndexConfig, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[IndexDaemon, threading.Event, asyncio.Task[None]]]:
+    """An index starting, held inside its load of the listings (its snapshot taken, one
+    listing read) until the event is set; the task finishes its start."""
+    entered, release = threading.Event(), threading.Event()
+    iter_listings = PostgresIndexStore.iter_listings
+    first_call = iter([True])
+
+    def held(store: PostgresIndexStore) -> Iterator[Any]:
+        listings = iter_listings(store)
+        if next(first_call, False):
+            first = next(listings)
+            entered.set()
+            release.wait(INDEX_TIMEOUT)
+            yield first
+        yield from listings
+
+    monkeypatch.setattr(PostgresIndexStore, "iter_listings", held)
+    daemon = IndexDaemon(config)
+    starting = asyncio.create_task(daemon.start())
+    try:
+        assert await asyncio.to_thread(entered.wait, INDEX_TIMEOUT)
+        yield daemon, release, starting
+        await asyncio.wait_for(starting, INDEX_TIMEOUT)
+    finally:
+        release.set()
+        await asyncio.gather(starting, return_exceptions=True)
+        await asyncio.wait_for(daemon.stop(), INDEX_TIMEOUT)
+
+
+async def test_a_session_ended_while_an_index_loads_stays_ended_there(
+    postgres_url: str,
+    index_config: Callable[..., IndexConfig],
+    index_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = index_config(db=postgres_url)
+    async with (
+        two_indexes(config) as (a, _),
+        index_client(a.port, cert="peer1") as at_a,
+    ):
+        await at_a.register("alice", PASSWORD)
+        await at_a.login("alice", PASSWORD)
+        await at_a.sync("peer1", [_file("wombat", "w.txt")])
+        assert a.service is not None
+        async with _starting_held(config, monkeypatch) as (b, release, starting):
+            await at_a.bye("peer1")  # after B read the ended sessions, before its load ended
+            [(session, until)] = a.service.revoked.items()
+
+            async def heard_at_b() -> bool:
+                return b.service is not None and session in b.service.revoked
+
+            assert await _eventually(heard_at_b, INDEX_TIMEOUT)
+            release.set()
+            await asyncio.wait_for(starting, INDEX_TIMEOUT)
+            assert b.service is not None
+            assert b.service.revoked.get(session) == until
+
+
+async def test_notifications_lost_while_an_index_loads_never_leave_it_an_older_listing(
+    postgres_url: str,
+    index_config: Callable[..., IndexConfig],
+    index_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="indexd.handlers")
+    config = index_config(db=postgres_url)
+    async with (
+        two_indexes(config) as (a, _),
+        index_client(a.port, cert="peer1") as at_a,
+    ):
+        await at_a.register("alice", PASSWORD)
+        await at_a.login("alice", PASSWORD)
+        await at_a.sync("peer1", [_file("wombat", "w.txt")])
+        async with _starting_held(config, monkeypatch) as (b, release, starting):
+            assert b.service is not None
+            service: Any = b.service
+            await at_a.sync("peer1", [_file("numbat", "n.txt")])  # newer than B's snapshot
+            _cut(postgres_url, service._listener.pid)
+
+            async def lost_noticed() -> bool:  # a whole reload is due, or already done
+                reloaded = any("index reloaded" in r.getMessage() for r in caplog.records)
+                return reloaded or getattr(service, "_whole_wanted", False)
+
+            assert await _eventually(lost_noticed, INDEX_TIMEOUT)
+            release.set()
+            await asyncio.wait_for(starting, INDEX_TIMEOUT)
+            async with index_client(b.port) as at_b:
+                await at_b.login("alice", PASSWORD)
+
+                async def newest_at_b() -> bool:
+                    return _holders(await at_b.search("numbat")) == {"peer1"}
+
+                assert await _eventually(newest_at_b, INDEX_TIMEOUT)
+                assert await at_b.search("wombat") == []
+
+
+async def test_a_held_back_login_is_refused_from_memory_without_a_store_call(
+    postgres_url: str,
+    index_config: Callable[..., IndexConfig],
+    index_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loose = BackoffPolicy(free=1000)
+    config = index_config(
+        db=postgres_url,
+        login_backoff=loose,
+        address_backoff=loose,
+        user_backoff=BackoffPolicy(free=1, base_delay=30.0),
+    )
+    async with two_indexes(config) as (a, _), index_client(a.port) as at_a:
+        await at_a.register("alice", PASSWORD)
+        with pytest.raises(AuthFailed):
+            await at_a.login("alice", "wrong password")
+        with pytest.raises(RateLimited):  # the store's refusal: now known here
+            await at_a.login("alice", "wrong password")
+        assert a.service is not None
+        store: Any = a.service.store
+        charged: list[Any] = []
+        attempts_charge = store.attempts_charge
+
+        def counted(*args: Any) -> Any:
+            charged.append(args)
+            return attempts_charge(*args)
+
+        monkeypatch.setattr(store, "attempts_charge", counted)
+        for _ in range(5):
+            with pytest.raises(RateLimited) as held:
+                await at_a.login("alice", PASSWORD)
+            assert 0 < held.value.retry_after <= 30.0
+        assert charged == []
+
+
+async def test_renew_at_an_index_reads_the_database_at_most_once_a_second_per_user(
+    postgres_url: str,
+    index_config: Callable[..., IndexConfig],
+    index_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock()
+    async with (
+        two_indexes(index_config(db=postgres_url), clock) as (a, _),
+        index_client(a.port, cert="peer1") as at_a,
+    ):
+        await at_a.register("alice", PASSWORD)
+        await at_a.login("alice", PASSWORD)
+        assert a.service is not None
+        store: Any = a.service.store
+        reads: list[str] = []
+        user_active = store.user_active
+
+        def counted(user: str) -> bool:
+            reads.append(user)
+            return bool(user_active(user))
+
+        monkeypatch.setattr(store, "user_active", counted)
+        for _ in range(3):
+            await at_a.call("renew", {}, at_a.token)
+        assert reads == ["alice"]
+        await asyncio.to_thread(store.set_user_disabled, "alice", True)
+        clock.now += 1.5  # past what was remembered: read again, and refused
+        with pytest.raises(Forbidden, match="not registered"):
+            await at_a.call("renew", {}, at_a.token)
+        assert reads == ["alice", "alice"]

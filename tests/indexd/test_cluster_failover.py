@@ -17,11 +17,11 @@ from indexd.pgstore import PostgresIndexStore
 from netproto.operations import SharedFile
 from peerd.control import ControlClient
 from tests.conftest import INDEX_TIMEOUT
+from tests.support.cluster import PASSWORD, eventually, shared_file
 from tests.support.failover import index_list, indexd_processes, peerd_with_indexes
 
 #: The issue's bound: after the kill, the peers search through the other index by then.
 FAILOVER_WITHIN = 10.0
-PASSWORD = "correct horse battery"
 
 
 def _share(root: Path, keyword: str, name: str) -> Path:
@@ -31,20 +31,11 @@ def _share(root: Path, keyword: str, name: str) -> Path:
 
 
 def _file(n: int) -> SharedFile:
-    return SharedFile(f"f{n}.txt", "wombat", n + 1, bytes(32))
+    return shared_file("wombat", f"f{n}.txt", n + 1)
 
 
 async def _eventually(probe: Callable[[], Awaitable[bool]], within: float) -> bool:
-    """True once ``probe()`` is, asked again and again for at most ``within`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        with contextlib.suppress(Exception):  # a refused or failed search: ask again
-            if await probe():
-                return True
-        if loop.time() >= deadline:
-            return False
-        await asyncio.sleep(0.05)
+    return await eventually(probe, within, tolerate=True)
 
 
 def _stored(url: str) -> tuple[bool, int]:
@@ -127,8 +118,9 @@ async def test_kill_9_of_one_index_loses_no_acknowledged_write_and_peers_search_
         carol = await stack.enter_async_context(index_client(b.port))
         await carol.login("carol", PASSWORD)
 
-        async def peer3_listed_at_b() -> bool:
+        async def peer3_listed_at_b() -> bool:  # with every file the database holds
             hits = await carol.search("wombat")
-            return [hit.domain_name for hit in hits] == ["peer3"]
+            counts = [hit.total if hit.total is not None else len(hit.files) for hit in hits]
+            return [hit.domain_name for hit in hits] == ["peer3"] and counts == [files]
 
         assert await _eventually(peer3_listed_at_b, INDEX_TIMEOUT)

@@ -400,7 +400,9 @@ class _ContestedStore(SqliteIndexStore):
     def replace_listing(self, listing: Listing) -> int:
         raise PeerOwned(listing.domain_name)
 
-    def withdraw(self, domain_name: str, owner: str) -> bool:
+    def withdraw_and_revoke(
+        self, domain_name: str, owner: str, session: str, expires_at: float
+    ) -> bool:
         raise PeerOwned(domain_name)
 
 
@@ -756,3 +758,15 @@ async def test_registrations_hash_on_their_own_pool_and_queue(
             await service.handle_register(ctx(), Credentials("bob", PASSWORD))
         # Logins hash apart: the saturated registration queue is not in their way.
         assert (await service.handle_auth(ctx(), Credentials("alice", PASSWORD))).token
+
+
+async def test_a_name_claimed_by_two_users_at_once_counts_for_its_one_owner_only(
+    pki: Any, db: Path, clock: Clock
+) -> None:
+    async with opened(pki, db, clock) as service:
+        service._own("peer1", "ursula")  # Ursula's sync claims it here...
+        service._own("peer1", "victor")  # ...Victor's, through another server, won
+        assert service.domains == {"victor": {"peer1"}}  # moved, not counted twice
+        service._disown("peer1", "ursula")  # Ursula's store call refused
+        assert service.owners == {"peer1": "victor"}
+        assert service.domains == {"victor": {"peer1"}}

@@ -601,16 +601,35 @@ def test_committed_changes_reach_the_other_servers_listener_and_failed_ones_do_n
     one.update_listing(ListingChange("alice", "peer2", (), (FileKey("k", "a"),), 5.0))
     one.withdraw("peer2", "alice")
     one.revoke_session("sess-1", 10.0)
-    got = [heard.get(timeout=WAIT) for _ in range(5)]
+    one.record_certificate(IssuedCertificate("s1", "alice", "peer3", 1.0, 9.0))
+    one.withdraw_and_revoke("peer1", "bob", "sess-2", 11.25)
+    got = [heard.get(timeout=WAIT) for _ in range(8)]
     listener.close()
     assert got == [
         "listing peer1",
         "listing peer2",
         "listing peer2",
         "listing peer2",
-        "revoked sess-1",
+        "revoked sess-1 10.0",
+        "owner peer3 alice",
+        "listing peer1",
+        "revoked sess-2 11.25",
     ]
     assert heard.empty()
+
+
+def test_withdraw_and_revoke_commits_both_or_neither(store: IndexDatabase) -> None:
+    store.replace_listing(_listing("alice", "peer1", [_file("k", "a")]))
+    with pytest.raises(PeerOwned):
+        store.withdraw_and_revoke("peer1", "bob", "sess-b", 50.0)
+    assert store.revoked_sessions(0.0) == {}  # rolled back with the refused withdrawal
+    assert store.listing_of("peer1") is not None
+    assert store.withdraw_and_revoke("peer1", "alice", "sess-a", 50.0) is True
+    assert store.listing_of("peer1") is None
+    assert store.revoked_sessions(0.0) == {"sess-a": 50.0}
+    # An unknown peer: nothing to withdraw, the session still ends.
+    assert store.withdraw_and_revoke("nobody", "alice", "sess-c", 60.0) is False
+    assert store.revoked_sessions(0.0) == {"sess-a": 50.0, "sess-c": 60.0}
 
 
 def test_a_listener_passes_over_its_own_servers_changes_and_hears_the_others(
@@ -804,3 +823,10 @@ def _call(fn: Callable[..., object], *args: object) -> object:
         return fn(*args)
     except Exception as exc:
         return exc
+
+
+def test_user_active_is_true_only_for_a_registered_user_not_disabled(store: IndexDatabase) -> None:
+    assert store.user_active("alice") is True
+    assert store.user_active("nobody") is False
+    store.set_user_disabled("alice", True)
+    assert store.user_active("alice") is False
