@@ -14,9 +14,12 @@ one ``bin``, behind the length the hit will take in a reply — and the peer's o
 (``domain_name``, ``port_number``, ``address``) are encoded once per peer, not once per hit.
 A published file's entry is then about 165 bytes instead of 210. A ranking expands the hits
 it puts on a page into their reply form (PROTOCOL.md §4.2) and keeps them while it is cached,
-so a cached search costs what it did before; when a sync drops it, its expanded hits are kept
-for the next ranking of the keyword, which re-expands only the hits of peers that synced. The
-rankings and the hits kept hold at most :data:`MAX_CACHED_BYTES` (the oldest go first).
+so a cached search costs what it did before; when a sync drops it, it is kept as it is (no
+copy) for the next ranking of the keyword, which re-expands only the hits of peers that synced.
+Only the hits of pages served are expanded: every hit when they all fit on one page, else those
+of the pages asked for; a keyword of one owner keeps its page alone. The rankings, what they
+hold and the dropped ones kept cost at most :data:`MAX_CACHED_BYTES`, each charged its expanded
+bytes and :data:`HIT_OVERHEAD` per hit; the least recently searched go first.
 
 Fairness (PROTOCOL.md §4.2): hits are dealt round by round — every owner's first peer, then
 every owner's second, ... (an owner's peers in domain-name order) — and within a round in the
@@ -30,8 +33,10 @@ comes first in every reply.
 from __future__ import annotations
 
 import bisect
+import logging
 import struct
 import sys
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +48,9 @@ from netproto.codec import pack, unpack_map
 from netproto.errors import BadFrame, BadRequest, RequestError
 from netproto.framing import DEFAULT_MAX_FRAME
 from netproto.names import canonical_domain_name
-from netproto.operations import MAX_CURSOR, MAX_HIT_FILES, SharedFile
+from netproto.operations import MAX_CURSOR, MAX_HIT_FILES, SHA256_SIZE, SharedFile
+
+log = logging.getLogger(__name__)
 
 # Room for the reply envelope {"id": <u32>, "ok": true, "body": ...} around the body.
 REPLY_ENVELOPE = 32
@@ -51,8 +58,14 @@ REPLY_ENVELOPE = 32
 # "more" and its count, "cursor" and the largest cursor.
 PAGE_ALLOWANCE = 64 + MAX_CURSOR
 MAX_CACHED_REPLIES = 10_000
-#: Bytes of expanded hits and pages the cache holds at most, all keywords together.
-MAX_CACHED_BYTES = 32 << 20
+#: Bytes the cached rankings cost at most, all keywords together (BENCHMARKS.md,
+#: ``index_memory``: what a warm index adds to a cold one).
+MAX_CACHED_BYTES = 8 << 20
+#: What a ranking costs per hit besides the hit's bytes: its place in the ranking's six lists
+#: (8 bytes each) and its size (an int object), rounded up.
+HIT_OVERHEAD = 96
+#: What a ranking costs besides its hits: the object and its lists' headers.
+RANKING_OVERHEAD = 1024
 MAX_ROUNDS = 1_000_000  # bound on a cursor's round number
 
 _HITS = b"\x82" + pack("hits")  # a page with no cursor: {"hits": [...], "more": 0}
@@ -116,6 +129,14 @@ def prepare_hits(
     head = len(peer_head(record))
     groups: dict[str, list[SharedFile]] = {}
     for f in files:
+        # Lengths are checked on the way in (PROTOCOL.md §4.8) and the packed form relies on
+        # them; a stored row that breaks them is left out of search, not fatal.
+        if not _well_formed(f):
+            log.warning(
+                "%s: a listed file's digests have the wrong length; not searchable",
+                record.domain_name,
+            )
+            continue
         groups.setdefault(keyword_key(f.keyword), []).append(f)
     hits: dict[str, bytes] = {}
     for kw, group in groups.items():
@@ -127,13 +148,8 @@ def prepare_hits(
         body = 0
         entries: list[bytes] = []
         for f in group[:max_hit_files]:
-            # Lengths checked on the way in (PROTOCOL.md §4.8); the packed form relies on them.
-            if len(f.sha256) != 32:
-                raise ValueError(f"{f.filename!r}: digests of the wrong length")
             if f.manifest is not None and f.signature is not None:
                 digests = f.sha256 + f.manifest + f.signature
-                if len(digests) != 128:
-                    raise ValueError(f"{f.filename!r}: digests of the wrong length")
                 # The array header is left out: every entry is three values.
                 entry = pack((f.filename, f.size, digests))[1:]
                 size = len(entry) + _PUBLISHED_EXTRA
@@ -151,6 +167,14 @@ def prepare_hits(
             (_TAIL_LENGTH.pack(expanded), _array_header(1 + 3 * len(entries)), total, *entries)
         )
     return PeerHits(record, hits)
+
+
+def _well_formed(f: SharedFile) -> bool:
+    if len(f.sha256) != SHA256_SIZE:
+        return False
+    if f.manifest is None or f.signature is None:
+        return True
+    return len(f.manifest) == SHA256_SIZE and len(f.signature) == 64
 
 
 def peer_head(record: PeerRecord) -> bytes:
@@ -227,10 +251,12 @@ class _Ranking:
     parts: list[list[bytes]]
     owners: list[list[str]]
     #: Each hit's size in a reply (a hit is expanded when it has that length: packed, it is
-    #: always shorter, lacking at least its peer's fields), its peer and its peer's head.
+    #: always shorter, lacking at least its peer's fields), its peer, its peer's head and its
+    #: packed form (to tell, once the ranking is dropped, which expanded hits still hold).
     sizes: list[list[int]]
     names: list[list[str]]
     heads: list[list[bytes]]
+    packed: list[list[bytes]]
     count: int
     #: Every hit fits on one page (then no budget is checked, and every hit is expanded).
     fits: bool
@@ -240,6 +266,11 @@ class _Ranking:
     fixed: bytes | None = None
     #: Bytes of expanded hits (and of ``fixed``) held: counted in ``max_cached_bytes``.
     held: int = 0
+
+    @property
+    def cost(self) -> int:
+        """What the ranking counts for in ``max_cached_bytes``."""
+        return self.held + RANKING_OVERHEAD + HIT_OVERHEAD * self.count
 
     @property
     def pivots(self) -> list[str]:
@@ -263,13 +294,13 @@ class KeywordIndex:
         self._budget = reply_budget(max_frame) - PAGE_ALLOWANCE
         self._peers: dict[str, _Peer] = {}
         self._by_keyword: dict[str, dict[str, bytes]] = {}
-        self._cache: dict[str, _Ranking] = {}
-        #: The expanded hits of rankings dropped since, by keyword then peer, with the peer's
-        #: head they were expanded behind: ranking the keyword again reuses those whose peer
-        #: has not synced since (its head is the same object), so a sync re-expands only its
-        #: own hits. With their bytes.
-        self._kept: dict[str, tuple[int, dict[str, tuple[bytes, bytes]]]] = {}
-        self._cached_bytes = 0  # the cached rankings' ``held`` and the kept hits, together
+        #: Least recently searched first.
+        self._cache: OrderedDict[str, _Ranking] = OrderedDict()
+        #: Rankings dropped by a sync or a ``bye``, oldest first: ranking the keyword again
+        #: reuses the expanded hits whose peer has the same head and packed hit since, so a
+        #: sync re-expands only its own hits.
+        self._kept: OrderedDict[str, _Ranking] = OrderedDict()
+        self._cached_bytes = 0  # the cost of the cached rankings and of the kept ones
         # Bumped when a stale peer comes back: any cached ranking may have left it out.
         self._epoch = 0
         self._turn = 0  # which owner the next first page starts with (modulo their number)
@@ -279,8 +310,8 @@ class KeywordIndex:
 
     @property
     def cached_bytes(self) -> int:
-        """Bytes of expanded hits and pages the cached rankings hold (at most
-        ``max_cached_bytes``, besides the ranking being used)."""
+        """What the cached rankings and the kept ones cost (:attr:`_Ranking.cost`): at most
+        ``max_cached_bytes``, besides the ranking being used."""
         return self._cached_bytes
 
     def __contains__(self, domain_name: object) -> bool:
@@ -305,17 +336,26 @@ class KeywordIndex:
 
     def apply(self, prepared: PeerHits, generation: int) -> bool:
         """Put a peer's new listing in place of its old one, unless a newer one is there."""
-        name = prepared.record.domain_name
+        record = prepared.record
+        name = record.domain_name
         old = self._peers.get(name)
+        head: bytes | None = None
         if old is not None:
             if old.generation > generation:
                 return False
             self._drop(name, old)
+            if (old.record.port_number, old.record.address) == (
+                record.port_number,
+                record.address,
+            ):
+                # The same head object: the hits a delta leaves as they were stay reusable.
+                head = old.head
         for kw, hit in prepared.hits.items():
             self._by_keyword.setdefault(kw, {})[name] = hit
             self._uncache(kw)
-        head = peer_head(prepared.record)
-        self._peers[name] = _Peer(prepared.record, head, tuple(prepared.hits), generation)
+        if head is None:
+            head = peer_head(record)
+        self._peers[name] = _Peer(record, head, tuple(prepared.hits), generation)
         return True
 
     def remove(self, domain_name: str, generation: int) -> bool:
@@ -334,35 +374,31 @@ class KeywordIndex:
                 peers.pop(name, None)
                 if not peers:
                     del self._by_keyword[kw]
-            self._uncache(kw)
+                    peers = None
+            # Kept only while another peer's hits could be reused.
+            self._uncache(kw, keep=peers is not None)
+            if peers is None:
+                self._unkeep(kw)
 
     def _uncache(self, kw: str, *, keep: bool = True) -> None:
-        """Drop the ranking of ``kw``, keeping its expanded hits for the next (unless not
-        ``keep``)."""
+        """Drop the ranking of ``kw``, keeping it (by reference) for the next ranking of the
+        keyword if it holds expanded hits (unless not ``keep``)."""
         ranking = self._cache.pop(kw, None)
         if ranking is None:
             return
-        self._cached_bytes -= ranking.held
-        if not keep or kw in self._kept:
+        self._cached_bytes -= ranking.cost
+        if not keep or ranking.fixed is not None or not ranking.held:
             return
-        kept: dict[str, tuple[bytes, bytes]] = {}
-        size = 0
-        for parts, sizes, names, heads in zip(
-            ranking.parts, ranking.sizes, ranking.names, ranking.heads, strict=True
-        ):
-            for hit, hit_size, name, head in zip(parts, sizes, names, heads, strict=True):
-                if len(hit) == hit_size:
-                    kept[name] = (head, hit)
-                    size += hit_size
-        if kept:
-            self._kept[kw] = (size, kept)
-            self._cached_bytes += size
-            self._trim()
+        self._unkeep(kw)
+        self._kept[kw] = ranking
+        self._cached_bytes += ranking.cost
+        self._trim()
 
-    def _unkeep(self, kw: str) -> dict[str, tuple[bytes, bytes]]:
-        size, kept = self._kept.pop(kw, (0, {}))
-        self._cached_bytes -= size
-        return kept
+    def _unkeep(self, kw: str) -> _Ranking | None:
+        ranking = self._kept.pop(kw, None)
+        if ranking is not None:
+            self._cached_bytes -= ranking.cost
+        return ranking
 
     def _hold(self, ranking: _Ranking, size: int) -> None:
         """Count ``size`` more bytes held by ``ranking`` and trim the cache."""
@@ -373,9 +409,9 @@ class KeywordIndex:
         self._trim()
 
     def _trim(self) -> None:
-        """While the cache holds more than ``max_cached_bytes``, drop the oldest kept hits,
-        then the oldest rankings (even the one in use, if it alone is over: the search under
-        way still uses it, the next one ranks again)."""
+        """While the cache costs more than ``max_cached_bytes``, drop the oldest kept
+        rankings, then the least recently searched (even the one in use, if it alone is over:
+        the search under way still uses it, the next one ranks again)."""
         while self._cached_bytes > self.max_cached_bytes and self._kept:
             self._unkeep(next(iter(self._kept)))
         while self._cached_bytes > self.max_cached_bytes and self._cache:
@@ -383,18 +419,24 @@ class KeywordIndex:
 
     def touch(self, domain_name: str, now: float) -> bool:
         """Mark a listed peer as seen now (``ping``); False if it is not listed."""
+        return self.seen_at(domain_name, now, now)
+
+    def seen_at(self, domain_name: str, when: float, now: float) -> bool:
+        """Mark a listed peer as seen at ``when``, which may be past (a ping another index
+        server answered, PROTOCOL.md §11); cached rankings that left it out as stale at
+        ``now`` are dropped. False if it is not listed."""
         peer = self._peers.get(domain_name)
         if peer is None:
             return False
         record = peer.record  # a new record, the same head: only last_seen changes
-        if record.last_seen + self.peer_ttl <= now:
-            self._epoch += 1  # it was left out of cached rankings; they are stale now
+        if record.last_seen + self.peer_ttl <= now < when + self.peer_ttl:
+            self._epoch += 1  # it comes back to life: cached rankings left it out
         peer.record = PeerRecord(
             record.domain_name,
             record.owner,
             record.port_number,
             record.address,
-            max(now, record.last_seen),
+            max(when, record.last_seen),
             record.withdrawn,
         )
         return True
@@ -411,6 +453,8 @@ class KeywordIndex:
             if len(self._cache) >= MAX_CACHED_REPLIES:
                 self._uncache(next(iter(self._cache)), keep=False)
             ranking = self._rank(kw, now)
+        else:
+            self._cache.move_to_end(kw)
         if cursor is not None:
             return self._page(ranking, *decode_cursor(cursor))
         if ranking.fixed is not None:
@@ -428,6 +472,21 @@ class KeywordIndex:
             chunks.append(_NO_MORE)
             return b"".join(chunks)
         return self._page(ranking, pivot, 0, None)
+
+    def _reusable(self, kw: str) -> dict[str, tuple[bytes, bytes, bytes]]:
+        """The expanded hits of the kept ranking of ``kw``, by peer, with the head and the
+        packed hit they were expanded from (the ranking is no longer kept)."""
+        kept = self._unkeep(kw)
+        if kept is None:
+            return {}
+        reusable: dict[str, tuple[bytes, bytes, bytes]] = {}
+        for parts, sizes, names, heads, packed in zip(
+            kept.parts, kept.sizes, kept.names, kept.heads, kept.packed, strict=True
+        ):
+            for j, hit in enumerate(parts):
+                if len(hit) == sizes[j]:
+                    reusable[names[j]] = (heads[j], packed[j], hit)
+        return reusable
 
     def _rank(self, kw: str, now: float) -> _Ranking:
         """Rank the live hits of ``kw`` and cache the ranking."""
@@ -450,15 +509,17 @@ class KeywordIndex:
         sizes: list[list[int]] = [[] for _ in range(rounds)]
         peer_names: list[list[str]] = [[] for _ in range(rounds)]
         heads: list[list[bytes]] = [[] for _ in range(rounds)]
-        kept = self._unkeep(kw)
+        packed: list[list[bytes]] = [[] for _ in range(rounds)]
+        reusable = self._reusable(kw)
         total = held = 0
         for names in groups:
             for r, name in enumerate(names):
                 head, hit = peers[name].head, hits[name]
                 size = expanded_size(head, hit)
-                old = kept.get(name)
-                if old is not None and old[0] is head:
-                    hit = old[1]  # expanded behind this very head: the peer has not synced
+                packed[r].append(hit)
+                old = reusable.get(name)
+                if old is not None and old[0] is head and old[1] is hit:
+                    hit = old[2]  # expanded from this very hit behind this very head
                     held += size
                 parts[r].append(hit)
                 owners[r].append(names[0])
@@ -474,12 +535,21 @@ class KeywordIndex:
             sizes,
             peer_names,
             heads,
+            packed,
             sum(map(len, parts)),
             fits,
             valid_until,
             self._epoch,
         )
         self._cache[kw] = ranking
+        self._cached_bytes += ranking.cost
+        if len(groups) <= 1:
+            # Nothing to rotate: the first page is kept, its hits packed again.
+            fixed = self._page(ranking, groups[0][0] if groups else "", 0, None, keep=False)
+            ranking.fixed = fixed
+            ranking.parts = [list(round_packed) for round_packed in packed]
+            self._hold(ranking, len(fixed))
+            return ranking
         if fits:
             # At most a page of hits: all expanded now, so the first page is a join.
             for round_parts, round_sizes, round_heads in zip(parts, sizes, heads, strict=True):
@@ -488,29 +558,21 @@ class KeywordIndex:
                         round_parts[j] = expand_hit(round_heads[j], hit)
             held = total
         self._hold(ranking, held)
-        if len(groups) <= 1:
-            ranking.fixed = self._page(ranking, groups[0][0] if groups else "", 0, None)
-            self._hold(ranking, len(ranking.fixed))
         return ranking
 
-    def _expanded(self, ranking: _Ranking, r: int, j: int) -> bytes:
-        """The hit of ``ranking`` in round ``r`` at ``j``, expanded (and kept so while the
-        ranking is cached)."""
-        hit = ranking.parts[r][j]
-        if len(hit) == ranking.sizes[r][j]:
-            return hit
-        hit = ranking.parts[r][j] = expand_hit(ranking.heads[r][j], hit)
-        self._hold(ranking, len(hit))
-        return hit
-
-    def _page(self, ranking: _Ranking, pivot: str, round_: int, after: str | None) -> bytes:
+    def _page(
+        self, ranking: _Ranking, pivot: str, round_: int, after: str | None, *, keep: bool = True
+    ) -> bytes:
         """The page of hits that starts in ``round_`` after ``after``'s (or at the start of
-        the round), owners turned to start at ``pivot``."""
+        the round), owners turned to start at ``pivot``; the hits it expands stay expanded
+        in the ranking if ``keep``."""
         parts: list[bytes] = []
         used = 0
         last: tuple[int, str] | None = None
         remaining = 0
         full = False
+        budget = self._budget
+        expanded = 0
         for r in range(round_, len(ranking.parts)):
             round_owners = ranking.owners[r]
             i = bisect.bisect_left(round_owners, pivot)
@@ -520,18 +582,27 @@ class KeywordIndex:
                 turned = [(round_owners[j] < pivot, round_owners[j]) for j in order]
                 order = order[bisect.bisect_right(turned, (after < pivot, after)) :]
             round_sizes = ranking.sizes[r]
+            round_parts = ranking.parts[r]
             for j in order:
                 if full:
                     remaining += 1
                     continue
                 size = round_sizes[j]
-                if used + size > self._budget:
+                if used + size > budget:
                     full = True
                     remaining += 1
                     continue
-                parts.append(self._expanded(ranking, r, j))
+                hit = round_parts[j]
+                if len(hit) != size:
+                    hit = expand_hit(ranking.heads[r][j], hit)
+                    if keep:
+                        round_parts[j] = hit
+                        expanded += size
+                parts.append(hit)
                 used += size
                 last = (r, round_owners[j])
+        if expanded:
+            self._hold(ranking, expanded)
         head = [_HITS_CURSOR if remaining else _HITS, _array_header(len(parts))]
         tail = [_MORE, pack(remaining)]
         if remaining:
@@ -539,14 +610,3 @@ class KeywordIndex:
             assert last is not None
             tail += [_CURSOR, pack(encode_cursor(pivot, *last))]
         return b"".join((*head, *parts, *tail))
-
-    def seen_at(self, domain_name: str, when: float, now: float) -> bool:
-        """Mark a listed peer as seen at ``when``, which may be past (a ping another index
-        server answered, PROTOCOL.md §11); cached rankings that left it out as stale at
-        ``now`` are dropped. False if it is not listed."""
-        peer = self._peers.get(domain_name)
-        if peer is None:
-            return False
-        if peer.record.last_seen + self.peer_ttl <= now < when + self.peer_ttl:
-            self._epoch += 1  # it comes back to life: cached rankings left it out
-        return self.touch(domain_name, when)

@@ -17,28 +17,30 @@ from bench.memory import (
     index_memory,
     populate,
     sync_rate,
+    vocabulary,
 )
 from indexd.store import SqliteIndexStore
 
 
 def test_populate_lists_signed_files_with_names_of_10_to_40_characters(tmp_path: Path) -> None:
     db = tmp_path / "index.db"
-    peers = populate(db, 3 * PEER_FILES + 7, fast_hash=fixtures.bcrypt_hash(4))
+    peers = populate(db, 8 * PEER_FILES + 7, fast_hash=fixtures.bcrypt_hash(4))
     store = SqliteIndexStore(db)
     try:
         listings = list(store.iter_listings())
     finally:
         store.close()
-    assert peers == len(listings) == 4
+    assert peers == len(listings) == 9
     files = [f for _, fs in listings for f in fs]
-    assert len(files) == 3 * PEER_FILES + 7
+    assert len(files) == 8 * PEER_FILES + 7
+    assert {f.keyword for f in files} <= set(vocabulary(len(files)))
     assert all(f.manifest is not None and f.signature is not None for f in files)
     assert all(10 <= len(f.filename) <= 40 for f in files)
     # Owners have at most four peers each, like indexd's default --max-domains-per-user.
-    assert len({record.owner for record, _ in listings}) == 1
+    assert len({record.owner for record, _ in listings}) == 3
 
 
-def test_index_memory_is_scaled_to_a_million_files_against_the_fixed_target(
+def test_index_memory_is_measured_warm_after_searches_find_every_file(
     tmp_path: Path,
 ) -> None:
     lines: list[str] = []
@@ -49,8 +51,10 @@ def test_index_memory_is_scaled_to_a_million_files_against_the_fixed_target(
     assert figure.key == "index_memory"
     assert figure.limit == [TARGET_MIB_PER_MILLION] and figure.direction == "le"
     assert figure.extra["files"] == 2000 and figure.extra["peers"] == 20
-    assert math.isfinite(figure.project_value) and figure.extra["empty_rss_mib"] > 0
-    assert any("2,000 files" in line for line in lines)
+    # Every listed file was found by searching every keyword of the vocabulary once.
+    assert figure.extra["found"] == 2000
+    assert any("2,000 files found" in line for line in lines)
+    assert math.isfinite(figure.extra["cold_mib_per_million"])
 
 
 def test_sync_rate_syncs_the_whole_share_and_times_the_store_insert_beside_it(

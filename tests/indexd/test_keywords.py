@@ -10,6 +10,8 @@ import pytest
 
 from indexd import keywords
 from indexd.keywords import (
+    HIT_OVERHEAD,
+    RANKING_OVERHEAD,
     KeywordIndex,
     PeerHits,
     decode_cursor,
@@ -298,13 +300,21 @@ def test_published_files_keep_their_manifest_and_signature_in_search() -> None:
     assert (hit.files[0].manifest, hit.files[0].signature) == (f.manifest, f.signature)
 
 
-def test_digests_of_the_wrong_length_are_refused_when_prepared() -> None:
+def test_a_stored_file_with_digests_of_the_wrong_length_is_left_out_of_search(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    good = _file("k", "good")
     for bad in (
         SharedFile("a", "k", 1, bytes(32), bytes(32), bytes(63)),
         SharedFile("a", "k", 1, bytes(31)),
+        SharedFile("a", "other", 1, bytes(33)),
     ):
-        with pytest.raises(ValueError, match="wrong length"):
-            prepare_hits(_record("p"), [bad])
+        caplog.clear()
+        prepared = prepare_hits(_record("p"), [bad, good])
+        assert list(prepared.hits) == ["k"]
+        [hit] = _decode(_index((_record("p"), [bad, good])).search("k", 1.0))
+        assert (hit.total, [f.filename for f in hit.files]) == (1, ["good"])
+        assert "wrong length" in caplog.text
 
 
 def test_every_peers_hit_under_a_keyword_shares_one_key_string() -> None:
@@ -367,14 +377,15 @@ def test_cached_bytes_count_the_expanded_hits_of_rankings_and_of_dropped_ones() 
     def size(p: PeerHits) -> int:
         return expanded_size(peer_head(p.record), p.hits["k"])
 
+    overhead = RANKING_OVERHEAD + 2 * HIT_OVERHEAD
     index.search("k", 1.0)
-    assert index.cached_bytes == size(prepared[0]) + size(prepared[1])
+    assert index.cached_bytes == size(prepared[0]) + size(prepared[1]) + overhead
     # p1 syncs: the ranking goes, its expanded hits stay counted until "k" is ranked again.
     resynced = prepare_hits(records[0], [_published("k", "other-name")])
     index.apply(resynced, 3)
-    assert index.cached_bytes == size(prepared[0]) + size(prepared[1])
+    assert index.cached_bytes == size(prepared[0]) + size(prepared[1]) + overhead
     index.search("k", 1.0)
-    assert index.cached_bytes == size(resynced) + size(prepared[1])
+    assert index.cached_bytes == size(resynced) + size(prepared[1]) + overhead
 
 
 def test_a_sync_reexpands_only_its_own_hits_when_the_keyword_is_ranked_again(
@@ -406,3 +417,74 @@ def test_a_ranking_larger_than_the_cache_is_answered_but_not_kept() -> None:
             f"p{i}" for i in range(5)
         ]
         assert index.cached_bytes == 0
+
+
+def test_a_search_served_from_the_cache_makes_its_ranking_the_last_to_go() -> None:
+    listings = [
+        (_record(f"p{i}", owner=f"u{i}"), [_published(k, f"f{i}") for k in ("a", "b", "c")])
+        for i in range(2)
+    ]
+    index = _index(*listings)
+    for k in ("a", "b", "c", "a"):
+        index.search(k, 1.0)
+    a_cost = index.cached_bytes // 3
+    index.max_cached_bytes = 2 * a_cost
+    index.search("d", 1.0)  # nothing under "d": a ranking of no hits, and a trim
+    assert "a" in index._cache and "b" not in index._cache
+
+
+def test_a_keyword_of_one_owner_holds_its_page_alone() -> None:
+    record = _record("p1", owner="u1")
+    index = _index((record, [_published("k", "a"), _published("k", "b")]))
+    body = index.search("k", 1.0)
+    assert [f.filename for h in _decode(body) for f in h.files] == ["a", "b"]
+    assert index.cached_bytes == len(body) + RANKING_OVERHEAD + HIT_OVERHEAD
+    assert index.search("k", 1.0) is body
+
+
+def test_a_delta_reexpands_no_hit_of_a_keyword_it_left_as_it_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    index = _index(*[(_record(f"p{i}", owner=f"u{i}"), [_published("k", "a")]) for i in range(3)])
+    first = index.search("k", 1.0)
+    expanded: list[bytes] = []
+
+    def counting(head: bytes, hit: bytes) -> bytes:
+        expanded.append(head)
+        return expand_hit(head, hit)
+
+    monkeypatch.setattr(keywords, "expand_hit", counting)
+    # p1 changes keyword "other" only: its hit under "k" is the same packed hit.
+    hits = index.hits_of("p1") | prepare_hits(_record("p1"), [_file("other", "x")]).hits
+    index.apply(PeerHits(_record("p1", owner="u1"), hits), 10)
+    assert sorted(_names(_decode(index.search("k", 1.0)))) == sorted(_names(_decode(first)))
+    assert expanded == []
+
+
+def test_no_ranking_is_kept_for_a_keyword_no_peer_lists_any_more() -> None:
+    index = _index((_record("p1", owner="u1"), [_published("k", "a")]))
+    index.apply(prepare_hits(_record("p2", owner="u2"), [_published("k", "b")]), 2)
+    index.search("k", 1.0)
+    index.remove("p1", 3)
+    assert "k" in index._kept
+    index.remove("p2", 4)
+    assert "k" not in index._kept and index.cached_bytes == 0
+
+
+def test_seen_at_a_past_time_brings_a_stale_peer_back_and_never_moves_last_seen_back() -> None:
+    index = _index(
+        (_record("p1", owner="u1"), [_file("k", "a")]),
+        (_record("p2", owner="u2"), [_file("k", "b")]),
+    )
+    now = TTL + 5.0
+    index.touch("p2", now)
+    assert [h.domain_name for h in _decode(index.search("k", now))] == ["p2"]
+    # Another index server heard p1 at TTL + 1: it is live at ``now`` again.
+    assert index.seen_at("p1", TTL + 1.0, now)
+    assert sorted(h.domain_name for h in _decode(index.search("k", now))) == ["p1", "p2"]
+    record = index.record("p1")
+    assert record is not None and record.last_seen == TTL + 1.0
+    assert index.seen_at("p1", 2.0, now)  # older news: last_seen stays
+    record = index.record("p1")
+    assert record is not None and record.last_seen == TTL + 1.0
+    assert not index.seen_at("nobody", now, now)
