@@ -1,13 +1,13 @@
 """A throwaway PostgreSQL server for tests and the driver measurement (``bench.pgdrivers``).
 
 :func:`start_postgres` runs ``initdb`` and ``postgres`` from ``PATH`` (else from
-``/usr/lib/postgresql/*/bin``, else the ``pgserver`` wheel's) on a data directory in a fresh temporary directory, with
-``fsync`` on (a commit that returned is on disk). It listens on no TCP address at all, only on
-a unix socket in a directory of mode 0700, so ``trust`` authentication lets in the user who
-started it (and root) and nobody else; URLs name the socket directory the libpq way
-(``postgresql://postgres@/db?host=/dir&port=5432``), which psycopg, asyncpg and
-``python -m indexd --db URL`` take alike. As root it runs the server as the ``postgres``
-system user if there is one, else as ``nobody``.
+``/usr/lib/postgresql/*/bin``, else the ``pgserver`` wheel's) on a data directory in a fresh
+temporary directory, with ``fsync`` on (a commit that returned is on disk). It listens on no TCP
+address at all, only on a unix socket in a directory of mode 0700, so ``trust`` authentication
+lets in the user who started it (and root) and nobody else; URLs name the socket directory the
+libpq way (``postgresql://postgres@/db?host=/dir&port=5432``), which psycopg, asyncpg and
+``python -m indexd --db URL`` take alike. As root it runs the server as the ``postgres`` system
+user if there is one, else as ``nobody``.
 
 :meth:`PostgresServer.stop` stops it and removes the directory. If the test process dies
 first, a watchdog (this file run as a script: ``watch``) sees its pipe close and does the same;
