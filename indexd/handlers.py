@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from cryptography import x509
 
@@ -182,6 +182,148 @@ def _certificate_names(cert: x509.Certificate) -> frozenset[str]:
     return frozenset(certificate_dns_names(cert))
 
 
+class LoginLimits(Protocol):
+    """The attempt counters a login passes (PROTOCOL.md §4.1): one per (user, address), one
+    per user, one per address. :meth:`IndexService.handle_auth` drives either kind the same
+    way: charge, check the password, then give back (an error) or forget (a success)."""
+
+    async def charge(self, user: str, where: str, now: float) -> float:
+        """Charge one attempt to every counter and return 0; or, if any must still wait,
+        charge none and return the longest wait (seconds)."""
+        ...
+
+    def refund(self, user: str, where: str, now: float) -> None:
+        """Give back a charged attempt that ended in an error, not an answer; never waits
+        (the request may be being cancelled)."""
+        ...
+
+    async def succeeded(self, user: str, where: str, now: float) -> None:
+        """A correct password: forget the (user, address) counter and give back the charge
+        of the user's and the address's."""
+        ...
+
+    def prune(self, now: float) -> None:
+        """Drop counters that no longer count (the sweep)."""
+        ...
+
+
+class MemoryLoginLimits:
+    """:class:`LoginLimits` in this process's :class:`AttemptLimiter` tables (one index
+    server): plain calls, no thread and no store."""
+
+    def __init__(self, login: AttemptLimiter, user: AttemptLimiter, address: AttemptLimiter):
+        self.login, self.user, self.address = login, user, address
+
+    def _keyed(self, user: str, where: str) -> tuple[tuple[AttemptLimiter, str], ...]:
+        return ((self.login, f"{user} {where}"), (self.user, user), (self.address, where))
+
+    async def charge(self, user: str, where: str, now: float) -> float:
+        """See :meth:`LoginLimits.charge`; :class:`RateLimited` if a table is full."""
+        keyed = self._keyed(user, where)
+        wait = max(limiter.retry_after(key, now) for limiter, key in keyed)
+        if wait > 0:
+            return wait
+        for limiter, key in keyed:
+            limiter.admit(key, now)  # a full table refuses before anything is charged
+        for limiter, key in keyed:
+            limiter.charge(key, now)
+        return 0.0
+
+    def refund(self, user: str, where: str, now: float) -> None:
+        """See :meth:`LoginLimits.refund`."""
+        for limiter, key in self._keyed(user, where):
+            limiter.refund(key, now)
+
+    async def succeeded(self, user: str, where: str, now: float) -> None:
+        """See :meth:`LoginLimits.succeeded`."""
+        self.login.reset(f"{user} {where}")
+        self.user.refund(user, now)
+        self.address.refund(where, now)
+
+    def prune(self, now: float) -> None:
+        """See :meth:`LoginLimits.prune`."""
+        for limiter in (self.login, self.user, self.address):
+            limiter.prune(now)
+
+
+class StoreLoginLimits:
+    """:class:`LoginLimits` in the shared store's counters, so that the index servers
+    together allow what one would (PROTOCOL.md §11.1); the same arithmetic. Charges run on
+    the login thread; the waits the store returned are remembered and refused from memory,
+    without a store call, until they end (a flood of refused guesses costs the store
+    nothing)."""
+
+    def __init__(
+        self,
+        store: IndexDatabase,
+        settings: IndexSettings,
+        logins: ThreadPoolExecutor,
+        writes: ThreadPoolExecutor,
+    ) -> None:
+        self.store, self.settings = store, settings
+        self._logins = logins
+        self._writes = writes  # the prune: a slow one never delays a login
+        #: The waits the store returned, per counter key: until when.
+        self.known_waits: dict[str, float] = {}
+
+    def _charges(self, user: str, where: str) -> list[AttemptCharge]:
+        s = self.settings
+        return [
+            (f"login {user} {where}", s.login_backoff),
+            (f"user {user}", s.user_backoff),
+            (f"address {where}", s.address_backoff),
+        ]
+
+    async def charge(self, user: str, where: str, now: float) -> float:
+        """See :meth:`LoginLimits.charge`."""
+        charges = self._charges(user, where)
+        wait = max(self.known_waits.get(key, 0.0) for key, _ in charges) - now
+        if wait > 0:
+            return wait
+        wait, blocked = await _in_store(self._logins, self._charge, charges, now)
+        if len(self.known_waits) < MAX_KNOWN_WAITS:
+            self.known_waits.update(blocked)
+        return wait
+
+    def _charge(self, charges: list[AttemptCharge], now: float) -> tuple[float, dict[str, float]]:
+        """:meth:`IndexDatabase.attempts_charge`; on a refusal also which keys wait until
+        when (one more read, once per wait: then it is known in memory)."""
+        wait = self.store.attempts_charge(charges, now)
+        if wait <= 0:
+            return wait, {}
+        states = self.store.attempts_get([key for key, _ in charges])
+        return wait, {k: s.blocked_until for k, s in states.items() if s.blocked_until > now}
+
+    def refund(self, user: str, where: str, now: float) -> None:
+        """See :meth:`LoginLimits.refund`: queued on the login thread, not awaited."""
+        charges = self._charges(user, where)
+        self._logins.submit(self.store.attempts_refund, charges, now).add_done_callback(
+            _log_failure
+        )
+
+    async def succeeded(self, user: str, where: str, now: float) -> None:
+        """See :meth:`LoginLimits.succeeded`: one trip to the login thread."""
+        await _in_store(self._logins, self._succeeded, self._charges(user, where), now)
+
+    def _succeeded(self, charges: list[AttemptCharge], now: float) -> None:
+        self.store.attempts_reset([charges[0][0]])
+        self.store.attempts_refund(charges[1:], now)
+
+    def prune(self, now: float) -> None:
+        """See :meth:`LoginLimits.prune`: the store's counters have no bound of their own."""
+        self._writes.submit(self.store.attempts_prune, now).add_done_callback(_log_failure)
+        for key in [k for k, until in self.known_waits.items() if until <= now]:
+            del self.known_waits[key]
+
+
+async def _in_store(executor: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+    """Run a store call off the event loop; its refusals come back as wire errors."""
+    try:
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+    except StoreError as exc:
+        raise wire_error(exc) from exc
+
+
 class IndexService:
     """State and handlers of the index; :meth:`open` before serving, :meth:`close` after."""
 
@@ -221,9 +363,6 @@ class IndexService:
         self.address_attempts = AttemptLimiter(s.address_backoff)
         self.register_attempts = AttemptLimiter(s.register_backoff)
         self.sync_rate = RateBucket(s.sync_rate)
-        #: With a shared store: the waits it returned, per counter key, refused here without
-        #: a store call until they end (a flood of refused guesses costs the store nothing).
-        self.known_waits: dict[str, float] = {}
         self._active_users: dict[str, float] = {}  # user -> when found active (renew)
         self.lookup_rate = RateBucket(s.lookup_rate)
         self._holders_turn = 0  # which owner the next holders reply starts with
@@ -246,6 +385,13 @@ class IndexService:
         # Password look-ups have a thread (and store connection) of their own: a flood of
         # other reads (listing, holders) cannot delay a login behind it.
         self._logins = ThreadPoolExecutor(1, thread_name_prefix="indexd-store-login")
+        #: The login counters: in this process's memory, or with a shared store in the
+        #: store, so that every index server counts the same attempts (PROTOCOL.md §11.1).
+        self.login_limits: LoginLimits = (
+            StoreLoginLimits(store, s, self._logins, self._writes)
+            if shared
+            else MemoryLoginLimits(self.login_attempts, self.user_attempts, self.address_attempts)
+        )
         # Numbered on the write thread, so the order of generations is the order of commits.
         self._generations: Iterator[int] = itertools.count(1)
         #: Writes under way with the memory update after them (:meth:`_shielded`).
@@ -383,13 +529,8 @@ class IndexService:
         """Drop expired uploads, decayed counters and ended sessions' expired entries."""
         now = self.clock()
         self.staging.expire(now)
-        for limiter in (
-            self.login_attempts,
-            self.user_attempts,
-            self.address_attempts,
-            self.register_attempts,
-        ):
-            limiter.prune(now)
+        self.register_attempts.prune(now)
+        self.login_limits.prune(now)
         self.sync_rate.prune(now)
         self.lookup_rate.prune(now)
         expired = [s for s, until in self.revoked.items() if until <= now]
@@ -397,27 +538,15 @@ class IndexService:
             del self.revoked[session]
         if expired:
             self._writes.submit(self.store.prune_revoked, now).add_done_callback(_log_failure)
-        if self.shared:  # the store's counters have no bound of their own
-            self._writes.submit(self.store.attempts_prune, now).add_done_callback(_log_failure)
-            for key in [k for k, until in self.known_waits.items() if until <= now]:
-                del self.known_waits[key]
 
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
-        return await self._in_store(self._writes, fn, *args)
+        return await _in_store(self._writes, fn, *args)
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
-        return await self._in_store(self._reads, fn, *args)
+        return await _in_store(self._reads, fn, *args)
 
     async def _password_hash(self, username: str) -> bytes | None:
-        return await self._in_store(self._logins, self.store.password_hash, username)
-
-    @staticmethod
-    async def _in_store(executor: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
-        """Run a store call off the event loop; its refusals come back as wire errors."""
-        try:
-            return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
-        except StoreError as exc:
-            raise wire_error(exc) from exc
+        return await _in_store(self._logins, self.store.password_hash, username)
 
     def _prepare(self, record: PeerRecord, files: Iterable[SharedFile]) -> PeerHits:
         s = self.settings
@@ -691,89 +820,26 @@ class IndexService:
     async def handle_auth(self, ctx: RequestContext, req: Credentials) -> AuthReply:
         """Check a password and issue the session's tokens; unknown user and wrong password
         look alike."""
-        if self.shared:
-            return await self._shared_auth(ctx, req)
-        now = self.clock()
+        limits, now = self.login_limits, self.clock()
         user, where = req.username, address_key(ctx.address)
-        limits = (
-            (self.login_attempts, f"{user} {where}"),
-            (self.user_attempts, user),
-            (self.address_attempts, where),
-        )
-        wait = max(limiter.retry_after(key, now) for limiter, key in limits)
-        if wait > 0:
-            raise RateLimited(retry_after=math.ceil(wait * 1000) / 1000)
-        for limiter, key in limits:
-            limiter.admit(key, now)  # a full table refuses before anything is charged
         # Charged before the check, so parallel guesses are limited like sequential ones.
-        for limiter, key in limits:
-            limiter.charge(key, now)
-        try:
-            hashed = await self._password_hash(user)
-            ok = await self.hasher.verify(req.password.encode("utf-8", "surrogatepass"), hashed)
-        except BaseException:
-            for limiter, key in limits:
-                limiter.refund(key, now)
-            raise
-        if not ok:
-            log.info("failed login for %s from %s", user, ctx.address)
-            raise AuthFailed()
-        now = self.clock()
-        self.login_attempts.reset(limits[0][1])
-        self.user_attempts.refund(user, now)
-        self.address_attempts.refund(where, now)
-        tokens = self.issuer.issue_session(user, ctx.peer_cert)
-        log.info("user %s logged in from %s", user, ctx.address)
-        return _auth_reply(tokens)
-
-    async def _shared_auth(self, ctx: RequestContext, req: Credentials) -> AuthReply:
-        """:meth:`handle_auth` with its attempt counters in the shared store, so that the
-        index servers together allow what one would (PROTOCOL.md §11); the same arithmetic."""
-        s, now = self.settings, self.clock()
-        user, where = req.username, address_key(ctx.address)
-        login_key = f"login {user} {where}"
-        charges: list[AttemptCharge] = [
-            (login_key, s.login_backoff),
-            (f"user {user}", s.user_backoff),
-            (f"address {where}", s.address_backoff),
-        ]
-        keys = [key for key, _ in charges]
-        wait = max(self.known_waits.get(key, 0.0) for key in keys) - now
-        if wait <= 0:
-            # Charged before the check, so parallel guesses are limited like sequential ones.
-            wait, blocked = await self._in_store(self._logins, self._charge_attempts, charges, now)
-            if len(self.known_waits) < MAX_KNOWN_WAITS:
-                self.known_waits.update(blocked)
+        wait = await limits.charge(user, where, now)
         if wait > 0:
+            # Rounded up to the millisecond, so waiting exactly retry_after is always enough.
             raise RateLimited(retry_after=math.ceil(wait * 1000) / 1000)
         try:
             hashed = await self._password_hash(user)
             ok = await self.hasher.verify(req.password.encode("utf-8", "surrogatepass"), hashed)
         except BaseException:
-            self._logins.submit(self.store.attempts_refund, charges, now).add_done_callback(
-                _log_failure
-            )
+            limits.refund(user, where, now)
             raise
         if not ok:
             log.info("failed login for %s from %s", user, ctx.address)
             raise AuthFailed()
-        now = self.clock()
-        await self._in_store(self._logins, self.store.attempts_reset, [login_key])
-        await self._in_store(self._logins, self.store.attempts_refund, charges[1:], now)
+        await limits.succeeded(user, where, self.clock())
         tokens = self.issuer.issue_session(user, ctx.peer_cert)
         log.info("user %s logged in from %s", user, ctx.address)
         return _auth_reply(tokens)
-
-    def _charge_attempts(
-        self, charges: list[AttemptCharge], now: float
-    ) -> tuple[float, dict[str, float]]:
-        """:meth:`IndexDatabase.attempts_charge`; on a refusal also which keys wait until
-        when (one more read, once per wait: then it is known in memory)."""
-        wait = self.store.attempts_charge(charges, now)
-        if wait <= 0:
-            return wait, {}
-        states = self.store.attempts_get([key for key, _ in charges])
-        return wait, {k: s.blocked_until for k, s in states.items() if s.blocked_until > now}
 
     async def handle_renew(self, ctx: RequestContext, req: None) -> AuthReply:
         """Fresh tokens of the same session for a certificate-bound token: a running peer

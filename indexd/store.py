@@ -383,7 +383,11 @@ class _NoListener:
 
 
 class MemoryAttempts:
-    """Attempt counters in one process's memory (the SQLite store's: one index process)."""
+    """Attempt counters in one process's memory (the SQLite store's: one index process).
+
+    The daemon with SQLite counts logins in its own limiters
+    (:class:`indexd.handlers.MemoryLoginLimits`); these keep :class:`IndexDatabase` whole, so
+    both stores pass the same tests."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

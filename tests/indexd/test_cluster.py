@@ -22,7 +22,7 @@ from indexd.store import IssuedCertificate
 from netproto.errors import AuthFailed, Forbidden, RateLimited, TokenInvalid
 from netproto.operations import SearchHit, SyncDeltaRequest, SyncRequest
 from tests.conftest import INDEX_TIMEOUT
-from tests.support.cluster import PASSWORD, eventually, shared_file, two_indexes
+from tests.support.cluster import PASSWORD, alice_at_both, eventually, shared_file, two_indexes
 
 #: The issue's bound: a change acknowledged by one index is in the other's replies by then.
 VISIBLE_WITHIN = 1.0
@@ -58,14 +58,9 @@ class Clock:
 async def test_a_sync_acknowledged_by_one_index_is_in_the_others_search_within_a_second(
     postgres_url: str, index_config: Callable[..., IndexConfig], index_client: Any
 ) -> None:
-    async with (
-        two_indexes(index_config(db=postgres_url)) as (a, b),
-        index_client(a.port, cert="peer1") as at_a,
-        index_client(b.port) as at_b,
-    ):
-        await at_a.register("alice", PASSWORD)
-        await at_a.login("alice", PASSWORD)
-        await at_b.login("alice", PASSWORD)
+    config = index_config(db=postgres_url)
+    both = alice_at_both(config, index_client, cert_a="peer1")
+    async with both as (_, _, at_a, at_b):
         assert await at_b.search("wombat") == []
         assert await at_a.sync("peer1", [_file("wombat", "w.txt")]) == 1
 
@@ -78,14 +73,9 @@ async def test_a_sync_acknowledged_by_one_index_is_in_the_others_search_within_a
 async def test_a_sync_delta_at_one_index_is_in_the_others_search_within_a_second(
     postgres_url: str, index_config: Callable[..., IndexConfig], index_client: Any
 ) -> None:
-    async with (
-        two_indexes(index_config(db=postgres_url)) as (a, b),
-        index_client(a.port, cert="peer1") as at_a,
-        index_client(b.port, cert="peer2") as at_b,
-    ):
-        await at_a.register("alice", PASSWORD)
-        await at_a.login("alice", PASSWORD)
-        await at_b.login("alice", PASSWORD)
+    config = index_config(db=postgres_url)
+    both = alice_at_both(config, index_client, cert_a="peer1", cert_b="peer2")
+    async with both as (_, _, at_a, at_b):
         whole = SyncRequest("peer1", 7001, (_file("wombat", "w.txt"),))
         version = (await at_a.call("sync", whole.to_wire(), at_a.token))["version"]
         # Notifications arrive in commit order: once A has heard B's later sync, it has
@@ -210,14 +200,9 @@ async def test_login_failures_at_both_indexes_together_reach_the_per_user_ceilin
 async def test_a_token_issued_by_one_index_is_accepted_by_the_other(
     postgres_url: str, index_config: Callable[..., IndexConfig], index_client: Any
 ) -> None:
-    async with (
-        two_indexes(index_config(db=postgres_url)) as (a, b),
-        index_client(a.port, cert="peer1") as at_a,
-        index_client(b.port, cert="peer1") as at_b,
-    ):
-        await at_a.register("alice", PASSWORD)
-        await at_a.login("alice", PASSWORD)
-        at_b.token = at_a.token
+    config = index_config(db=postgres_url)
+    both = alice_at_both(config, index_client, cert_a="peer1", cert_b="peer1", one_session=True)
+    async with both as (_, _, _, at_b):
         assert await at_b.sync("peer1", [_file("wombat", "w.txt")]) == 1
         assert _holders(await at_b.search("wombat")) == {"peer1"}
 
@@ -248,14 +233,9 @@ async def test_an_index_that_lost_its_notifications_reloads_everything_and_sees_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     caplog.set_level(logging.INFO, logger="indexd.handlers")
-    async with (
-        two_indexes(index_config(db=postgres_url)) as (a, b),
-        index_client(a.port, cert="peer1") as at_a,
-        index_client(b.port) as at_b,
-    ):
-        await at_a.register("alice", PASSWORD)
-        await at_a.login("alice", PASSWORD)
-        await at_b.login("alice", PASSWORD)
+    config = index_config(db=postgres_url)
+    both = alice_at_both(config, index_client, cert_a="peer1")
+    async with both as (a, b, at_a, at_b):
         assert a.service is not None and b.service is not None
         listener: Any = b.service._listener
         pid = listener.pid
@@ -282,14 +262,9 @@ async def test_a_whole_reload_that_failed_is_tried_again_until_it_works(
     index_client: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    async with (
-        two_indexes(index_config(db=postgres_url)) as (a, b),
-        index_client(a.port, cert="peer1") as at_a,
-        index_client(b.port) as at_b,
-    ):
-        await at_a.register("alice", PASSWORD)
-        await at_a.login("alice", PASSWORD)
-        await at_b.login("alice", PASSWORD)
+    config = index_config(db=postgres_url)
+    both = alice_at_both(config, index_client, cert_a="peer1")
+    async with both as (_, b, at_a, at_b):
         assert b.service is not None
         store: Any = b.service.store
         listener: Any = b.service._listener
@@ -320,14 +295,9 @@ async def test_a_failed_reload_of_one_peer_becomes_a_whole_reload(
     index_client: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    async with (
-        two_indexes(index_config(db=postgres_url)) as (a, b),
-        index_client(a.port, cert="peer1") as at_a,
-        index_client(b.port) as at_b,
-    ):
-        await at_a.register("alice", PASSWORD)
-        await at_a.login("alice", PASSWORD)
-        await at_b.login("alice", PASSWORD)
+    config = index_config(db=postgres_url)
+    both = alice_at_both(config, index_client, cert_a="peer1")
+    async with both as (_, b, at_a, at_b):
         assert b.service is not None
         store: Any = b.service.store
         failures = iter([psycopg.OperationalError("the database went away")])
@@ -354,14 +324,9 @@ async def test_a_reload_refused_for_an_older_number_reads_the_peer_again(
     index_client: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    async with (
-        two_indexes(index_config(db=postgres_url)) as (a, b),
-        index_client(a.port, cert="peer1") as at_a,
-        index_client(b.port, cert="peer1") as at_b,
-    ):
-        await at_a.register("alice", PASSWORD)
-        await at_a.login("alice", PASSWORD)
-        at_b.token = at_a.token
+    config = index_config(db=postgres_url)
+    both = alice_at_both(config, index_client, cert_a="peer1", cert_b="peer1", one_session=True)
+    async with both as (_, b, at_a, at_b):
         await at_b.sync("peer1", [_file("wombat", "w.txt")])  # B's own commit, numbered at B
         assert b.service is not None
         service: Any = b.service

@@ -250,6 +250,25 @@ async def test_failures_back_off_per_user_and_success_resets(
         await service.handle_auth(ctx(), Credentials("alice", PASSWORD))
 
 
+async def test_a_login_that_ends_in_an_error_gives_its_attempt_back(
+    pki: Any, db: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy = BackoffPolicy(free=2, base_delay=10.0, decay=1e9)
+    async with opened(pki, db, clock, login_backoff=policy) as service:
+        await _users(service, "alice")
+        verify = service.hasher.verify
+
+        async def failing(password: bytes, hashed: bytes | None) -> bool:
+            raise OSError("the hasher's thread is gone")
+
+        monkeypatch.setattr(service.hasher, "verify", failing)
+        for _ in range(3):  # unrefunded, the second charge would hold the third back
+            with pytest.raises(OSError):
+                await service.handle_auth(ctx(), Credentials("alice", PASSWORD))
+        monkeypatch.setattr(service.hasher, "verify", verify)
+        assert (await service.handle_auth(ctx(), Credentials("alice", PASSWORD))).token
+
+
 async def test_failures_back_off_per_client_address_across_usernames(
     pki: Any, db: Path, clock: Clock
 ) -> None:

@@ -1,6 +1,6 @@
 """Helpers of the tests of several index servers over one PostgreSQL database (PROTOCOL.md §11):
-the password, a file to list, polling until something is true, and two daemons on one
-configuration."""
+the password, a file to list, polling until something is true, two daemons on one
+configuration, and alice logged in at both."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from indexd.app import IndexConfig, IndexDaemon
 from netproto.operations import SharedFile
-from tests.conftest import INDEX_TIMEOUT
+from tests.conftest import INDEX_TIMEOUT, IndexClient
 
 PASSWORD = "correct horse battery"
 
@@ -56,3 +56,30 @@ async def two_indexes(
             stack.push_async_callback(_stop, daemon)
             daemons.append(daemon)
         yield daemons[0], daemons[1]
+
+
+@contextlib.asynccontextmanager
+async def alice_at_both(
+    config: IndexConfig,
+    index_client: Callable[..., IndexClient],
+    clock: Callable[[], float] | None = None,
+    *,
+    cert_a: str | None = None,
+    cert_b: str | None = None,
+    one_session: bool = False,
+) -> AsyncIterator[tuple[IndexDaemon, IndexDaemon, IndexClient, IndexClient]]:
+    """:func:`two_indexes` A and B, a client at each (with those client certificates), alice
+    registered and logged in at A; at B logged in too, or with ``one_session`` presenting the
+    token A issued (one session at both)."""
+    async with (
+        two_indexes(config, clock) as (a, b),
+        index_client(a.port, cert=cert_a) as at_a,
+        index_client(b.port, cert=cert_b) as at_b,
+    ):
+        await at_a.register("alice", PASSWORD)
+        await at_a.login("alice", PASSWORD)
+        if one_session:
+            at_b.token = at_a.token
+        else:
+            await at_b.login("alice", PASSWORD)
+        yield a, b, at_a, at_b
