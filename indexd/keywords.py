@@ -293,6 +293,10 @@ class KeywordIndex:
         self.max_cached_bytes = max_cached_bytes
         self._budget = reply_budget(max_frame) - PAGE_ALLOWANCE
         self._peers: dict[str, _Peer] = {}
+        #: The generation each withdrawn name was removed at: a listing read before the
+        #: removal (a reload racing a ``bye``) must not bring it back. At most one entry per
+        #: name ever listed; a newer listing of the name clears it.
+        self._removed: dict[str, int] = {}
         self._by_keyword: dict[str, dict[str, bytes]] = {}
         #: Least recently searched first.
         self._cache: OrderedDict[str, _Ranking] = OrderedDict()
@@ -340,6 +344,9 @@ class KeywordIndex:
         name = record.domain_name
         old = self._peers.get(name)
         head: bytes | None = None
+        if self._removed.get(name, -1) > generation:
+            return False
+        self._removed.pop(name, None)
         if old is not None:
             if old.generation > generation:
                 return False
@@ -361,7 +368,10 @@ class KeywordIndex:
     def remove(self, domain_name: str, generation: int) -> bool:
         """Withdraw a peer's listing (``bye``), unless a newer listing is already there."""
         old = self._peers.get(domain_name)
-        if old is None or old.generation > generation:
+        if old is not None and old.generation > generation:
+            return False
+        self._removed[domain_name] = max(generation, self._removed.get(domain_name, generation))
+        if old is None:
             return False
         self._drop(domain_name, old)
         del self._peers[domain_name]

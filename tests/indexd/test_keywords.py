@@ -129,6 +129,26 @@ def test_remove_withdraws_a_peer_from_search() -> None:
     assert not index.touch("peer1", 1.0)
 
 
+def test_a_listing_read_before_a_removal_never_brings_the_peer_back() -> None:
+    # A reload's snapshot (generation 2) applied after a bye withdrew the peer (3).
+    index = _index()
+    assert index.apply(prepare_hits(_record("p"), [_file("k", "a")]), 1)
+    assert index.remove("p", 3)
+    assert not index.apply(prepare_hits(_record("p"), [_file("k", "a")]), 2)
+    assert _decode(index.search("k", 1.0)) == []
+    assert "p" not in index
+    # A listing made after the removal (a new sync) is taken.
+    assert index.apply(prepare_hits(_record("p"), [_file("k", "b")]), 4)
+    assert _names(_decode(index.search("k", 1.0))) == [("p", ["b"])]
+
+
+def test_a_removal_of_a_peer_not_yet_loaded_still_refuses_an_older_listing() -> None:
+    index = _index()
+    assert not index.remove("p", 5)  # nothing to withdraw yet
+    assert not index.apply(prepare_hits(_record("p"), [_file("k", "a")]), 4)
+    assert "p" not in index
+
+
 def test_a_hit_lists_at_most_max_hit_files_in_name_order_and_counts_them_all() -> None:
     files = [_file("k", f"f{i:03d}") for i in range(50)]
     index = _index((_record("p"), files), max_hit_files=10)
