@@ -35,7 +35,7 @@ from indexd.handlers import (
 from indexd.passwords import DEFAULT_COST, PasswordHasher
 from indexd.ratelimit import BackoffPolicy, BucketPolicy
 from indexd.staging import StagingLimits
-from indexd.store import IndexDatabase, StoreError, is_postgres_url, open_database
+from indexd.store import IndexDatabase, StoreError, open_database
 from netproto.server import Server, ServerLimits
 from netproto.tls import certificate_dns_names, server_context
 from netproto.tokens import INDEX_AUDIENCE, TokenIssuer, TokenVerifier
@@ -200,11 +200,9 @@ class IndexDaemon:
             )
             hasher = PasswordHasher(config.bcrypt_cost, concurrency=config.bcrypt_threads)
             issuer = TokenIssuer(identity.key, identity.name, config.token_ttl)
-            # Over PostgreSQL other index servers may share the database (PROTOCOL.md §11).
-            shared = is_postgres_url(config.db)
-            self.service = IndexService(
-                self._store, issuer, hasher, settings, clock=self.clock, shared=shared
-            )
+            # Over PostgreSQL other index servers may share the database (PROTOCOL.md §11):
+            # the service asks the store (:class:`indexd.store.SharedDatabase`).
+            self.service = IndexService(self._store, issuer, hasher, settings, clock=self.clock)
             await self.service.open()
             self.enrollment = Enrollment(
                 self.service,

@@ -47,6 +47,7 @@ from indexd.store import (
     ListingChange,
     PeerOwned,
     PeerRecord,
+    SharedDatabase,
     StaleListing,
     StoreError,
     UnknownUser,
@@ -255,7 +256,7 @@ class StoreLoginLimits:
 
     def __init__(
         self,
-        store: IndexDatabase,
+        store: SharedDatabase,
         settings: IndexSettings,
         logins: ThreadPoolExecutor,
         writes: ThreadPoolExecutor,
@@ -286,7 +287,7 @@ class StoreLoginLimits:
         return wait
 
     def _charge(self, charges: list[AttemptCharge], now: float) -> tuple[float, dict[str, float]]:
-        """:meth:`IndexDatabase.attempts_charge`; on a refusal also which keys wait until
+        """:meth:`SharedDatabase.attempts_charge`; on a refusal also which keys wait until
         when (one more read, once per wait: then it is known in memory)."""
         wait = self.store.attempts_charge(charges, now)
         if wait <= 0:
@@ -336,14 +337,13 @@ class IndexService:
         *,
         register_hasher: PasswordHasher | None = None,
         clock: Callable[[], float] = time.time,
-        shared: bool = False,
     ) -> None:
         self.store = store
         #: The store's refusals and failures: a background task that meets one tries again.
         self._failures: tuple[type[Exception], ...] = (StoreError, RequestError, *store.failures)
-        #: Other index servers write to the same store (PROTOCOL.md §11): listen to their
+        #: Other index servers may write to the same store (PROTOCOL.md §11): listen to their
         #: changes, share liveness, and count login attempts in the store.
-        self.shared = shared
+        self.shared = isinstance(store, SharedDatabase)
         self.issuer = issuer
         self.hasher = hasher
         # Registrations hash apart from logins: their own thread, queue and lower priority.
@@ -389,7 +389,7 @@ class IndexService:
         #: store, so that every index server counts the same attempts (PROTOCOL.md §11.1).
         self.login_limits: LoginLimits = (
             StoreLoginLimits(store, s, self._logins, self._writes)
-            if shared
+            if isinstance(store, SharedDatabase)
             else MemoryLoginLimits(self.login_attempts, self.user_attempts, self.address_attempts)
         )
         # Numbered on the write thread, so the order of generations is the order of commits.

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from indexd.ratelimit import BackoffPolicy
 from netproto.errors import P2PError
@@ -348,6 +348,18 @@ class IndexDatabase(IndexStore, Protocol):
         """The live peers seen at or after ``since``, with when."""
         ...
 
+    def stats(self, now: float, peer_ttl: float) -> dict[str, int]:
+        """Counts for the operator: users, peers, live peers (seen within ``peer_ttl`` of
+        ``now`` and not withdrawn), files, keywords, revoked sessions, certificates."""
+        ...
+
+
+@runtime_checkable
+class SharedDatabase(IndexDatabase, Protocol):
+    """A database several index servers share (PostgreSQL, :mod:`indexd.pgstore`): also the
+    login attempt counters they keep together (PROTOCOL.md §11). One index process on SQLite
+    counts logins in its own memory (:class:`indexd.handlers.MemoryLoginLimits`)."""
+
     def attempts_charge(self, charges: Sequence[AttemptCharge], now: float) -> float:
         """Atomically: if any key must still wait at ``now``, charge nothing and return the
         longest wait (seconds, > 0); else charge one attempt to every key and return 0."""
@@ -369,72 +381,12 @@ class IndexDatabase(IndexStore, Protocol):
         """Drop counters that have decayed away and are not waiting; how many."""
         ...
 
-    def stats(self, now: float, peer_ttl: float) -> dict[str, int]:
-        """Counts for the operator: users, peers, live peers (seen within ``peer_ttl`` of
-        ``now`` and not withdrawn), files, keywords, revoked sessions, certificates."""
-        ...
-
 
 class _NoListener:
     """What :meth:`SqliteIndexStore.listen` returns: one process, nothing to hear."""
 
     def close(self) -> None:
         """Nothing to stop."""
-
-
-class MemoryAttempts:
-    """Attempt counters in one process's memory (the SQLite store's: one index process).
-
-    The daemon with SQLite counts logins in its own limiters
-    (:class:`indexd.handlers.MemoryLoginLimits`); these keep :class:`IndexDatabase` whole, so
-    both stores pass the same tests."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._states: dict[str, tuple[AttemptState, BackoffPolicy]] = {}
-
-    def charge(self, charges: Sequence[AttemptCharge], now: float) -> float:
-        """See :meth:`IndexDatabase.attempts_charge`."""
-        with self._lock:
-            current = {
-                key: self._states[key][0].at(now, policy)
-                for key, policy in charges
-                if key in self._states
-            }
-            wait = max((state.retry_after(now) for state in current.values()), default=0.0)
-            if wait > 0:
-                return wait
-            for key, policy in charges:
-                state = current.get(key, AttemptState(0.0, now, 0.0)).charged(now, policy)
-                current[key] = state
-                self._states[key] = (state, policy)
-            return 0.0
-
-    def refund(self, charges: Sequence[AttemptCharge], now: float) -> None:
-        """See :meth:`IndexDatabase.attempts_refund`."""
-        with self._lock:
-            for key, policy in charges:
-                if key in self._states:
-                    self._states[key] = (self._states[key][0].refunded(now, policy), policy)
-
-    def reset(self, keys: Sequence[str]) -> None:
-        """See :meth:`IndexDatabase.attempts_reset`."""
-        with self._lock:
-            for key in keys:
-                self._states.pop(key, None)
-
-    def get(self, keys: Sequence[str]) -> dict[str, AttemptState]:
-        """See :meth:`IndexDatabase.attempts_get`."""
-        with self._lock:
-            return {key: self._states[key][0] for key in keys if key in self._states}
-
-    def prune(self, now: float) -> int:
-        """See :meth:`IndexDatabase.attempts_prune`."""
-        with self._lock:
-            gone = [k for k, (s, p) in self._states.items() if s.expires_at(p) <= now]
-            for key in gone:
-                del self._states[key]
-            return len(gone)
 
 
 # --- SQLite --------------------------------------------------------------------------------
@@ -562,7 +514,6 @@ class SqliteIndexStore:
             self._write.close()
             raise
         self._read_lock = threading.Lock() if self._read is self._write else None
-        self._attempts = MemoryAttempts()
 
     @property
     def schema_version(self) -> int:
@@ -1018,26 +969,6 @@ class SqliteIndexStore:
             (since,),
         )
         return {str(name): float(t) for name, t in rows}
-
-    def attempts_charge(self, charges: Sequence[AttemptCharge], now: float) -> float:
-        """Charge every key or none (in this process's memory)."""
-        return self._attempts.charge(charges, now)
-
-    def attempts_refund(self, charges: Sequence[AttemptCharge], now: float) -> None:
-        """Give back one attempt of each key."""
-        self._attempts.refund(charges, now)
-
-    def attempts_reset(self, keys: Sequence[str]) -> None:
-        """Forget the keys' counters."""
-        self._attempts.reset(keys)
-
-    def attempts_get(self, keys: Sequence[str]) -> dict[str, AttemptState]:
-        """The counters of those keys that have one."""
-        return self._attempts.get(keys)
-
-    def attempts_prune(self, now: float) -> int:
-        """Drop counters that no longer count."""
-        return self._attempts.prune(now)
 
     def stats(self, now: float, peer_ttl: float) -> dict[str, int]:
         """Counts for ``indexd admin stats``."""

@@ -29,6 +29,7 @@ from indexd.store import (
     ListingChange,
     PeerOwned,
     SchemaTooNew,
+    SharedDatabase,
     SqliteIndexStore,
     StaleListing,
     StoreError,
@@ -391,7 +392,16 @@ def test_record_seen_moves_last_seen_forward_only_and_seen_since_reads_it(
     store.record_seen({})
 
 
-def test_attempts_charge_backs_off_like_the_in_memory_limiter(store: IndexDatabase) -> None:
+def test_only_the_postgresql_store_is_shared_by_several_index_servers(
+    store: IndexDatabase,
+) -> None:
+    assert isinstance(store, SharedDatabase) == isinstance(store, PostgresIndexStore)
+
+
+def test_attempts_charge_backs_off_like_the_in_memory_limiter(
+    servers: tuple[PostgresIndexStore, PostgresIndexStore],
+) -> None:
+    store = servers[0]
     policy = BackoffPolicy(free=2, base_delay=10.0, max_delay=300.0, decay=60.0)
     limiter = AttemptLimiter(policy)
     charges = [("alice 127.0.0.1", policy), ("alice", policy)]
