@@ -1,19 +1,23 @@
 """Publisher-signed manifests and the ranged-fetch bodies (PROTOCOL.md §4.8, §7.1).
 
 A manifest describes one version of a shared file: its size, its whole-file SHA-256, a block
-size, and the SHA-256 of every block, as a **flat list** (PROTOCOL.md §4.8 says why not a
-Merkle tree). Its digest is what ``sync`` lists and the publisher signs, together with the
-file's name; a downloader checks each block it receives against the list before writing it.
+size, and for every block the SHA-256 **chaining value** at its end, as a **flat list**
+(PROTOCOL.md §4.8 says why not a Merkle tree, nor a digest of each block on its own): block
+``i`` is checked by carrying SHA-256 on over it from the value at the end of block ``i - 1``
+(:mod:`netproto.sha256chain`), and the last block's check is the whole file's SHA-256. Its
+digest is what ``sync`` lists and the publisher signs, together with the file's name; a
+downloader checks each block it receives against the list before writing it.
 
-Pure: hashing is :mod:`hashlib`, signatures are Ed25519 from ``cryptography``; no I/O.
+Pure: hashing is :mod:`hashlib` and :mod:`netproto.sha256chain`, signatures are Ed25519 from
+``cryptography``; no I/O.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, Self, TypeAlias
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -21,10 +25,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from netproto.codec import pack
 from netproto.errors import BadRequest
 from netproto.names import canonical_domain_name, check_file_name, check_keyword
+from netproto.sha256chain import INITIAL, ChainHash
 
 SHA256_SIZE = 32
 SIGNATURE_SIZE = 64
-MANIFEST_CONTEXT = b"p2pshare/1 manifest\n"
+_EMPTY_SHA256 = hashlib.sha256(b"").digest()
+#: Bytes as a block arrives: one buffer, or the pieces of several chunks.
+Buffer: TypeAlias = bytes | bytearray | memoryview
+MANIFEST_CONTEXT = b"p2pshare/1 chained manifest\n"
 PUBLISH_CONTEXT = b"p2pshare/1 publish\n"
 #: Block sizes are powers of two from 128 KiB to 16 MiB, the smallest that keeps a file under
 #: TARGET_BLOCKS blocks (Syncthing's rule); past 16 MiB a file simply has more blocks.
@@ -52,7 +60,8 @@ def block_count(size: int, block_size: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Manifest:
-    """One version of a file: size, whole-file SHA-256, block size and block digests."""
+    """One version of a file: size, whole-file SHA-256, block size and block digests (the
+    SHA-256 chaining value at the end of each block; the last one is ``sha256`` itself)."""
 
     size: int
     sha256: bytes
@@ -74,6 +83,10 @@ class Manifest:
             )
         if len(self.blocks) > MAX_BLOCKS:
             raise BadRequest(f"manifest.blocks: more than {MAX_BLOCKS}")
+        if self.blocks and self.blocks[-1] != self.sha256:
+            raise BadRequest("manifest.blocks: the last block's digest is not the file's sha256")
+        if not self.blocks and self.sha256 != _EMPTY_SHA256:
+            raise BadRequest("manifest.sha256: not the SHA-256 of an empty file")
 
     @property
     def count(self) -> int:
@@ -85,11 +98,21 @@ class Manifest:
         start = index * self.block_size
         return start, min(self.block_size, self.size - start)
 
-    def block_valid(self, index: int, data: bytes | memoryview) -> bool:
-        """True when ``data`` is block ``index`` of this file."""
-        return (
-            len(data) == self.span(index)[1] and hashlib.sha256(data).digest() == self.blocks[index]
-        )
+    def block_valid(self, index: int, data: Buffer | Sequence[Buffer]) -> bool:
+        """True when ``data`` (one buffer, or the pieces it arrived in) is block ``index``:
+        SHA-256 carried on over it from the chaining value at the end of the block before
+        gives this block's (finished, for the last block: the whole file's SHA-256)."""
+        start, length = self.span(index)
+        pieces = (data,) if isinstance(data, bytes | bytearray | memoryview) else data
+        chain = ChainHash(self.blocks[index - 1] if index else INITIAL, start)
+        size = 0
+        for piece in pieces:
+            chain.update(piece)
+            size += memoryview(piece).nbytes
+        if size != length:
+            return False
+        last = index == len(self.blocks) - 1
+        return (chain.digest() if last else chain.state()) == self.blocks[index]
 
     def digest(self) -> bytes:
         """The manifest digest: what ``sync`` lists and the publisher signs."""
@@ -130,47 +153,37 @@ def manifest_bytes(manifest: Manifest) -> bytes:
 
 
 class ManifestBuilder:
-    """Builds a manifest from a file's bytes fed in order, in pieces of any size."""
+    """Builds a manifest from a file's bytes fed in order, in pieces of any size: one SHA-256
+    pass, its chaining value taken at every block's end."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.block_size = block_size_for(size)
-        self._whole = hashlib.sha256()
-        self._block = hashlib.sha256()
+        self._chain = ChainHash()
         self._in_block = 0
-        self._fed = 0
         self._blocks: list[bytes] = []
 
-    def update(self, data: bytes | memoryview) -> None:
+    def update(self, data: Buffer) -> None:
         """Feed the next bytes of the file."""
-        view = memoryview(data)
-        self._whole.update(view)
-        self._fed += len(view)
+        view = memoryview(data).cast("B")
         while view:
             take = min(len(view), self.block_size - self._in_block)
-            self._block.update(view[:take])
+            self._chain.update(view[:take])
             self._in_block += take
             view = view[take:]
-            if self._in_block == self.block_size:
-                self._end_block()
+            if self._in_block == self.block_size and self._fed_before_last():
+                self._blocks.append(self._chain.state())
+                self._in_block = 0
 
-    def update_blocks(self, data: bytes | memoryview) -> None:
-        """Feed block digests only, for whole blocks (the whole digest is fed elsewhere)."""
-        view = memoryview(data)
-        for start in range(0, len(view), self.block_size):
-            self._blocks.append(hashlib.sha256(view[start : start + self.block_size]).digest())
+    def _fed_before_last(self) -> bool:
+        """True while the block just completed is not the file's last."""
+        return (len(self._blocks) + 1) * self.block_size < self.size
 
-    def _end_block(self) -> None:
-        self._blocks.append(self._block.digest())
-        self._block = hashlib.sha256()
-        self._in_block = 0
-
-    def finish(self, sha256: bytes | None = None) -> Manifest:
-        """The manifest, once every byte was fed (``sha256`` when hashed elsewhere)."""
-        if self._in_block:
-            self._end_block()
-        whole = sha256 if sha256 is not None else self._whole.digest()
-        return Manifest(self.size, whole, self.block_size, tuple(self._blocks))
+    def finish(self) -> Manifest:
+        """The manifest, once every byte was fed."""
+        whole = self._chain.digest()
+        blocks = [*self._blocks, whole] if self.size else []
+        return Manifest(self.size, whole, self.block_size, tuple(blocks))
 
 
 def manifest_of(data: bytes) -> Manifest:

@@ -4,20 +4,19 @@ A manifest (PROTOCOL.md §4.8) is cached by the file's ``(keyword folder, file n
 identity (size, mtime and inode, :class:`~peerd.share.FileIdentity`): a file is read again
 only once it changed. Requests for a version being computed wait for that one computation; the
 cache grows to the share (:meth:`ManifestCache.fit`), so a scan never evicts what it needs.
-Computing one reads the file once; the whole-file SHA-256 runs in the calling thread while
-each stretch's block digests run in a second one (``hashlib`` lets go of the GIL), so a
-manifest costs about what a plain SHA-256 of the file does (BENCHMARKS.md).
+Computing one reads the file once and hashes it once: the block digests are SHA-256's chaining
+values at the blocks' ends (PROTOCOL.md §4.8), so a manifest costs about what a plain SHA-256
+of the file does (BENCHMARKS.md).
 
 Everything here blocks: the peer server runs it in a worker thread.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -39,7 +38,6 @@ _READ = 4 << 20
 #: Manifests kept in memory at least (a 2,000-block manifest is about 70 KiB); more once the
 #: share has more files (:meth:`ManifestCache.fit`).
 DEFAULT_CAPACITY = 4096
-_HASHER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="manifest")
 
 
 class FileChangedWhileHashed(ShareError):
@@ -63,30 +61,22 @@ class SignedManifest:
 
 
 def compute_manifest(opened: ShareFile) -> Manifest:
-    """The manifest of an opened file as it is now (blocking)."""
+    """The manifest of an opened file as it is now (blocking): one SHA-256 pass over it."""
     size = opened.identity.size
     if size > MAX_MANIFEST_FILE:
         raise TooLargeForManifest(f"larger than {MAX_MANIFEST_FILE} bytes")
     builder = ManifestBuilder(size)
-    whole = hashlib.sha256()
     pos = 0
     step = max(_READ, builder.block_size)
-    pending: Future[None] | None = None
     while pos < size:
         data = opened.read(pos, min(step, size - pos))
         if not data:
             raise FileChangedWhileHashed("the file became shorter while it was hashed")
-        if pending is not None:
-            pending.result()
-        # Block digests of this stretch in the second thread, the whole digest here.
-        pending = _HASHER.submit(builder.update_blocks, data)
-        whole.update(data)
+        builder.update(data)
         pos += len(data)
-    if pending is not None:
-        pending.result()
     if opened.current_identity() != opened.identity:
         raise FileChangedWhileHashed("the file changed while it was hashed")
-    return builder.finish(whole.digest())
+    return builder.finish()
 
 
 class ManifestCache:

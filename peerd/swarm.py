@@ -28,7 +28,6 @@ import collections
 import concurrent.futures
 import errno
 import fcntl
-import hashlib
 import json
 import logging
 import math
@@ -71,7 +70,13 @@ from peerd.staging import (
 )
 from peerd.threadjob import LOCAL, DiskWork, ThreadJob
 from peerd.verify import CheckOutcome, check_size_limit
-from peerd.writeback import Buffer, PrefixDigest, start_writeback
+from peerd.writeback import (
+    Buffer,
+    DirectWriter,
+    open_direct,
+    pwrite_all,
+    start_writeback,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +90,6 @@ MAX_REQUEST = 16 << 20
 #: at most this many bytes of them (at least two blocks), so the network never waits for
 #: the disk nor the disk for the network, and memory stays bounded.
 STORE_AHEAD = 16 << 20
-#: Blocks past the whole file's running digest kept in memory for it (beyond, read back).
-HELD_BYTES = 32 << 20
 #: Writeback of the partial file is started each time this much more was written.
 WRITEBACK_EVERY = 8 << 20
 #: Blocks are handed to a worker thread in batches of about this many bytes (a thread hop
@@ -392,19 +395,8 @@ class BlockPart:
     _dirty: int = field(default=0, init=False)
     _writeback: concurrent.futures.Future[bool] | None = field(default=None, init=False)
     _dirty_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
-    #: The whole file's SHA-256, computed over the in-order prefix as blocks are written.
-    prefix: PrefixDigest = field(init=False)
-
-    def __post_init__(self) -> None:
-        have = (i for i in range(self.manifest.count) if i in self.have)
-        self.prefix = PrefixDigest(
-            self.fd,
-            self.manifest.count,
-            self.manifest.span,
-            have,
-            pool=LOCAL,
-            hold=max(2, HELD_BYTES // max(1, self.manifest.block_size)),
-        )
+    #: Writes blocks with ``O_DIRECT`` where the file system allows it (:mod:`peerd.writeback`).
+    direct: DirectWriter | None = None
 
     @classmethod
     def open(
@@ -430,6 +422,7 @@ class BlockPart:
                 have = BlockMap(manifest.count)
                 os.ftruncate(fd, 0)
             os.ftruncate(fd, manifest.size)  # sparse: blocks land at their offsets
+            direct = _open_direct_writer(staging, fd)
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
@@ -438,18 +431,7 @@ class BlockPart:
         except BaseException:
             os.close(fd)
             raise
-        return cls(staging, fd, have, keyword, file_name, digest, manifest)
-
-    def block_valid(self, index: int, pieces: Sequence[Buffer]) -> bool:
-        """True when ``pieces`` (block ``index`` as it arrived) match the manifest."""
-        block = hashlib.sha256()
-        size = 0
-        for piece in pieces:
-            block.update(piece)
-            size += len(piece)
-        return (
-            size == self.manifest.span(index)[1] and block.digest() == self.manifest.blocks[index]
-        )
+        return cls(staging, fd, have, keyword, file_name, digest, manifest, direct=direct)
 
     def write_blocks(self, blocks: Sequence[tuple[int, Sequence[Buffer]]]) -> list[int]:
         """Check each block (its index and the pieces it arrived in) against the manifest and
@@ -460,7 +442,7 @@ class BlockPart:
         run_at = run_end = -1
         good: list[tuple[int, Sequence[Buffer]]] = []
         for index, pieces in blocks:
-            if not self.block_valid(index, pieces):
+            if not self.manifest.block_valid(index, pieces):
                 bad.append(index)
                 continue
             offset, length = self.manifest.span(index)
@@ -471,8 +453,6 @@ class BlockPart:
             run_end = offset + length
             good.append((index, pieces))
         self._write_run(run, run_at)
-        for index, pieces in good:
-            self.prefix.written(index, pieces)
         return bad
 
     def stop_writing(self) -> None:
@@ -483,11 +463,16 @@ class BlockPart:
             writeback = self._writeback
         if writeback is not None:
             concurrent.futures.wait([writeback])
+        if self.direct is not None:
+            self.direct.release()
 
     def _write_run(self, pieces: list[Buffer], offset: int) -> None:
         if not pieces:
             return
-        _pwrite_all(self.fd, pieces, offset)
+        if self.direct is not None and self.direct.direct:
+            self.direct.write(pieces, offset)  # on the device already: nothing to write back
+            return
+        pwrite_all(self.fd, pieces, offset, max_iov=_MAX_IOV)
         length = sum(len(p) for p in pieces)
         with self._dirty_lock:
             self._dirty += length
@@ -518,22 +503,22 @@ class BlockPart:
         d = self.staging.dir_fd
         os.replace(tmp, self.staging.meta, src_dir_fd=d, dst_dir_fd=d)
 
-    def whole_digest(self) -> bytes:
-        """SHA-256 of the whole partial file: the running digest of the blocks written in
-        order, finished by hashing the blocks past it (read back without a copy)."""
-        return self.prefix.finish()
 
-
-def _pwrite_all(fd: int, pieces: Sequence[Buffer], pos: int) -> None:
-    """Write ``pieces`` one after the other from ``pos``, in as few system calls as may be."""
-    views = [memoryview(p) for p in pieces]
-    while views:
-        written = os.pwritev(fd, views[:_MAX_IOV], pos)
-        pos += written
-        while views and written >= len(views[0]):
-            written -= len(views.pop(0))
-        if written:
-            views[0] = views[0][written:]
+def _open_direct_writer(staging: Staging, fd: int) -> DirectWriter | None:
+    """A :class:`DirectWriter` on the partial file ``fd`` has open (locked), or None where the
+    file system has no ``O_DIRECT``. The file is opened again by name, so it must still be
+    the one ``fd`` holds (not a file put in its place meanwhile)."""
+    direct = open_direct(staging.dir_fd, staging.part)
+    if direct is None:
+        return None
+    try:
+        ours, theirs = os.fstat(fd), os.fstat(direct)
+        if (ours.st_dev, ours.st_ino) != (theirs.st_dev, theirs.st_ino):
+            raise UnsafeLocalFile(f"the partial file of {staging.path} was replaced")
+        return DirectWriter(direct, fd)
+    except BaseException:
+        os.close(direct)
+        raise
 
 
 class _BlockBuffer:
@@ -1030,20 +1015,18 @@ async def swarm_download(
                         partial_kept=True,
                     )
                 checks.append(CheckOutcome("blocks", True, f"{manifest.count} blocks verified"))
-                # The rest of the whole file's digest while its last pages go to the disk.
-                whole, _ = await asyncio.gather(
-                    disk.run(part.whole_digest), disk.run(os.fdatasync, part.fd)
-                )
-                if whole != manifest.sha256:
-                    await disk.run(staging.discard)
-                    checks.append(CheckOutcome("sha256", False, "the whole file does not match"))
-                    raise DownloadRefused("sha256", "the whole file does not match", tuple(checks))
+                # Each block's check carried SHA-256 on from the block before it, and the last
+                # one's finished it: the whole file's SHA-256 is the signed one (PROTOCOL.md
+                # §4.8), computed over every byte written, once.
+                whole = manifest.sha256
                 checks.append(CheckOutcome("sha256", True, whole.hex()))
+                await disk.run(os.fdatasync, part.fd)
                 present = await disk.run(_install, staging, part.fd, file_name, whole, overwrite)
             finally:
                 part.stop_writing()
-                await disk.run(part.prefix.stop)
                 disk.close_when_idle(part.fd)
+                if part.direct is not None:
+                    disk.close_when_idle(part.direct.fd)
         finally:
             disk.close_when_idle(folder.fd)
             if folder.created:

@@ -1,42 +1,44 @@
-"""The way to disk of a multi-source download: writeback started early, a running digest.
+"""The way to disk of a multi-source download: direct writes, or writeback started early.
 
-Blocks of a download are written at their offsets as they arrive; left alone, the kernel
-writes them back late and the final ``fsync`` waits for most of the file. :func:`start_writeback`
-asks the kernel to start writing a range back now (``sync_file_range`` with
-``SYNC_FILE_RANGE_WRITE``, through ctypes: Python has no binding), without waiting for it and
-without dropping the pages (the running digest may still read them back).
+Blocks of a download are written at their offsets as they arrive and not read again by this
+process. :class:`DirectWriter` writes them with ``O_DIRECT``: from one reused, page-aligned
+buffer straight to the device, so no page-cache page is allocated, filled and later written
+back. That copy into fresh page-cache pages was the largest cost of a download to disk: about
+2.9 CPU-seconds per GiB when the kernel's free pages were cold (on a VM whose host takes freed
+guest memory back, every first touch faults), 0.2 when warm, against about 0.1 for the copy
+into the aligned buffer and the direct write (BENCHMARKS.md, issue 14). Where the file system
+refuses ``O_DIRECT`` the writes are ordinary ones, and :func:`start_writeback` asks the kernel
+to start writing a range back now (``sync_file_range`` with ``SYNC_FILE_RANGE_WRITE``, through
+ctypes: Python has no binding), without waiting for it, so the final ``fsync`` has little left.
 
-:class:`PrefixDigest` computes the whole file's SHA-256 while the blocks arrive: over the
-blocks written so far in file order from the first (the in-order prefix), hashing a block from
-memory when it is the next one, reading back from the page cache the written blocks it then
-reaches. What is left at the end is only the part past the prefix.
-
-Everything here blocks: it runs in the download's worker threads (the running digest in one
-job at a time of its own, so the block writes never wait for it).
+Everything here blocks: it runs in the download's worker threads.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import hashlib
+import errno
 import logging
 import mmap
 import os
-import threading
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Executor, Future, wait
+from collections.abc import Callable, Sequence
 from typing import TypeAlias
 
 log = logging.getLogger(__name__)
 
 #: ``sync_file_range`` flag: start writeback of dirty pages in the range, do not wait.
 SYNC_FILE_RANGE_WRITE = 2
-_READ = 4 << 20
 
 _SyncFileRange = Callable[[int, int, int, int], int]
 #: Bytes as a block arrives: one buffer, or the pieces of several chunks.
 Buffer: TypeAlias = bytes | bytearray | memoryview
+#: What ``O_DIRECT`` needs aligned (buffer address, file offset, length): the largest logical
+#: block size in common use. Blocks of a manifest are whole multiples of it (PROTOCOL.md §4.8),
+#: so only the end of a file is written the ordinary way.
+DIRECT_ALIGN = 4096
+#: The aligned buffer a direct writer copies the pieces into (and writes from), per download.
+DIRECT_BUFFER = 4 << 20
 
 
 def _load_sync_file_range() -> _SyncFileRange | None:
@@ -65,142 +67,105 @@ def start_writeback(fd: int, offset: int, length: int) -> bool:
     return True
 
 
-class PrefixDigest:
-    """SHA-256 over a file's blocks written so far, from the first, in file order (thread-safe).
+def pwrite_all(fd: int, pieces: Sequence[Buffer], pos: int, *, max_iov: int = 512) -> None:
+    """Write ``pieces`` one after the other from ``pos``, in as few system calls as may be."""
+    views = [memoryview(p) for p in pieces]
+    while views:
+        written = os.pwritev(fd, views[:max_iov], pos)
+        if written <= 0:
+            raise OSError(errno.EIO, "the partial file took no bytes")
+        pos += written
+        while views and written >= len(views[0]):
+            written -= len(views.pop(0))
+        if written:
+            views[0] = views[0][written:]
 
-    ``span(i)`` gives block ``i``'s (offset, length). :meth:`written` is called once a block is
-    on disk, with its bytes (the pieces they arrived in); the digest then moves over every
-    block that is next in order, hashing from memory a block written no further than ``hold``
-    blocks past the prefix, reading back (through a read-only map of the file, no copy) one
-    written further ahead. With a ``pool`` the hashing runs there, one job at a time, so the
-    caller never waits for it; without one it runs in the caller's thread.
-    """
 
-    def __init__(
-        self,
-        fd: int,
-        count: int,
-        span: Callable[[int], tuple[int, int]],
-        have: Iterable[int],
-        *,
-        pool: Executor | None = None,
-        hold: int = 32,
-    ) -> None:
-        self._fd = fd
-        self._count = count
-        self._span = span
-        self._pool = pool
-        self._hold = hold
-        self._written = set(have)
-        self._held: dict[int, Sequence[Buffer]] = {}
-        self._hash = hashlib.sha256()
-        self._map: mmap.mmap | None = None
-        #: The first block not yet hashed.
-        self.next = 0
-        self._lock = threading.Lock()  # guards everything above but the hash and the map
-        self._running = False  # a hashing job is on (at most one: the order matters)
-        self._job: Future[None] | None = None
-        self._stopped = False
-        self._failed: BaseException | None = None
+def open_direct(dir_fd: int, name: str) -> int | None:
+    """A write-only descriptor with ``O_DIRECT`` on ``name`` in ``dir_fd`` (not following a
+    symbolic link), or None where the system or the file system has no direct I/O."""
+    direct = getattr(os, "O_DIRECT", 0)
+    if not direct:
+        return None
+    flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | direct
+    try:
+        return os.open(name, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+            return None
+        raise
 
-    def written(self, index: int, pieces: Sequence[Buffer] | None = None) -> None:
-        """Block ``index`` is on disk; hash it (and what follows it) once it is next in order."""
-        with self._lock:
-            self._written.add(index)
-            if pieces is not None and self.next <= index < self.next + self._hold:
-                self._held[index] = pieces
-            if self._running or self._stopped or self.next not in self._written:
-                return
-            self._running = True
-        if self._pool is None:
-            self._advance()
-        else:
-            self._job = self._pool.submit(self._advance)
 
-    def _advance(self) -> None:
-        """Hash every written block next in order (the one job that may: ``_running``)."""
-        while True:
-            with self._lock:
-                block = self.next
-                if self._stopped or block >= self._count or block not in self._written:
-                    self._running = False
-                    return
-                pieces = self._held.pop(block, None)
+class DirectWriter:
+    """Writes runs of blocks through ``fd``, opened with ``O_DIRECT`` (:func:`open_direct`):
+    the pieces are copied into one page-aligned buffer and written from it; what is not a
+    whole multiple of :data:`DIRECT_ALIGN` (the end of the file) goes through ``buffered``, an
+    ordinary descriptor on the same file. If the file system refuses a direct write after all
+    (``EINVAL``), this and every later write go through ``buffered``. One thread at a time."""
+
+    def __init__(self, fd: int, buffered: int, *, size: int = DIRECT_BUFFER) -> None:
+        if size <= 0 or size % DIRECT_ALIGN:
+            raise ValueError(f"the buffer must be a positive multiple of {DIRECT_ALIGN}")
+        self.fd = fd
+        self._buffered = buffered
+        self._map = mmap.mmap(-1, size)  # anonymous: page-aligned
+        self._view = memoryview(self._map)
+        #: False once the file system refused a direct write: everything goes buffered.
+        self.direct = True
+
+    def write(self, pieces: Sequence[Buffer], offset: int) -> None:
+        """Write ``pieces`` one after the other from ``offset``."""
+        if offset % DIRECT_ALIGN or not self.direct:
+            pwrite_all(self._buffered, pieces, offset)
+            return
+        view, filled = self._view, 0
+        for piece in pieces:
+            src = memoryview(piece).cast("B")
+            while src:
+                n = min(len(src), len(view) - filled)
+                view[filled : filled + n] = src[:n]
+                filled += n
+                src = src[n:]
+                if filled == len(view):
+                    self._flush(offset, filled)
+                    offset += filled
+                    filled = 0
+        if filled:
+            self._flush(offset, filled)
+
+    def _flush(self, offset: int, length: int) -> None:
+        """Write the buffer's first ``length`` bytes at ``offset``: the aligned part direct."""
+        aligned = length - length % DIRECT_ALIGN
+        done = 0
+        while self.direct and done < aligned:
             try:
-                if pieces is not None:
-                    for piece in pieces:
-                        self._hash.update(piece)
-                else:
-                    self._read_into_hash(block)
-            except BaseException as exc:
-                # The digest may hold part of the block: it cannot go on; finish() says why.
-                with self._lock:
-                    self._failed = exc
-                    self._stopped = True
-                    self._running = False
-                raise
-            with self._lock:
-                self.next = block + 1
+                n = os.pwrite(self.fd, self._view[done:aligned], offset + done)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                log.debug("direct write refused (%s): ordinary writes from here", exc.strerror)
+                self.direct = False
+                break
+            if n <= 0:
+                raise OSError(errno.EIO, "the partial file took no bytes")
+            done += n
+            if n % DIRECT_ALIGN:
+                break  # a short, unaligned write: the rest the ordinary way
+        if done < length:
+            pwrite_all(self._buffered, [self._view[done:length]], offset + done)
 
-    def _read_into_hash(self, block: int) -> None:
-        offset, length = self._span(block)
-        end = offset + length
-        if self._map is None:
-            size = os.fstat(self._fd).st_size
-            if size < end:
-                raise OSError(f"the partial file ends inside block {block}")
-            self._map = mmap.mmap(self._fd, size, access=mmap.ACCESS_READ)
-            self._map.madvise(mmap.MADV_SEQUENTIAL)
-        if len(self._map) < end:
-            raise OSError(f"the partial file ends inside block {block}")
-        view = memoryview(self._map)
-        try:
-            for start in range(offset, end, _READ):
-                self._hash.update(view[start : min(start + _READ, end)])
-        finally:
-            view.release()
-
-    def _wait(self) -> None:
-        """Stop scheduling hashing jobs and wait for the one running, if any."""
-        with self._lock:
-            self._stopped = True
-            job = self._job
-        if job is not None:
-            wait([job])
-
-    def finish(self) -> bytes:
-        """The whole file's SHA-256, hashing every block past the prefix (from memory if it is
-        held, else read back)."""
-        self._wait()
-        if self._failed is not None:
-            self._unmap()
-            raise self._failed
-        try:
-            while self.next < self._count:
-                with self._lock:
-                    pieces = self._held.pop(self.next, None)
-                if pieces is not None:
-                    for piece in pieces:
-                        self._hash.update(piece)
-                else:
-                    self._read_into_hash(self.next)
-                self.next += 1
-            return self._hash.digest()
-        finally:
-            self._held.clear()
-            self._unmap()
-
-    def stop(self) -> None:
-        """Stop hashing (the download ends unfinished): wait for the running job, unmap."""
-        self._wait()
-        with self._lock:
-            self._held.clear()
-        self._unmap()
-
-    def _unmap(self) -> None:
-        if self._map is not None:
-            self._map.close()
-            self._map = None
+    def release(self) -> None:
+        """Free the buffer (the descriptors are the caller's to close)."""
+        self._view.release()
+        self._map.close()
 
 
-__all__ = ["SYNC_FILE_RANGE_WRITE", "PrefixDigest", "start_writeback"]
+__all__ = [
+    "DIRECT_ALIGN",
+    "DIRECT_BUFFER",
+    "SYNC_FILE_RANGE_WRITE",
+    "DirectWriter",
+    "open_direct",
+    "pwrite_all",
+    "start_writeback",
+]

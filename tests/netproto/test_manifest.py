@@ -48,7 +48,7 @@ def test_a_manifest_fed_byte_by_byte_equals_one_fed_whole() -> None:
 def test_a_manifest_round_trips_and_its_digest_covers_the_prefixed_bytes() -> None:
     m = manifest_of(DATA)
     assert Manifest.from_wire(m.to_wire()) == m
-    assert manifest_bytes(m).startswith(b"p2pshare/1 manifest\n")
+    assert manifest_bytes(m).startswith(b"p2pshare/1 chained manifest\n")
     assert m.block_valid(3, DATA[3 * MIN_BLOCK :]) and not m.block_valid(0, DATA[:10])
 
 
@@ -58,6 +58,8 @@ def test_a_manifest_round_trips_and_its_digest_covers_the_prefixed_bytes() -> No
         ({"block_size": 7}, "block_size"),
         ({"blocks": b"x" * 31}, "blocks"),
         ({"blocks": b"x" * 32}, "blocks"),
+        ({"blocks": manifest_of(DATA).to_wire()["blocks"][:-32] + bytes(32)}, "blocks"),
+        ({"sha256": bytes(32)}, "sha256"),
         ({"size": -1}, "size"),
         ({"sha256": "no"}, "sha256"),
         ({"sha256": b"short"}, "sha256"),

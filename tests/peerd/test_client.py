@@ -588,8 +588,8 @@ async def test_signed_entries_travel_through_a_real_index_and_holders_finds_them
 
     content = b"joey" * 1000
     builder = ManifestBuilder(len(content))
-    builder.update_blocks(content)
-    manifest = builder.finish(sha(content))
+    builder.update(content)
+    manifest = builder.finish()
     key = Ed25519PrivateKey.generate()
     signed = ManifestCache("peer1", key).sign("koala", "joey.txt", manifest)
     entry = SharedFile(

@@ -36,7 +36,6 @@ from peerd.swarm import (
     Source,
     SwarmIncomplete,
     SwarmProgress,
-    _pwrite_all,
     swarm_download,
 )
 
@@ -385,7 +384,9 @@ async def test_a_holder_busy_too_often_is_dropped(tmp_path: Path) -> None:
 
 async def test_each_holder_is_checked_against_its_own_listed_manifest(tmp_path: Path) -> None:
     garbage = bytes(len(CONTENT))
-    fake = Manifest(len(CONTENT), sha(CONTENT), MANIFEST.block_size, manifest_of(garbage).blocks)
+    # The listed SHA-256, and the chaining values of other bytes up to the last block.
+    chain = (*manifest_of(garbage).blocks[:-1], sha(CONTENT))
+    fake = Manifest(len(CONTENT), sha(CONTENT), MANIFEST.block_size, chain)
     mallory = FakeHolder("mallory", garbage, manifest=fake)
     honest = [FakeHolder("peer1"), FakeHolder("peer2")]
 
@@ -434,18 +435,6 @@ async def test_the_endgame_asks_a_second_holder_and_cancels_the_loser_uncharged(
     assert stalling.requests and stalling.cancelled == len(stalling.requests)
     assert result.dropped == {}  # the loser is not charged with anything
     assert result.peers[0].blocks == 0 and result.peers[1].blocks == MANIFEST.count
-
-
-def test_a_block_in_more_pieces_than_one_system_call_takes_is_written_whole(
-    tmp_path: Path,
-) -> None:
-    pieces = [bytes([i % 251]) * 7 for i in range(3000)]  # over IOV_MAX (1024)
-    fd = os.open(tmp_path / "part", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        _pwrite_all(fd, pieces, 5)
-        assert os.pread(fd, 30000, 5) == b"".join(pieces)
-    finally:
-        os.close(fd)
 
 
 async def test_a_single_holder_is_asked_from_the_first_block(tmp_path: Path) -> None:

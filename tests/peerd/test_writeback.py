@@ -1,117 +1,29 @@
-"""Tests for peerd.writeback: writeback started early, the running digest of the prefix."""
+"""Tests for peerd.writeback: direct writes, writeback started early."""
 
 from __future__ import annotations
 
-import hashlib
+import errno
+import fcntl
 import os
 import random
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from peerd import writeback
-from peerd.writeback import PrefixDigest, start_writeback
-
-BLOCK = 1000
+from peerd.writeback import (
+    DIRECT_ALIGN,
+    DirectWriter,
+    open_direct,
+    pwrite_all,
+    start_writeback,
+)
 
 
 def _file(tmp_path: Path, data: bytes) -> int:
     fd = os.open(tmp_path / "part", os.O_RDWR | os.O_CREAT, 0o600)
     os.ftruncate(fd, len(data))
     return fd
-
-
-def _span(size: int) -> Callable[[int], tuple[int, int]]:
-    return lambda i: (i * BLOCK, min(BLOCK, size - i * BLOCK))
-
-
-def test_prefix_digest_of_blocks_written_out_of_order_is_the_whole_sha256(tmp_path: Path) -> None:
-    data = random.Random(1).randbytes(10 * BLOCK + 123)
-    count = 11
-    fd = _file(tmp_path, data)
-    try:
-        digest = PrefixDigest(fd, count, _span(len(data)), ())
-        for i in [*range(5, count), *range(5)]:
-            off, length = _span(len(data))(i)
-            os.pwrite(fd, data[off : off + length], off)
-            digest.written(i, [data[off : off + length]])
-        assert digest.next == count  # block 4 made the prefix reach the end by reading back
-        assert digest.finish() == hashlib.sha256(data).digest()
-    finally:
-        os.close(fd)
-
-
-def test_finish_reads_back_blocks_already_there_when_resumed(tmp_path: Path) -> None:
-    data = random.Random(2).randbytes(4 * BLOCK)
-    fd = _file(tmp_path, data)
-    try:
-        os.pwrite(fd, data, 0)
-        digest = PrefixDigest(fd, 4, _span(len(data)), {0, 1, 2, 3})
-        assert digest.next == 0
-        assert digest.finish() == hashlib.sha256(data).digest()
-    finally:
-        os.close(fd)
-
-
-def test_a_block_written_while_another_job_hashes_is_hashed_by_that_job(tmp_path: Path) -> None:
-    data = random.Random(3).randbytes(2 * BLOCK)
-    fd = _file(tmp_path, data)
-    try:
-        os.pwrite(fd, data, 0)
-        digest = PrefixDigest(fd, 2, _span(len(data)), ())
-        digest._running = True  # another job is hashing: this call only records the block
-        digest.written(0, [data[:BLOCK]])
-        assert digest.next == 0
-        digest._running = False
-        digest.written(1, [data[BLOCK:]])  # now the prefix moves over both, block 0 from memory
-        assert digest.next == 2
-        assert digest.finish() == hashlib.sha256(data).digest()
-    finally:
-        os.close(fd)
-
-
-def test_hashing_runs_in_the_pool_and_finish_waits_for_it(tmp_path: Path) -> None:
-    data = random.Random(4).randbytes(6 * BLOCK)
-    fd = _file(tmp_path, data)
-    os.pwrite(fd, data, 0)
-    try:
-        with ThreadPoolExecutor(1) as pool:
-            digest = PrefixDigest(fd, 6, _span(len(data)), (), pool=pool, hold=2)
-            for i in [3, 4, 5, 0, 1, 2]:  # 3 to 5 are too far ahead to be held: read back
-                off, length = _span(len(data))(i)
-                digest.written(i, [data[off : off + length]])
-            assert digest.finish() == hashlib.sha256(data).digest()
-            assert digest.next == 6
-    finally:
-        os.close(fd)
-
-
-def test_stop_waits_for_the_hashing_job_and_schedules_no_more(tmp_path: Path) -> None:
-    data = random.Random(5).randbytes(2 * BLOCK)
-    fd = _file(tmp_path, data)
-    os.pwrite(fd, data, 0)
-    try:
-        with ThreadPoolExecutor(1) as pool:
-            digest = PrefixDigest(fd, 2, _span(len(data)), (), pool=pool)
-            digest.written(0, [data[:BLOCK]])
-            digest.stop()
-            hashed = digest.next
-            digest.written(1, [data[BLOCK:]])
-            assert digest.next == hashed == 1
-    finally:
-        os.close(fd)
-
-
-def test_finish_refuses_a_partial_file_shorter_than_its_blocks(tmp_path: Path) -> None:
-    fd = _file(tmp_path, b"")
-    try:
-        digest = PrefixDigest(fd, 1, lambda i: (0, BLOCK), ())
-        with pytest.raises(OSError, match="ends inside block 0"):
-            digest.finish()
-    finally:
-        os.close(fd)
 
 
 def test_start_writeback_starts_it_on_a_real_file(tmp_path: Path) -> None:
@@ -141,13 +53,136 @@ def test_sync_file_range_is_none_where_libc_has_none(monkeypatch: pytest.MonkeyP
     assert writeback._load_sync_file_range() is None
 
 
-def test_a_failed_hashing_job_makes_finish_raise_its_error(tmp_path: Path) -> None:
-    fd = _file(tmp_path, b"")  # shorter than its one block: reading it back fails
+def test_a_block_in_more_pieces_than_one_system_call_takes_is_written_whole(
+    tmp_path: Path,
+) -> None:
+    pieces = [bytes([i % 251]) * 7 for i in range(3000)]  # over IOV_MAX (1024)
+    fd = os.open(tmp_path / "part", os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        with ThreadPoolExecutor(1) as pool:
-            digest = PrefixDigest(fd, 1, lambda i: (0, BLOCK), (), pool=pool, hold=0)
-            digest.written(0, [b"x" * BLOCK])  # not held (hold=0): the job reads it back
-            with pytest.raises(OSError, match="ends inside block 0"):
-                digest.finish()
+        pwrite_all(fd, pieces, 5)
+        assert os.pread(fd, 30000, 5) == b"".join(pieces)
     finally:
         os.close(fd)
+
+
+def _direct_supported(path: Path) -> bool:
+    """Whether this file system takes O_DIRECT, asked of the system itself."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
+    except OSError as exc:
+        assert exc.errno in (errno.EINVAL, errno.EOPNOTSUPP)
+        return False
+    os.close(fd)
+    return True
+
+
+def _direct_pair(tmp_path: Path, size: int) -> tuple[int, int]:
+    """The partial file's ordinary descriptor and one for direct writes (O_DIRECT where the
+    file system has it, else a second ordinary one: the writer's logic is the same)."""
+    fd = os.open(tmp_path / "part", os.O_RDWR | os.O_CREAT, 0o600)
+    os.ftruncate(fd, size)
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        direct = open_direct(dir_fd, "part")
+    finally:
+        os.close(dir_fd)
+    if direct is None:
+        direct = os.open(tmp_path / "part", os.O_WRONLY)
+    return fd, direct
+
+
+def test_open_direct_opens_with_o_direct_where_the_file_system_has_it(tmp_path: Path) -> None:
+    (tmp_path / "part").write_bytes(b"")
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = open_direct(dir_fd, "part")
+        if _direct_supported(tmp_path / "part"):
+            assert fd is not None
+            assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT
+            assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY
+            os.close(fd)
+        else:
+            assert fd is None
+    finally:
+        os.close(dir_fd)
+
+
+def test_open_direct_does_not_follow_a_symbolic_link(tmp_path: Path) -> None:
+    (tmp_path / "target").write_bytes(b"")
+    (tmp_path / "part").symlink_to(tmp_path / "target")
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(OSError) as raised:
+            open_direct(dir_fd, "part")
+        assert raised.value.errno == errno.ELOOP
+    finally:
+        os.close(dir_fd)
+
+
+def test_direct_writer_writes_unaligned_pieces_and_the_files_unaligned_end(
+    tmp_path: Path,
+) -> None:
+    rng = random.Random(3)
+    # Pieces of odd sizes (addresses and lengths unaligned), more than the buffer holds, and
+    # an end that is not a multiple of DIRECT_ALIGN.
+    pieces = [rng.randbytes(rng.randrange(1, 5000)) for _ in range(40)]
+    data = b"".join(pieces)
+    assert len(data) % DIRECT_ALIGN and len(data) > 3 * DIRECT_ALIGN
+    offset = 2 * DIRECT_ALIGN
+    fd, direct = _direct_pair(tmp_path, offset + len(data))
+    writer = DirectWriter(direct, fd, size=2 * DIRECT_ALIGN)
+    try:
+        writer.write([memoryview(p)[0:] for p in pieces], offset)
+        assert writer.direct
+        assert os.pread(fd, len(data) + 1, offset) == data
+        assert os.pread(fd, offset, 0) == bytes(offset)  # nothing before the run
+    finally:
+        writer.release()
+        os.close(fd)
+        os.close(direct)
+
+
+def test_direct_writer_writes_a_run_at_an_unaligned_offset_the_ordinary_way(
+    tmp_path: Path,
+) -> None:
+    data = random.Random(4).randbytes(3 * DIRECT_ALIGN)
+    fd, direct = _direct_pair(tmp_path, 100 + len(data))
+    writer = DirectWriter(direct, fd)
+    try:
+        writer.write([data], 100)
+        assert os.pread(fd, len(data), 100) == data
+    finally:
+        writer.release()
+        os.close(fd)
+        os.close(direct)
+
+
+def test_direct_writer_goes_on_the_ordinary_way_once_a_direct_write_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = random.Random(5).randbytes(4 * DIRECT_ALIGN)
+    fd, direct = _direct_pair(tmp_path, len(data))
+    writer = DirectWriter(direct, fd)
+    refused: list[int] = []
+
+    def pwrite(target: int, buf: memoryview, pos: int) -> int:
+        assert target == direct  # the ordinary writes go through pwritev
+        refused.append(pos)
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+    monkeypatch.setattr(writeback.os, "pwrite", pwrite)
+    try:
+        writer.write([data[: 2 * DIRECT_ALIGN]], 0)
+        writer.write([data[2 * DIRECT_ALIGN :]], 2 * DIRECT_ALIGN)
+        assert refused == [0]  # asked once; the second run went the ordinary way at once
+        assert not writer.direct
+        assert os.pread(fd, len(data), 0) == data
+    finally:
+        writer.release()
+        os.close(fd)
+        os.close(direct)
+
+
+def test_direct_writer_buffer_must_be_whole_aligned_blocks(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="multiple"):
+        DirectWriter(-1, -1, size=DIRECT_ALIGN + 1)
