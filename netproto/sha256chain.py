@@ -23,6 +23,8 @@ import logging
 import struct
 from typing import TypeAlias
 
+from netproto.cbuffer import c_buffer
+
 log = logging.getLogger(__name__)
 
 SHA256_SIZE = 32
@@ -47,31 +49,6 @@ class _Context(ctypes.Structure):
         ("md_len", ctypes.c_uint),
     )
 
-
-class _PyBuffer(ctypes.Structure):
-    """CPython's ``Py_buffer``: the address of any buffer, read-only ones included."""
-
-    _fields_ = (
-        ("buf", ctypes.c_void_p),
-        ("obj", ctypes.py_object),
-        ("len", ctypes.c_ssize_t),
-        ("itemsize", ctypes.c_ssize_t),
-        ("readonly", ctypes.c_int),
-        ("ndim", ctypes.c_int),
-        ("format", ctypes.c_char_p),
-        ("shape", ctypes.c_void_p),
-        ("strides", ctypes.c_void_p),
-        ("suboffsets", ctypes.c_void_p),
-        ("internal", ctypes.c_void_p),
-    )
-
-
-_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
-_get_buffer.argtypes = (ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int)
-_get_buffer.restype = ctypes.c_int
-_release_buffer = ctypes.pythonapi.PyBuffer_Release
-_release_buffer.argtypes = (ctypes.POINTER(_PyBuffer),)
-_release_buffer.restype = None
 
 def _libcrypto_path() -> str | None:
     """The libcrypto this Python's ``hashlib`` is linked with, else the system's."""
@@ -147,14 +124,8 @@ class _OpenSSLChain:
 
     def update(self, data: Buffer) -> None:
         assert _openssl is not None
-        update = _openssl[0]
-        view = _PyBuffer()
-        if _get_buffer(data, ctypes.byref(view), 0) != 0:  # PyBUF_SIMPLE: contiguous bytes
-            raise TypeError("expected a contiguous buffer")
-        try:
-            update(ctypes.byref(self._ctx), view.buf, view.len)  # type: ignore[operator]
-        finally:
-            _release_buffer(ctypes.byref(view))
+        with c_buffer(data) as (address, length):
+            _openssl[0](ctypes.byref(self._ctx), address, length)  # type: ignore[operator]
 
     def state(self) -> bytes:
         return _WORDS.pack(*self._ctx.h)

@@ -5,20 +5,23 @@ whose signature does not verify under the certificate it presented, or whose man
 the one the index listed (or, without a listing, the first one that checked out), is dropped
 and named. The blocks are then fetched from every remaining holder at once with
 ``fetch_range``: each holder has a window of requests sized to its measured rate, blocks go
-out in file order from a random start (from the first with a single holder), and once none is left
-unassigned the last ones are asked of a second holder too (the endgame): the loser's stream is
-closed unread, uncharged. Every block is checked against the manifest before it is written at
-its offset; a bad block is charged to its sender, which is dropped for this file and named; a
-holder that vanishes gives its blocks back to the others. Verified blocks are recorded in a
+out in file order from a random start, and once none is left unassigned the last ones are
+asked of a second holder too (the endgame): the loser's stream is closed unread, uncharged.
+Every block is checked against the manifest before it is written at its offset; a bad block is
+charged to its sender, which is dropped for this file and named; a holder that vanishes gives
+its blocks back to the others. Verified blocks are recorded in a
 bitmap beside the partial file, so a download cut off resumes without fetching or hashing them
-again; the whole file's SHA-256 is still checked before it is renamed into place.
+again. A block's check carries SHA-256 on from the chaining value the manifest lists for the
+block before it, and the last block's check finishes it: once every block passed, the whole
+file's SHA-256 is the signed one, each byte hashed once, in any order (PROTOCOL.md §4.8).
 
 The way to disk overlaps the transfer: the event loop only cuts the stream into blocks (no
-copy: the pieces are the received chunks) and hands them in batches to worker threads
-(:class:`~peerd.threadjob.DiskWork`), which hash each block, write consecutive good ones with
-one ``pwritev`` and start their writeback early (:mod:`peerd.writeback`); the whole file's
-running digest follows in a job of its own, from memory; the bitmap is synced in the
-background. At the end only the last ``fdatasync`` (run while the digest finishes) is left.
+copy: the pieces are the received chunks) and hands them in batches to one worker thread per
+download, which checks each block and writes consecutive good ones at once: with ``O_DIRECT``
+from an aligned buffer, by a thread of its own while the next blocks are checked, or where the
+file system has no direct I/O, with one ``pwritev`` and writeback started early
+(:mod:`peerd.writeback`). The bitmap is synced in the background; at the end only the last
+direct write and ``fdatasync`` are left.
 """
 
 from __future__ import annotations
@@ -481,16 +484,22 @@ class BlockPart:
                 self._dirty = 0
             if due and (self._writeback is None or self._writeback.done()):
                 # Writeback of everything written so far starts now, in large runs, so the
-                # final fsync has little left (the pages stay cached: the running digest may
-                # read them). In a thread of its own: starting it may wait for the disk.
+                # final fsync has little left. In a thread of its own: starting it may wait
+                # for the disk.
                 self._writeback = LOCAL.submit(start_writeback, self.fd, 0, self.manifest.size)
+
+    def sync(self) -> None:
+        """Put every block written so far on disk (the direct writes handed over first)."""
+        if self.direct is not None:
+            self.direct.drain()
+        os.fdatasync(self.fd)
 
     def checkpoint(self, have: bytes | None = None) -> None:
         """Put the written blocks on disk, then record ``have`` (a bitmap taken before, so
         every block it names is covered by the sync; default: the current one) beside them
         (in a new file, renamed over the old one, so a crash leaves one or the other)."""
         bits = self.have.to_bytes() if have is None else have
-        os.fdatasync(self.fd)
+        self.sync()
         doc = _bitmap_doc(self.keyword, self.file_name, self.digest, self.manifest.size, bits)
         tmp = self.staging.meta + ".new"
         unlink_quietly(self.staging.dir_fd, tmp)
@@ -982,12 +991,10 @@ async def swarm_download(
                     # each holder is asked under its own names (PROTOCOL.md §4.9)
                     return RangeRequest(holder.keyword, holder.file_name, digest, offset, length)
 
-                # From a random start when several holders serve (downloaders of one file
-                # then ask the swarm for different blocks first); from the first block with
-                # one holder, where the order makes no difference to it and the whole file's
-                # running digest follows the blocks as they arrive (PROTOCOL.md §7.1).
+                # From a random start (downloaders of one file then ask the swarm for
+                # different blocks first; the blocks' checks need no order: PROTOCOL.md §7.1).
                 start = 0
-                if len(serving) > 1 and manifest.count:
+                if manifest.count:
                     start = (rng or random.SystemRandom()).randrange(manifest.count)
                 swarm = _Swarm(part, serving, request, disk, on_progress, clock, start, limits.pace)
                 for name, check in refused.items():
@@ -1020,7 +1027,7 @@ async def swarm_download(
                 # §4.8), computed over every byte written, once.
                 whole = manifest.sha256
                 checks.append(CheckOutcome("sha256", True, whole.hex()))
-                await disk.run(os.fdatasync, part.fd)
+                await disk.run(part.sync)
                 present = await disk.run(_install, staging, part.fd, file_name, whole, overwrite)
             finally:
                 part.stop_writing()

@@ -16,14 +16,19 @@ Everything here blocks: it runs in the download's worker threads.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
 import logging
 import mmap
 import os
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeAlias
+
+from netproto.cbuffer import c_buffer
 
 log = logging.getLogger(__name__)
 
@@ -97,49 +102,95 @@ def open_direct(dir_fd: int, name: str) -> int | None:
 
 
 class DirectWriter:
-    """Writes runs of blocks through ``fd``, opened with ``O_DIRECT`` (:func:`open_direct`):
-    the pieces are copied into one page-aligned buffer and written from it; what is not a
-    whole multiple of :data:`DIRECT_ALIGN` (the end of the file) goes through ``buffered``, an
-    ordinary descriptor on the same file. If the file system refuses a direct write after all
-    (``EINVAL``), this and every later write go through ``buffered``. One thread at a time."""
+    """Writes runs of blocks through ``fd``, opened with ``O_DIRECT`` (:func:`open_direct`).
+
+    The pieces are copied into one of two page-aligned buffers, and the full buffer is written
+    by a thread of this writer's own while the caller goes on (hashing the next blocks, filling
+    the other buffer): a direct write waits for the device, and the caller should not. What is
+    not a whole multiple of :data:`DIRECT_ALIGN` (the end of the file) goes through
+    ``buffered``, an ordinary descriptor on the same file. If the file system refuses a direct
+    write after all (``EINVAL``), that and every later write go through ``buffered``. A
+    write's error is raised by a later :meth:`write` or by :meth:`drain`, which waits for
+    every write handed over: call it before an ``fsync`` that must cover them. :meth:`write`
+    is called from one thread at a time; :meth:`drain` may be called from any.
+    """
 
     def __init__(self, fd: int, buffered: int, *, size: int = DIRECT_BUFFER) -> None:
         if size <= 0 or size % DIRECT_ALIGN:
             raise ValueError(f"the buffer must be a positive multiple of {DIRECT_ALIGN}")
         self.fd = fd
         self._buffered = buffered
-        self._map = mmap.mmap(-1, size)  # anonymous: page-aligned
-        self._view = memoryview(self._map)
+        self._maps = [mmap.mmap(-1, size) for _ in range(2)]  # anonymous: page-aligned
+        self._views = [memoryview(m) for m in self._maps]
+        # Their addresses (the c_char's export of a map ends with the temporary itself).
+        self._bases = [ctypes.addressof(ctypes.c_char.from_buffer(m)) for m in self._maps]
+        self._writing: list[Future[None] | None] = [None, None]
+        self._current = 0
+        self._lock = threading.Lock()  # guards _writing and _current against drain()
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="peerd-direct")
         #: False once the file system refused a direct write: everything goes buffered.
         self.direct = True
 
     def write(self, pieces: Sequence[Buffer], offset: int) -> None:
-        """Write ``pieces`` one after the other from ``offset``."""
+        """Write ``pieces`` one after the other from ``offset`` (handed over: see
+        :meth:`drain`)."""
         if offset % DIRECT_ALIGN or not self.direct:
             pwrite_all(self._buffered, pieces, offset)
             return
-        view, filled = self._view, 0
+        base: int | None = None  # the buffer being filled (taken when a byte goes in)
+        filled, room = 0, len(self._views[0])
         for piece in pieces:
-            src = memoryview(piece).cast("B")
-            while src:
-                n = min(len(src), len(view) - filled)
-                view[filled : filled + n] = src[:n]
-                filled += n
-                src = src[n:]
-                if filled == len(view):
-                    self._flush(offset, filled)
-                    offset += filled
-                    filled = 0
+            with c_buffer(piece) as (source, length):
+                done = 0
+                while done < length:
+                    if base is None:
+                        base = self._bases[self._take()]
+                    n = min(length - done, room - filled)
+                    # The copy through ctypes lets go of the GIL (slice assignment would not):
+                    # the event loop goes on decrypting meanwhile.
+                    ctypes.memmove(base + filled, source + done, n)
+                    filled += n
+                    done += n
+                    if filled == room:
+                        self._hand_over(offset, filled)
+                        base = None
+                        offset += filled
+                        filled = 0
         if filled:
-            self._flush(offset, filled)
+            self._hand_over(offset, filled)
 
-    def _flush(self, offset: int, length: int) -> None:
-        """Write the buffer's first ``length`` bytes at ``offset``: the aligned part direct."""
+    def _take(self) -> int:
+        """The buffer to fill next, once its last write is done (raising that write's error)."""
+        index = self._current
+        writing = self._writing[index]
+        if writing is not None:
+            writing.result()
+            with self._lock:
+                self._writing[index] = None
+        return index
+
+    def _hand_over(self, offset: int, length: int) -> None:
+        with self._lock:
+            index = self._current
+            self._writing[index] = self._io.submit(self._flush, index, offset, length)
+            self._current = 1 - index
+
+    def drain(self) -> None:
+        """Wait for every write handed over; raise the first one's error, if any failed."""
+        with self._lock:
+            writing = [w for w in self._writing if w is not None]
+        for each in writing:
+            each.result()
+
+    def _flush(self, index: int, offset: int, length: int) -> None:
+        """Write buffer ``index``'s first ``length`` bytes at ``offset`` (in the writer's own
+        thread): the aligned part direct, the rest the ordinary way."""
+        view = self._views[index]
         aligned = length - length % DIRECT_ALIGN
         done = 0
         while self.direct and done < aligned:
             try:
-                n = os.pwrite(self.fd, self._view[done:aligned], offset + done)
+                n = os.pwrite(self.fd, view[done:aligned], offset + done)
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
@@ -152,12 +203,20 @@ class DirectWriter:
             if n % DIRECT_ALIGN:
                 break  # a short, unaligned write: the rest the ordinary way
         if done < length:
-            pwrite_all(self._buffered, [self._view[done:length]], offset + done)
+            pwrite_all(self._buffered, [view[done:length]], offset + done)
 
     def release(self) -> None:
-        """Free the buffer (the descriptors are the caller's to close)."""
-        self._view.release()
-        self._map.close()
+        """Wait for the writes handed over (their errors are dropped: the download ends
+        anyway) and free the buffers; the descriptors are the caller's to close."""
+        self._io.shutdown(wait=True)
+        self._writing = [None, None]
+        self._bases = []
+        for view, mapped in zip(self._views, self._maps, strict=True):
+            view.release()
+            # A failed write's traceback may still hold a slice of it: then the map is freed
+            # with the last reference instead.
+            with contextlib.suppress(BufferError):
+                mapped.close()
 
 
 __all__ = [

@@ -26,6 +26,7 @@ from netproto.manifest import (
     publish_signing_payload,
     sign_publication,
 )
+from peerd import writeback
 from peerd.download import DownloadLimits
 from peerd.errors import DownloadRefused
 from peerd.swarm import (
@@ -437,10 +438,16 @@ async def test_the_endgame_asks_a_second_holder_and_cancels_the_loser_uncharged(
     assert result.peers[0].blocks == 0 and result.peers[1].blocks == MANIFEST.count
 
 
-async def test_a_single_holder_is_asked_from_the_first_block(tmp_path: Path) -> None:
+async def test_a_single_holder_is_asked_in_file_order_from_a_random_start(
+    tmp_path: Path,
+) -> None:
+    # The start is drawn from the rng get() passes (seeded): the same draw here.
+    start = random.Random(7).randrange(MANIFEST.count)
+    assert start != 0  # the seed is one whose draw tells a random start from the first block
     holder = FakeHolder("peer1")
     await get([holder], tmp_path)
-    assert holder.requests[0][0] == 0
+    assert holder.requests[0][0] == start * MANIFEST.block_size
+    assert (tmp_path / "koala" / "file.bin").read_bytes() == CONTENT
 
 
 async def test_several_holders_are_asked_in_file_order_from_a_random_start(
@@ -456,3 +463,32 @@ async def test_several_holders_are_asked_in_file_order_from_a_random_start(
         key=lambda offset: (offset - start * MANIFEST.block_size) % len(CONTENT),
     )
     assert first == start * MANIFEST.block_size
+
+
+def _takes_o_direct(folder: Path) -> bool:
+    probe = folder / "probe"
+    probe.write_bytes(b"")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_DIRECT))
+    except OSError as exc:
+        assert exc.errno in (errno.EINVAL, errno.EOPNOTSUPP)
+        return False
+    finally:
+        probe.unlink()
+    return True
+
+
+async def test_blocks_go_to_disk_with_o_direct_where_the_file_system_takes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    direct_runs: list[int] = []
+    original = writeback.DirectWriter.write
+
+    def counted(self: writeback.DirectWriter, pieces: Any, offset: int) -> None:
+        direct_runs.append(offset)
+        original(self, pieces, offset)
+
+    monkeypatch.setattr(writeback.DirectWriter, "write", counted)
+    await get([FakeHolder("peer1")], tmp_path)
+    assert (tmp_path / "koala" / "file.bin").read_bytes() == CONTENT
+    assert bool(direct_runs) == _takes_o_direct(tmp_path)

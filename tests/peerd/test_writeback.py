@@ -133,6 +133,7 @@ def test_direct_writer_writes_unaligned_pieces_and_the_files_unaligned_end(
     writer = DirectWriter(direct, fd, size=2 * DIRECT_ALIGN)
     try:
         writer.write([memoryview(p)[0:] for p in pieces], offset)
+        writer.drain()
         assert writer.direct
         assert os.pread(fd, len(data) + 1, offset) == data
         assert os.pread(fd, offset, 0) == bytes(offset)  # nothing before the run
@@ -170,9 +171,10 @@ def test_direct_writer_goes_on_the_ordinary_way_once_a_direct_write_is_refused(
         refused.append(pos)
         raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
 
-    monkeypatch.setattr(writeback.os, "pwrite", pwrite)
+    monkeypatch.setattr(os, "pwrite", pwrite)
     try:
         writer.write([data[: 2 * DIRECT_ALIGN]], 0)
+        writer.drain()  # the refusal came back from the writer's thread
         writer.write([data[2 * DIRECT_ALIGN :]], 2 * DIRECT_ALIGN)
         assert refused == [0]  # asked once; the second run went the ordinary way at once
         assert not writer.direct
@@ -186,3 +188,42 @@ def test_direct_writer_goes_on_the_ordinary_way_once_a_direct_write_is_refused(
 def test_direct_writer_buffer_must_be_whole_aligned_blocks(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="multiple"):
         DirectWriter(-1, -1, size=DIRECT_ALIGN + 1)
+
+
+def test_a_failed_direct_write_is_raised_by_drain_and_by_the_next_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = random.Random(6).randbytes(2 * DIRECT_ALIGN)
+    fd, direct = _direct_pair(tmp_path, 4 * len(data))
+    writer = DirectWriter(direct, fd, size=len(data))
+
+    def pwrite(target: int, buf: memoryview, pos: int) -> int:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    try:
+        writer.write([data], 0)  # handed over: the error comes back later
+        with pytest.raises(OSError) as raised:
+            writer.drain()
+        assert raised.value.errno == errno.EIO
+        writer.write([data], len(data))  # the other buffer
+        with pytest.raises(OSError):
+            writer.write([data], 2 * len(data))  # needs the first buffer: its write failed
+    finally:
+        writer.release()
+        os.close(fd)
+        os.close(direct)
+
+
+def test_drain_waits_for_every_write_handed_over(tmp_path: Path) -> None:
+    data = random.Random(7).randbytes(8 * DIRECT_ALIGN)
+    fd, direct = _direct_pair(tmp_path, len(data))
+    writer = DirectWriter(direct, fd, size=DIRECT_ALIGN)  # eight hand-overs, two buffers
+    try:
+        writer.write([data], 0)
+        writer.drain()
+        assert os.pread(fd, len(data), 0) == data
+    finally:
+        writer.release()
+        os.close(fd)
+        os.close(direct)
