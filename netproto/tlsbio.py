@@ -9,7 +9,10 @@ Memory (PROTOCOL.md §6, "Memory per connection"): OpenSSL releases its own reco
 between records (Python sets ``SSL_MODE_RELEASE_BUFFERS``), but a memory BIO keeps the largest
 size it ever held. So ciphertext is fed in, and plaintext encrypted, at most :data:`RECORD`
 bytes at a time, each piece drained before the next: an idle session holds a few KiB whatever
-went through it.
+went through it. Ciphertext is cut at the ends of TLS records (their 5-byte headers give the
+length), so a record fed in whole is decrypted with one read: no read is made that can only
+find half a record (each read lets go of the GIL, and another thread waiting for it may take
+it meanwhile).
 """
 
 from __future__ import annotations
@@ -23,9 +26,12 @@ from cryptography import x509
 
 from netproto.errors import LocalProtocolError
 
-#: The most plaintext one TLS record carries; ciphertext slices are one record and its head.
+#: The most plaintext one TLS record carries; a ciphertext slice is at most one record (a
+#: TLS 1.3 record is at most RECORD + 256 bytes after its header), and never more than this.
 RECORD = 16 << 10
 _CIPHER_SLICE = RECORD + 512
+#: A TLS record's header: type (1 byte), legacy version (2), length of what follows (2).
+_RECORD_HEADER = 5
 
 
 class Receiver(Protocol):
@@ -54,6 +60,10 @@ class TLSSession:
             self._incoming, self._outgoing, server_side=server_side, server_hostname=server_hostname
         )
         self._out: list[bytes] = []
+        #: Where the ciphertext stream stands: bytes of the current record still to come
+        #: (0: at a header), and the part of a header that arrived so far.
+        self._record_left = 0
+        self._header = bytearray()
         self._closed = False  # our close_notify went out: nothing more may be sent
         #: True once the handshake completed (the peer is authenticated).
         self.established = False
@@ -86,24 +96,47 @@ class TLSSession:
     def receive_data(self, data: memoryview, core: Receiver) -> tuple[list[Any], int]:
         """Take ciphertext, advance the handshake, decrypt what follows it straight into
         ``core``'s buffers; return the events the core completed and the plaintext bytes
-        decrypted (0: handshake or post-handshake messages only). A record's worth of
-        ciphertext goes in at a time, so the incoming BIO stays small. Stops at the peer's
-        close_notify (:attr:`peer_closed`), and as soon as ``core`` stops accepting: the rest
-        of the read is dropped undecrypted (a refused frame length costs no more work)."""
+        decrypted (0: handshake or post-handshake messages only). A record at a time goes in
+        (:meth:`_record_end`), so the incoming BIO stays small, and it is read once it is
+        whole. Stops at the peer's close_notify (:attr:`peer_closed`), and as soon as
+        ``core`` stops accepting: the rest of the read is dropped undecrypted (a refused frame
+        length costs no more work)."""
         events: list[Any] = []
         plaintext = 0
-        for start in range(0, max(len(data), 1), _CIPHER_SLICE):  # once at least: the hello
-            self._incoming.write(data[start : start + _CIPHER_SLICE])
-            if not self.handshake():
-                continue
-            while core.accepting and not self.peer_closed:
-                if not (n := self.read_into(core.get_buffer(-1))):
+        incoming, pos, size = self._incoming, 0, len(data)
+        while True:
+            end, whole = self._record_end(data, pos) if pos < size else (pos, False)
+            incoming.write(data[pos:end])
+            pos = end
+            if self.handshake() and whole:
+                while core.accepting and not self.peer_closed:
+                    if not (n := self.read_into(core.get_buffer(-1))):
+                        break
+                    plaintext += n
+                    events += core.buffer_updated(n)
+                    if not incoming.pending and not self._ssl.pending():
+                        break  # the record is read: nothing more to decrypt until the next
+                if not core.accepting or self.peer_closed:
                     break
-                plaintext += n
-                events += core.buffer_updated(n)
-            if not core.accepting or self.peer_closed:
+            if pos >= size:
                 break
         return events, plaintext
+
+    def _record_end(self, data: memoryview, pos: int) -> tuple[int, bool]:
+        """Where the record going on at ``data[pos]`` ends in ``data`` (at most
+        :data:`_CIPHER_SLICE` on), and whether it ends there (whole, once fed in)."""
+        start, left, header = pos, self._record_left, self._header
+        if not left:
+            take = min(_RECORD_HEADER - len(header), len(data) - pos)
+            header += data[pos : pos + take]
+            pos += take
+            if len(header) < _RECORD_HEADER:
+                return pos, False
+            left = int.from_bytes(header[3:5], "big")
+            header.clear()
+        end = min(pos + left, len(data), start + _CIPHER_SLICE)
+        self._record_left = left - (end - pos)
+        return end, not self._record_left
 
     def read_into(self, buffer: memoryview) -> int:
         """Decrypt into ``buffer``: the bytes written, 0 when nothing more is decrypted now
