@@ -670,8 +670,8 @@ class Shell:
             names = ", ".join(s.domain_name for s in listing.sources)
             self.view.refused(names, keyword, file_name, exc)
             if exc.check not in ("holders", "size"):
-                # a manifest refused or a whole file that did not match: one publisher's
-                # manifest must not stop an honest holder serving the file whole
+                # a manifest refused: one publisher's manifest must not stop an honest
+                # holder serving the file whole
                 self.view.info("fetching the whole file from one holder instead")
                 return False
             self.counts = replace(self.counts, refused=self.counts.refused + 1)
