@@ -5,7 +5,8 @@
 - ``swarm_disk``: :func:`peerd.swarm.swarm_download` from a real ``peerd`` over loopback into a
   share folder (blocks verified, written at their offsets, fsync'ed, renamed) against the
   slower of two limits measured in the same repetition: the bare TLS + SHA-256 stream
-  (``bench.baseline stream``) and ``dd if=/dev/zero bs=1M conv=fsync`` of the same size.
+  (``bench.baseline stream``) and ``dd if=/dev/zero bs=1M conv=fsync`` of the same size; each
+  timed on a settled disk (a sync and a second's rest first: :data:`SETTLE_SECONDS`).
 - ``swarm_hosts_N``: on the host test bed (``tests/support/hosts.py``), 1, 2 and 4 holders,
   each in its own network namespace with its link out limited to the same rate R, and a
   client in another; the download's rate against N × R.
@@ -105,11 +106,25 @@ def manifest_rate(path: Path, repeat: int, log: Callable[[str], None]) -> Figure
         limit,
         0.85,
         limit_name="plain SHA-256 of the same file",
-        notes="peerd.manifests.compute_manifest (whole digest + block digests), page cache",
+        notes="peerd.manifests.compute_manifest (one SHA-256 pass, its chaining value at every"
+        " block's end), page cache",
     )
 
 
 # --- a download to disk against the bare stream and dd ----------------------------------------
+
+
+#: After each measurement's files are removed: a sync (and this long) before the next one, so
+#: that neither inherits the disk's work for the one before (freed blocks discarded, a device
+#: still busy after direct writes: measured, dd ran at 550-800 MB/s right after a 1 GiB
+#: direct-write download was deleted, 1,100-1,500 after a settled disk).
+SETTLE_SECONDS = 1.0
+
+
+async def _settle() -> None:
+    """Put everything written on disk and let the device rest before a timed measurement."""
+    await asyncio.to_thread(os.sync)
+    await asyncio.sleep(SETTLE_SECONDS)
 
 
 def _dd_rate(directory: Path, size: int) -> float:
@@ -159,11 +174,13 @@ async def disk_download(
     dds: list[float] = []
     for r in range(repeat):
         for side in ("project", "limit") if r % 2 == 0 else ("limit", "project"):
+            await _settle()
             if side == "project":
                 project.append(await _swarm_rate(holders, keyword, name, dest) / 1e6)
             else:
                 rate, _ = await baseline.stream_client(stream_port, ca, "peer1", name)
                 streams.append(rate / 1e6)
+                await _settle()
                 dds.append(await asyncio.to_thread(_dd_rate, scratch, size) / 1e6)
         log(
             f"  rep {r + 1}: swarm download to disk {project[-1]:.0f} MB/s vs stream"
