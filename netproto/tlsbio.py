@@ -32,6 +32,8 @@ RECORD = 16 << 10
 _CIPHER_SLICE = RECORD + 512
 #: A TLS record's header: type (1 byte), legacy version (2), length of what follows (2).
 _RECORD_HEADER = 5
+#: The longest body a TLS 1.3 record may announce (RFC 8446 §5.2: 2^14 + 256).
+_MAX_RECORD_BODY = RECORD + 256
 
 
 class Receiver(Protocol):
@@ -134,6 +136,11 @@ class TLSSession:
                 return pos, False
             left = int.from_bytes(header[3:5], "big")
             header.clear()
+            if left > _MAX_RECORD_BODY:
+                # A forged length: OpenSSL refuses the record from its header, so read now
+                # rather than buffer what it announces.
+                self._record_left = left
+                return pos, True
         end = min(pos + left, len(data), start + _CIPHER_SLICE)
         self._record_left = left - (end - pos)
         return end, not self._record_left

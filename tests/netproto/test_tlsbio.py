@@ -6,7 +6,10 @@ the receiving core's frame buffer; what a session buffers stays a record's worth
 
 from __future__ import annotations
 
+import bisect
+import random
 import ssl
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -16,7 +19,7 @@ from netproto.framing import OWN_BUFFER_AT
 from netproto.messages import Request
 from netproto.protocol import ClientProtocol, ServerProtocol, Unreadable
 from netproto.tls import certificate_dns_names, server_context
-from netproto.tlsbio import RECORD, TLSSession
+from netproto.tlsbio import _CIPHER_SLICE, RECORD, TLSSession
 
 
 def _pair(pki: Any, client_cert: str | None = None) -> tuple[TLSSession, TLSSession]:
@@ -227,3 +230,216 @@ def test_data_sent_after_our_close_notify_is_a_local_error(pki: Any) -> None:
     client.send(())  # nothing to send is fine
     with pytest.raises(LocalProtocolError):
         client.send((b"late",))
+
+
+# --- ciphertext cut at record ends ------------------------------------------------------------
+#
+# The receiving session feeds its incoming BIO a record at a time, from each record's 5-byte
+# header, and reads a record once it is whole; these tests cut a stream of many records at
+# random (1 and 3 bytes, 4 bytes across a header, exact records, 100 KiB) and watch the BIO
+# and the reads.
+
+
+def _record_ends(stream: bytes) -> list[int]:
+    """Where each TLS record of ``stream`` ends, from its header (type, version, length)."""
+    ends, pos = [], 0
+    while pos < len(stream):
+        pos += 5 + int.from_bytes(stream[pos + 3 : pos + 5], "big")
+        ends.append(pos)
+    assert pos == len(stream), "the stream ends inside a record"
+    return ends
+
+
+def _cut(stream: bytes, ends: list[int], rng: random.Random) -> list[memoryview]:
+    """``stream`` in non-empty pieces of random kinds: 1 byte, 3 bytes, 4 bytes across the
+    next record's header (or its boundary), exactly to the end of the record going on,
+    100 KiB, anything up to 40 KiB."""
+    view, pieces, pos = memoryview(stream), [], 0
+    while pos < len(stream):
+        record_end = ends[bisect.bisect_right(ends, pos)]
+        kind = rng.choice(("1", "3", "header", "record", "100KiB", "any"))
+        if kind == "header":
+            split = record_end + rng.randint(-3, 4)
+            if pos < split < len(stream):
+                pieces.append(view[pos:split])
+                pos = split
+            end = pos + 4
+        elif kind == "record":
+            end = record_end
+        else:
+            end = pos + {"1": 1, "3": 3, "100KiB": 100 << 10}.get(kind, rng.randrange(1, 40_000))
+        end = min(end, len(stream))
+        pieces.append(view[pos:end])
+        pos = end
+    return pieces
+
+
+class _Sink:
+    """A receiver whose buffer always has room for a whole record's plaintext."""
+
+    accepting = True
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self._buffer = bytearray(2 * RECORD)
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        return memoryview(self._buffer)
+
+    def buffer_updated(self, nbytes: int) -> list[Any]:
+        self.received += self._buffer[:nbytes]
+        return []
+
+
+@dataclass
+class _Delivery:
+    """What the receiving session did with a stream delivered in pieces."""
+
+    events: list[Any]
+    #: After each receive_data call: (bytes the incoming BIO held, bytes of the record still
+    #: arriving that were delivered).
+    held: list[tuple[int, int]]
+    #: What each read (TLSSession.read_into, one SSLObject.read) returned.
+    reads: list[int]
+    records: int
+    calls: int
+
+
+def _deliver_cut(
+    stream: bytes,
+    to: TLSSession,
+    core: Any,
+    rng: random.Random,
+    monkeypatch: pytest.MonkeyPatch,
+) -> _Delivery:
+    """Deliver ``stream`` to ``to`` in random pieces (:func:`_cut`), counting its reads."""
+    ends = _record_ends(stream)
+    pieces = _cut(stream, ends, rng)
+    reads: list[int] = []
+    read_into = to.read_into
+
+    def counted(buffer: memoryview) -> int:
+        reads.append(read_into(buffer))
+        return reads[-1]
+
+    monkeypatch.setattr(to, "read_into", counted)  # receive_data reads through it
+    events: list[Any] = []
+    held: list[tuple[int, int]] = []
+    fed = 0
+    for piece in pieces:
+        events += to.receive_data(piece, core)[0]
+        fed += len(piece)
+        arriving = fed - max((end for end in ends if end <= fed), default=0)
+        held.append((to._incoming.pending, arriving))
+    return _Delivery(events, held, reads, len(ends), len(pieces))
+
+
+def _requests_sent(client: TLSSession, rng: random.Random) -> tuple[bytes, list[int]]:
+    """40 requests sent by ``client``: mostly small, some of a few records, two of 300 KiB
+    (a buffer of their own, OWN_BUFFER_AT); the ciphertext and each one's keyword length."""
+    sizes = [rng.choice((1, 40, 1000, 9000, 20_000)) for _ in range(40)]
+    sizes[rng.randrange(20)] = sizes[rng.randrange(20, 40)] = 300 << 10
+    protocol = ClientProtocol()
+    client.send(
+        protocol.encode_request(rid, "search", {"keyword": "k" * n}, None)
+        for rid, n in enumerate(sizes, 1)
+    )
+    return b"".join(client.data_to_send()), sizes
+
+
+SEEDS = pytest.mark.parametrize("seed", range(8))
+
+
+@SEEDS
+def test_a_stream_cut_anywhere_decrypts_to_exactly_the_frames_sent(
+    pki: Any, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    rng = random.Random(seed)
+    client, server = _pair(pki)
+    _handshake(client, server, bytewise=False)
+    stream, sizes = _requests_sent(client, rng)
+    done = _deliver_cut(stream, server, ServerProtocol(), rng, monkeypatch)
+    assert all(isinstance(e, Request) for e in done.events)
+    assert [(e.id, e.body["keyword"]) for e in done.events] == [
+        (rid, "k" * n) for rid, n in enumerate(sizes, 1)
+    ]
+
+
+@SEEDS
+def test_after_each_call_the_incoming_bio_holds_only_the_record_still_arriving(
+    pki: Any, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    # Every whole record was read, so what stays is the part delivered of the next one, and
+    # never more than a slice (the BIO keeps the largest size it ever held: PROTOCOL.md §6).
+    rng = random.Random(seed)
+    client, server = _pair(pki)
+    _handshake(client, server, bytewise=False)
+    stream, _ = _requests_sent(client, rng)
+    done = _deliver_cut(stream, server, ServerProtocol(), rng, monkeypatch)
+    assert [(p, a) for p, a in done.held if p > min(a, _CIPHER_SLICE)] == []
+    assert done.held[-1] == (0, 0)
+
+
+@SEEDS
+def test_reads_are_at_most_one_per_record_and_one_per_call(
+    pki: Any, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    rng = random.Random(seed)
+    client, server = _pair(pki)
+    _handshake(client, server, bytewise=False)
+    stream, _ = _requests_sent(client, rng)
+    done = _deliver_cut(stream, server, ServerProtocol(), rng, monkeypatch)
+    assert len(done.reads) <= done.records + done.calls
+
+
+@SEEDS
+def test_a_record_is_decrypted_by_one_read_once_whole_and_no_read_finds_nothing(
+    pki: Any, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    # With room for a whole record's plaintext in the receiver, a read per record exactly:
+    # none on half a record (it would find nothing, and let go of the GIL for it).
+    rng = random.Random(seed)
+    client, server = _pair(pki)
+    _handshake(client, server, bytewise=False)
+    sent = rng.randbytes(rng.randrange(300 << 10, 400 << 10))
+    parts, pos = [], 0
+    while pos < len(sent):
+        step = rng.choice((1, 100, RECORD, rng.randrange(1, 3 * RECORD)))
+        parts.append(sent[pos : pos + step])
+        pos += step
+    client.send(parts)
+    sink = _Sink()
+    done = _deliver_cut(b"".join(client.data_to_send()), server, sink, rng, monkeypatch)
+    assert sink.received == sent
+    assert 0 not in done.reads
+    assert len(done.reads) == done.records
+
+
+def _feed_until_error(
+    session: TLSSession, data: bytes, piece: int
+) -> tuple[ssl.SSLError | None, int]:
+    """Feed ``data`` ``piece`` bytes at a time until ``session`` raises; the error (None if
+    it never did) and the most its incoming BIO held after any call."""
+    most = 0
+    for start in range(0, len(data), piece):
+        try:
+            session.receive_data(memoryview(data)[start : start + piece], ServerProtocol())
+        except ssl.SSLError as exc:
+            return exc, max(most, session._incoming.pending)
+        most = max(most, session._incoming.pending)
+    return None, most
+
+
+@pytest.mark.parametrize("piece", [1 << 10, 4 << 10, 0xFFFF + 5], ids=["1KiB", "4KiB", "whole"])
+@pytest.mark.parametrize("length", [RECORD + 257, 0xFFFF], ids=["just-over-tls13", "0xFFFF"])
+def test_a_forged_record_length_is_an_ssl_error_before_the_bio_holds_more_than_a_slice(
+    pki: Any, piece: int, length: int
+) -> None:
+    # A TLS 1.3 record is at most RECORD + 256 bytes after its header: a header announcing
+    # more is forged, and must not make the session buffer what it announces before failing.
+    client, server = _pair(pki)
+    _handshake(client, server, bytewise=False)
+    forged = b"\x17\x03\x03" + length.to_bytes(2, "big") + bytes(length)
+    error, most = _feed_until_error(server, forged, piece)
+    assert isinstance(error, ssl.SSLError)
+    assert most <= _CIPHER_SLICE
