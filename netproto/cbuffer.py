@@ -11,6 +11,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 from collections.abc import Iterator
+from typing import TypeAlias
+
+#: Bytes as they are handed around: one buffer, or a view of part of one.
+Buffer: TypeAlias = bytes | bytearray | memoryview
 
 
 class _PyBuffer(ctypes.Structure):
@@ -41,7 +45,7 @@ _PyBUF_SIMPLE = 0  # contiguous bytes, read-only is fine
 
 
 @contextlib.contextmanager
-def c_buffer(obj: bytes | bytearray | memoryview) -> Iterator[tuple[int, int]]:
+def c_buffer(obj: Buffer) -> Iterator[tuple[int, int]]:
     """``(address, length)`` of ``obj``'s contiguous bytes, valid inside the ``with``."""
     view = _PyBuffer()
     if _get_buffer(obj, ctypes.byref(view), _PyBUF_SIMPLE) != 0:
@@ -52,4 +56,4 @@ def c_buffer(obj: bytes | bytearray | memoryview) -> Iterator[tuple[int, int]]:
         _release_buffer(ctypes.byref(view))
 
 
-__all__ = ["c_buffer"]
+__all__ = ["Buffer", "c_buffer"]

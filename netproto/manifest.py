@@ -17,11 +17,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Self, TypeAlias
+from typing import Any, Self
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from netproto.cbuffer import Buffer
 from netproto.codec import pack
 from netproto.errors import BadRequest
 from netproto.names import canonical_domain_name, check_file_name, check_keyword
@@ -30,8 +31,6 @@ from netproto.sha256chain import INITIAL, ChainHash
 SHA256_SIZE = 32
 SIGNATURE_SIZE = 64
 _EMPTY_SHA256 = hashlib.sha256(b"").digest()
-#: Bytes as a block arrives: one buffer, or the pieces of several chunks.
-Buffer: TypeAlias = bytes | bytearray | memoryview
 MANIFEST_CONTEXT = b"p2pshare/1 chained manifest\n"
 PUBLISH_CONTEXT = b"p2pshare/1 publish\n"
 #: Block sizes are powers of two from 128 KiB to 16 MiB, the smallest that keeps a file under

@@ -32,7 +32,7 @@ RECORD = 16 << 10
 _CIPHER_SLICE = RECORD + 512
 #: A TLS record's header: type (1 byte), legacy version (2), length of what follows (2).
 _RECORD_HEADER = 5
-#: The longest body a TLS 1.3 record may announce (RFC 8446 §5.2: 2^14 + 256).
+#: The longest body a TLS 1.3 record may announce: 2^14 bytes of plaintext and 256 of expansion.
 _MAX_RECORD_BODY = RECORD + 256
 
 

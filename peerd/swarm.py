@@ -46,6 +46,7 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from netproto.cbuffer import Buffer
 from netproto.errors import Busy, ConnectionClosed, P2PError, RequestError
 from netproto.manifest import (
     Manifest,
@@ -74,7 +75,6 @@ from peerd.staging import (
 from peerd.threadjob import LOCAL, DiskWork, ThreadJob
 from peerd.verify import CheckOutcome, check_size_limit
 from peerd.writeback import (
-    Buffer,
     DirectWriter,
     open_direct,
     pwrite_all,
@@ -473,7 +473,7 @@ class BlockPart:
         if not pieces:
             return
         if self.direct is not None and self.direct.direct:
-            self.direct.write(pieces, offset)  # on the device already: nothing to write back
+            self.direct.write(pieces, offset)  # straight to the device: nothing to write back
             return
         pwrite_all(self.fd, pieces, offset, max_iov=_MAX_IOV)
         length = sum(len(p) for p in pieces)
@@ -950,8 +950,7 @@ async def swarm_download(
 ) -> SwarmResult:
     """Download ``keyword/file_name`` into the share ``dest`` from every holder at once, held
     to ``limits`` (the largest file, and each holder's pace: PROTOCOL.md §6); blocks go out in
-    file order from a random start (drawn from ``rng``) when several holders serve, from the
-    first block with one."""
+    file order from a random start (drawn from ``rng``)."""
     limits = limits or DownloadLimits()
     if listing is not None:
         _check_size(listing.size, limits, [])  # before a holder is even asked
@@ -1030,7 +1029,8 @@ async def swarm_download(
                 await disk.run(part.sync)
                 present = await disk.run(_install, staging, part.fd, file_name, whole, overwrite)
             finally:
-                part.stop_writing()
+                # Off the loop: the writer may still wait for the device.
+                await disk.run(part.stop_writing)
                 disk.close_when_idle(part.fd)
                 if part.direct is not None:
                     disk.close_when_idle(part.direct.fd)

@@ -1,8 +1,8 @@
 """The way to disk of a multi-source download: direct writes, or writeback started early.
 
 Blocks of a download are written at their offsets as they arrive and not read again by this
-process. :class:`DirectWriter` writes them with ``O_DIRECT``: from one reused, page-aligned
-buffer straight to the device, so no page-cache page is allocated, filled and later written
+process. :class:`DirectWriter` writes them with ``O_DIRECT``: from reused, page-aligned
+buffers straight to the device, so no page-cache page is allocated, filled and later written
 back. That copy into fresh page-cache pages was the largest cost of a download to disk: about
 2.9 CPU-seconds per GiB when the kernel's free pages were cold (on a VM whose host takes freed
 guest memory back, every first touch faults), 0.2 when warm, against about 0.1 for the copy
@@ -26,9 +26,8 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeAlias
 
-from netproto.cbuffer import c_buffer
+from netproto.cbuffer import Buffer, c_buffer
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +35,6 @@ log = logging.getLogger(__name__)
 SYNC_FILE_RANGE_WRITE = 2
 
 _SyncFileRange = Callable[[int, int, int, int], int]
-#: Bytes as a block arrives: one buffer, or the pieces of several chunks.
-Buffer: TypeAlias = bytes | bytearray | memoryview
 #: What ``O_DIRECT`` needs aligned (buffer address, file offset, length): the largest logical
 #: block size in common use. Blocks of a manifest are whole multiples of it (PROTOCOL.md §4.8),
 #: so only the end of a file is written the ordinary way.

@@ -15,11 +15,11 @@ import struct
 import pytest
 
 from netproto import sha256chain
+from netproto.cbuffer import Buffer
 from netproto.sha256chain import (
     INITIAL,
     SHA256_BLOCK,
     SHA256_SIZE,
-    Buffer,
     ChainHash,
     compress,
     openssl_backed,
@@ -121,7 +121,8 @@ def test_the_state_after_whole_blocks_is_the_pure_python_compressions_chaining_v
 
 
 def test_compress_over_the_padded_abc_block_is_its_sha256() -> None:
-    # FIPS 180-4's first example, padded by hand: the stand-in checked without ChainHash.
+    # SHA-256 of "abc" (the standard's first example), padded by hand: the stand-in checked
+    # without ChainHash.
     block = b"abc\x80" + bytes(52) + struct.pack(">Q", 24)
     assert WORDS.pack(*compress(WORDS.unpack(INITIAL), block)) == hashlib.sha256(b"abc").digest()
 
@@ -214,7 +215,7 @@ def test_the_chain_runs_on_libcrypto_here() -> None:
 
 
 def test_initial_is_sha256s_initial_value_and_the_state_of_an_empty_chain() -> None:
-    # FIPS 180-4 §5.3.3: the first 32 bits of the fractional parts of the square roots of the
+    # SHA-256's initial value: the first 32 bits of the fractional parts of the square roots of the
     # first eight primes, derived here rather than copied.
     primes = (2, 3, 5, 7, 11, 13, 17, 19)
     assert WORDS.pack(*(math.isqrt(p << 64) & 0xFFFFFFFF for p in primes)) == INITIAL
