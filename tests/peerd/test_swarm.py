@@ -5,10 +5,13 @@ and the manifest checks (PROTOCOL.md §7.1); then over real mutual TLS from two 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import errno
 import hashlib
+import json
 import os
 import random
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,9 +29,11 @@ from netproto.manifest import (
     publish_signing_payload,
     sign_publication,
 )
-from peerd import writeback
+from peerd import swarm, writeback
+from peerd.blockplan import BlockMap
 from peerd.download import DownloadLimits
-from peerd.errors import DownloadRefused
+from peerd.errors import DownloadRefused, UnsafeLocalFile
+from peerd.staging import Staging
 from peerd.swarm import (
     BlockPart,
     Listing,
@@ -492,3 +497,124 @@ async def test_blocks_go_to_disk_with_o_direct_where_the_file_system_takes_it(
     await get([FakeHolder("peer1")], tmp_path)
     assert (tmp_path / "koala" / "file.bin").read_bytes() == CONTENT
     assert bool(direct_runs) == _takes_o_direct(tmp_path)
+
+
+# --- the partial file's direct writes ------------------------------------------------------------
+
+
+def _direct_anywhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the file system has no ``O_DIRECT``, let the partial file's second descriptor be
+    an ordinary one: the direct writer works the same over it."""
+    real = writeback.open_direct
+
+    def opened(dir_fd: int, name: str) -> int | None:
+        fd = real(dir_fd, name)
+        if fd is None:
+            fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        return fd
+
+    monkeypatch.setattr(swarm, "open_direct", opened)
+
+
+def _staging(folder: Path) -> Staging:
+    """The staging of ``file.bin`` in ``folder``, on a descriptor of its own (closed by
+    the caller: ``staging.dir_fd``)."""
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    return Staging(dir_fd, "file.bin", folder / "file.bin")
+
+
+def _recorded_blocks(folder: Path, staging: Staging) -> BlockMap:
+    """The verified blocks the bitmap beside the partial file names."""
+    doc = json.loads((folder / staging.meta).read_bytes())
+    return BlockMap(MANIFEST.count, bytes.fromhex(doc["bitmap"]))
+
+
+def test_a_checkpoint_waits_for_the_direct_write_in_flight_before_recording_its_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _direct_anywhere(monkeypatch)
+    staging = _staging(tmp_path)
+    part = BlockPart.open(staging, "koala", "file.bin", MANIFEST.digest(), MANIFEST)
+    assert part.direct is not None
+    direct_fd = part.direct.fd
+    held, release = threading.Event(), threading.Event()
+    real_pwrite = os.pwrite
+
+    def pwrite(fd: int, data: memoryview, pos: int) -> int:
+        if fd == direct_fd:  # the direct write waits until the test lets it go
+            held.set()
+            release.wait(TIMEOUT)
+        return real_pwrite(fd, data, pos)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        part.checkpoint()  # a bitmap with no block yet
+        before = (tmp_path / staging.meta).read_bytes()
+        bs = MANIFEST.block_size
+        assert part.write_blocks([(0, [CONTENT[:bs]]), (1, [CONTENT[bs : 2 * bs]])]) == []
+        assert held.wait(TIMEOUT)  # handed over to the writer's thread, and held there
+        part.have.add(0)
+        part.have.add(1)
+        checkpoint = pool.submit(part.checkpoint, part.have.to_bytes())
+        concurrent.futures.wait([checkpoint], timeout=0.3)
+        assert not checkpoint.done()
+        assert (tmp_path / staging.meta).read_bytes() == before
+        release.set()
+        checkpoint.result(TIMEOUT)
+        recorded = _recorded_blocks(tmp_path, staging)
+        assert recorded.done == 2 and 0 in recorded and 1 in recorded
+        assert os.pread(part.fd, 2 * bs, 0) == CONTENT[: 2 * bs]
+    finally:
+        release.set()
+        pool.shutdown()
+        part.stop_writing()
+        os.close(direct_fd)
+        os.close(part.fd)
+        os.close(staging.dir_fd)
+
+
+def test_a_partial_file_replaced_before_its_direct_open_is_refused_and_the_descriptor_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _direct_anywhere(monkeypatch)
+    staging = _staging(tmp_path)
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    fd = os.open(tmp_path / staging.part, flags, 0o600)
+    try:
+        (tmp_path / "elsewhere").write_bytes(b"")
+        os.replace(tmp_path / "elsewhere", tmp_path / staging.part)  # after the first open
+        before = sorted(os.listdir("/proc/self/fd"))
+        with pytest.raises(UnsafeLocalFile) as info:
+            swarm._open_direct_writer(staging, fd)
+        assert sorted(os.listdir("/proc/self/fd")) == before
+        assert f"the partial file of {staging.path} was replaced" in str(info.value)
+    finally:
+        os.close(fd)
+        os.close(staging.dir_fd)
+
+
+async def test_without_o_direct_every_block_goes_to_disk_with_ordinary_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parts: list[BlockPart] = []
+    ordinary: list[int] = []
+    real_open = BlockPart.open
+
+    def open_part(*args: Any) -> BlockPart:
+        part = real_open(*args)
+        parts.append(part)
+        return part
+
+    def pwrite_all(fd: int, pieces: Any, pos: int, **kwargs: Any) -> None:
+        ordinary.append(sum(len(p) for p in pieces))
+        writeback.pwrite_all(fd, pieces, pos, **kwargs)
+
+    monkeypatch.setattr(swarm, "open_direct", lambda dir_fd, name: None)
+    monkeypatch.setattr(BlockPart, "open", staticmethod(open_part))
+    monkeypatch.setattr(swarm, "pwrite_all", pwrite_all)
+    result = await get([FakeHolder("peer1")], tmp_path)
+    assert (tmp_path / "koala" / "file.bin").read_bytes() == CONTENT
+    assert result.blocks == MANIFEST.count
+    assert [part.direct for part in parts] == [None]
+    assert sum(ordinary) == len(CONTENT)  # every block once, through pwritev

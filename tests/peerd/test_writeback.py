@@ -6,6 +6,7 @@ import errno
 import fcntl
 import os
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -223,6 +224,92 @@ def test_drain_waits_for_every_write_handed_over(tmp_path: Path) -> None:
         writer.write([data], 0)
         writer.drain()
         assert os.pread(fd, len(data), 0) == data
+    finally:
+        writer.release()
+        os.close(fd)
+        os.close(direct)
+
+
+def _count_ordinary(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Where and how much the writer writes the ordinary way (through ``pwrite_all``)."""
+    writes: list[tuple[int, int]] = []
+    real = writeback.pwrite_all
+
+    def counted(fd: int, pieces: Sequence[memoryview | bytes], pos: int, **kwargs: int) -> None:
+        writes.append((pos, sum(len(p) for p in pieces)))
+        real(fd, pieces, pos, **kwargs)
+
+    monkeypatch.setattr(writeback, "pwrite_all", counted)
+    return writes
+
+
+def test_a_direct_write_refused_midway_leaves_the_rest_and_later_runs_to_ordinary_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = random.Random(8).randbytes(4 * DIRECT_ALIGN)
+    later = random.Random(9).randbytes(DIRECT_ALIGN + 99)
+    fd, direct = _direct_pair(tmp_path, len(data) + len(later))
+    writer = DirectWriter(direct, fd, size=len(data))
+    half = len(data) // 2 // DIRECT_ALIGN * DIRECT_ALIGN
+    real_pwrite = os.pwrite
+    asked: list[tuple[int, int]] = []
+
+    def pwrite(target: int, buf: memoryview, pos: int) -> int:
+        assert target == direct
+        asked.append((pos, len(buf)))
+        if len(asked) > 1:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        return real_pwrite(target, buf[:half], pos)  # a short write, on the device
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    ordinary = _count_ordinary(monkeypatch)
+    try:
+        writer.write([data], 0)
+        writer.drain()
+        writer.write([later], len(data))
+        writer.drain()
+        assert asked == [(0, len(data)), (half, len(data) - half)]
+        assert not writer.direct
+        assert ordinary == [(half, len(data) - half), (len(data), len(later))]
+        assert os.pread(fd, len(data) + len(later) + 1, 0) == data + later
+    finally:
+        writer.release()
+        os.close(fd)
+        os.close(direct)
+
+
+def test_a_short_unaligned_direct_write_leaves_the_rest_of_its_buffer_to_an_ordinary_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = random.Random(10).randbytes(4 * DIRECT_ALIGN)
+    more = random.Random(11).randbytes(2 * DIRECT_ALIGN)
+    fd, direct = _direct_pair(tmp_path, len(data) + len(more))
+    writer = DirectWriter(direct, fd, size=len(data))
+    short = DIRECT_ALIGN + 100
+    real_pwrite = os.pwrite
+    asked: list[tuple[int, int]] = []
+
+    def pwrite(target: int, buf: memoryview, pos: int) -> int:
+        assert target == direct
+        asked.append((pos, len(buf)))
+        if len(asked) == 1:
+            # Stands for a device that took part of it; through the ordinary descriptor, as
+            # O_DIRECT refuses a write of an unaligned length.
+            return real_pwrite(fd, buf[:short], pos)
+        return real_pwrite(target, buf, pos)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    ordinary = _count_ordinary(monkeypatch)
+    try:
+        writer.write([data], 0)
+        writer.drain()
+        assert ordinary == [(short, len(data) - short)]
+        writer.write([more], len(data))  # not a refusal: the next run goes direct again
+        writer.drain()
+        assert writer.direct
+        assert asked == [(0, len(data)), (len(data), len(more))]
+        assert ordinary == [(short, len(data) - short)]
+        assert os.pread(fd, len(data) + len(more) + 1, 0) == data + more
     finally:
         writer.release()
         os.close(fd)
