@@ -488,6 +488,14 @@ class BlockPart:
                 # for the disk.
                 self._writeback = LOCAL.submit(start_writeback, self.fd, 0, self.manifest.size)
 
+    def close(self) -> None:
+        """Release a part opened for nothing (its download was cancelled meanwhile): the
+        writer, the buffers and the descriptors (blocking, briefly)."""
+        self.stop_writing()
+        os.close(self.fd)
+        if self.direct is not None:
+            os.close(self.direct.fd)
+
     def sync(self) -> None:
         """Put every block written so far on disk (the direct writes handed over first)."""
         if self.direct is not None:
@@ -975,12 +983,23 @@ async def swarm_download(
     if listing is not None and all(listing.manifest_of(h.name) for h in serving):
         checks.append(CheckOutcome("index-manifest", True, "the manifest digest the index listed"))
     disk = DiskWork()
-    root_fd = await disk.run(open_share_root, dest)
+    # Each open hands back what it opened if the download is cancelled meanwhile (unwanted=).
+    root_fd = await disk.run(open_share_root, dest, unwanted=os.close)
     try:
-        folder = await disk.run(open_keyword_folder, root_fd, dest, keyword)
+        folder = await disk.run(
+            open_keyword_folder, root_fd, dest, keyword, unwanted=lambda f: os.close(f.fd)
+        )
         staging = Staging(folder.fd, file_name, dest / folder.name / file_name)
         try:
-            part = await disk.run(BlockPart.open, staging, keyword, file_name, digest, manifest)
+            part = await disk.run(
+                BlockPart.open,
+                staging,
+                keyword,
+                file_name,
+                digest,
+                manifest,
+                unwanted=BlockPart.close,
+            )
             try:
                 resumed = part.have.done
                 missing = manifest.size - resumed * manifest.block_size

@@ -618,3 +618,29 @@ async def test_without_o_direct_every_block_goes_to_disk_with_ordinary_writes(
     assert result.blocks == MANIFEST.count
     assert [part.direct for part in parts] == [None]
     assert sum(ordinary) == len(CONTENT)  # every block once, through pwritev
+
+
+async def test_a_download_cancelled_while_its_partial_file_opens_leaves_no_descriptor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opening, release = threading.Event(), threading.Event()
+    original = BlockPart.open
+
+    def slow_open(*args: Any) -> BlockPart:
+        opening.set()
+        release.wait(TIMEOUT)
+        return original(*args)
+
+    monkeypatch.setattr(BlockPart, "open", slow_open)
+    before = set(os.listdir("/proc/self/fd"))
+    task = asyncio.create_task(get([FakeHolder("peer1")], tmp_path))
+    assert await asyncio.to_thread(opening.wait, TIMEOUT)
+    task.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(200):  # the open finishes in its thread, then hands everything back
+        if set(os.listdir("/proc/self/fd")) <= before:
+            break
+        await asyncio.sleep(0.01)
+    assert set(os.listdir("/proc/self/fd")) <= before
