@@ -9,6 +9,7 @@ Each request has its deadline (PROTOCOL.md §6).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,6 +22,7 @@ from netproto.deadlines import RequestDeadlines
 from netproto.errors import ConnectionClosed, P2PError, RemoteProtocolError, RequestError, Timeout
 from netproto.framing import DEFAULT_MAX_FRAME
 from netproto.messages import ErrorReply, ServerMessage, StreamChunk, StreamEnd, StreamStart
+from netproto.operations import CANCEL, CancelRequest
 from netproto.protocol import ClientProtocol
 
 Body = dict[str, Any]
@@ -79,6 +81,15 @@ class ResponseStream:
             else:
                 raise RemoteProtocolError("unexpected frame inside a stream")
 
+    def cancel(self) -> None:
+        """Stop this stream at both ends: drop what still arrives and, unless it already
+        ended, ask the server to stop sending it (``cancel``, PROTOCOL.md §3.1; not waited
+        for)."""
+        running = self._conn.streams.get(self.id) is self
+        self.close()
+        if running and not self._conn.closed:
+            self._conn.cancel_soon(self.id)
+
     def close(self) -> None:
         """Stop listening for this stream (frames still arriving are dropped)."""
         self._conn.streams.pop(self.id, None)
@@ -97,6 +108,7 @@ class Connection(FramedConnection):
         self._pending: RequestDeadlines[asyncio.Future[Any]] = RequestDeadlines()
         self.streams: dict[int, ResponseStream] = {}
         self.paused_by: ResponseStream | None = None
+        self._cancelling: set[asyncio.Task[None]] = set()  # cancel requests in flight
 
     @classmethod
     async def open(
@@ -161,6 +173,17 @@ class Connection(FramedConnection):
             return await future
         finally:
             self._pending.remove(rid)
+
+    def cancel_soon(self, rid: int) -> None:
+        """Ask the server to stop answering request ``rid`` (``cancel``, PROTOCOL.md §3.1),
+        without waiting: its reply, or the connection's end, settles it in the background."""
+        task = self.loop.create_task(self._cancel(rid))
+        self._cancelling.add(task)
+        task.add_done_callback(self._cancelling.discard)
+
+    async def _cancel(self, rid: int) -> None:
+        with contextlib.suppress(P2PError):  # a connection gone has stopped the answer anyway
+            await self.request(CANCEL, CancelRequest(rid).to_wire())
 
     def deadline(self, now: float) -> float | None:
         """Time out the requests whose deadline passed; the earliest one left, if any."""

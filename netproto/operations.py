@@ -17,6 +17,7 @@ from typing import Any, Self
 from netproto.codec import pack
 from netproto.errors import BadRequest
 from netproto.framing import DEFAULT_MAX_FRAME
+from netproto.messages import MAX_ID
 from netproto.names import (
     canonical_domain_name,
     canonical_username,
@@ -626,6 +627,27 @@ class ListingReply:
             "offset": self.offset,
             "files": [f.to_wire() for f in self.files],
         }
+
+
+#: The connection-level operation that stops an answer in progress (PROTOCOL.md §3.1).
+CANCEL = "cancel"
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequest:
+    """Body of ``cancel``: the id of a request of this same connection whose answer (a stream,
+    most often) is no longer wanted."""
+
+    id: int
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> Self:
+        """Validate a cancel body."""
+        return cls(_int(body, "id", 1, MAX_ID))
+
+    def to_wire(self) -> dict[str, Any]:
+        """The body map."""
+        return {"id": self.id}
 
 
 #: The most holders one ``holders`` reply lists (PROTOCOL.md §4.9).

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import ssl
 from collections.abc import Coroutine, Mapping
@@ -19,6 +20,7 @@ from netproto.connection import FramedConnection
 from netproto.deadlines import Expired, ServerDeadlines
 from netproto.dispatch import Dispatcher
 from netproto.messages import Request
+from netproto.operations import CANCEL, CancelRequest
 from netproto.protocol import Rejected, ServerProtocol, Unreadable, encode_chunk_head
 from netproto.service import (
     Authenticator,
@@ -104,6 +106,8 @@ class ServerConnection(FramedConnection):
         self.deadlines = ServerDeadlines(limits, self.loop.time())
         self.state = ConnectionState()
         self.tasks: set[asyncio.Task[None]] = set()
+        #: The task answering each request id now (what ``cancel`` stops: PROTOCOL.md §3.1).
+        self._answering: dict[int, asyncio.Task[None]] = {}
         #: Requests read but not yet started (while output or in-flight slots are full).
         self._queue: collections.deque[Request | Rejected | Unreadable] = collections.deque()
         self._ready, self._reading, self._busy = False, True, False
@@ -162,20 +166,48 @@ class ServerConnection(FramedConnection):
             elif isinstance(event, Unreadable):
                 self._stop_reading()
                 self._spawn(self._close_with(event.error))
+            elif event.op == CANCEL:
+                self._cancel(event)
             elif (operation := operations.get(event.op)) is not None and operation.inline:
                 self.write(self.server.dispatch.answer_inline(event, operation, self.context()))
                 self._prove(self.state.proven)
             else:
-                self._spawn(self._handle(event, operation))
+                task = self._spawn(self._handle(event, operation))
+                self._answering[event.id] = task
+                task.add_done_callback(functools.partial(self._answered, event.id))
         if self.transport is not None and self._reading and not self.is_closing:
             if queue:
                 self.transport.pause_reading()
             elif not self.transport.is_reading():
                 self.transport.resume_reading()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         self.tasks.add(task := self.loop.create_task(coro))
         task.add_done_callback(self._task_done)
+        return task
+
+    def _cancel(self, req: Request) -> None:
+        """``cancel {id}``: stop the answer to request ``id`` of this connection (a stream
+        ends without its trailer), then reply ``{}``: nothing more of it follows the reply."""
+        try:
+            target = CancelRequest.from_wire(req.body).id
+        except errors.RequestError as exc:
+            self.write(ServerProtocol.error(req.id, exc))
+            return
+        task = self._answering.get(target)
+        if task is None or task.done():
+            self.write(ServerProtocol.reply(req.id, {}))
+            return
+        task.cancel()
+        self._spawn(self._cancelled(req.id, task))
+
+    def _answered(self, rid: int, task: asyncio.Task[None]) -> None:
+        if self._answering.get(rid) is task:  # not a later request reusing the id
+            del self._answering[rid]
+
+    async def _cancelled(self, rid: int, task: asyncio.Task[None]) -> None:
+        await asyncio.wait([task])
+        self.write(ServerProtocol.reply(rid, {}))
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)

@@ -458,6 +458,11 @@ class FetchStream:
         """Stop listening to this stream."""
         self._stream.close()
 
+    def cancel(self) -> None:
+        """Stop listening to this stream and, unless it ended, ask the peer to stop sending
+        it (PROTOCOL.md §3.1)."""
+        self._stream.cancel()
+
 
 class RangeStream(FetchStream):
     """A ``fetch_range`` answer in progress: the typed header, then the range's chunks."""

@@ -6,7 +6,8 @@ the one the index listed (or, without a listing, the first one that checked out)
 and named. The blocks are then fetched from every remaining holder at once with
 ``fetch_range``: each holder has a window of requests sized to its measured rate, blocks go
 out in file order from a random start, and once none is left unassigned the last ones are
-asked of a second holder too (the endgame): the loser's stream is closed unread, uncharged.
+asked of a second holder too (the endgame): the loser's stream is cancelled at both ends
+(PROTOCOL.md §3.1), uncharged.
 Every block is checked against the manifest before it is written at its offset; a bad block is
 charged to its sender, which is dropped for this file and named; a holder that vanishes gives
 its blocks back to the others. Verified blocks are recorded in a
@@ -165,7 +166,7 @@ class PeerHolder:
             async for chunk in stream.chunks():
                 yield chunk
         finally:
-            stream.close()
+            stream.cancel()  # left early (the endgame's loser, a bad block): the peer stops
 
 
 @dataclass(frozen=True, slots=True)
@@ -876,7 +877,7 @@ class _Swarm:
             if other.stats.name in losers:
                 for task, run in list(other.tasks.items()):
                     if all(b in self.plan.have for b in run):
-                        task.cancel()  # the endgame's loser: its stream is closed unread
+                        task.cancel()  # the endgame's loser: its stream is cancelled
         self.progress()
         if bad:
             raise BadBlock(bad[0])

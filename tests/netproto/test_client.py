@@ -18,6 +18,7 @@ import pytest_asyncio
 from netproto.client import Connection, ResponseStream
 from netproto.codec import pack, unpack_map
 from netproto.errors import (
+    BadRequest,
     Busy,
     ConnectionClosed,
     Internal,
@@ -70,10 +71,30 @@ async def _stream(ctx: RequestContext, body: dict[str, Any]) -> Any:
     return StreamReply({"name": "koala.txt"}, chunks, lambda: {"size": count * size})
 
 
+#: Set by the endless stream's generator when it is closed (its finally ran).
+ENDLESS_CLOSED: list[asyncio.Event] = []
+
+
+async def _endless_chunks(closed: asyncio.Event) -> AsyncIterator[bytes]:
+    try:
+        while True:
+            yield b"j" * 4096
+            await asyncio.sleep(0.001)
+    finally:
+        closed.set()
+
+
+async def _endless(ctx: RequestContext, body: dict[str, Any]) -> Any:
+    closed = asyncio.Event()
+    ENDLESS_CLOSED.append(closed)
+    return StreamReply({"name": "endless"}, _endless_chunks(closed), dict)
+
+
 OPERATIONS: dict[str, Operation[Any]] = {
     "echo": Operation(_body, _echo, needs_token=False),
     "delay": Operation(_body, _delay, needs_token=False),
     "stream": Operation(_body, _stream, needs_token=False),
+    "endless": Operation(_body, _endless, needs_token=False),
 }
 
 
@@ -324,3 +345,78 @@ async def test_unreadable_frame_from_the_server_is_its_fault_and_fails_the_conne
         with pytest.raises(RemoteProtocolError):
             await client.request("echo", {})
         assert client.closed
+
+
+# --- cancel (PROTOCOL.md §3.1) -------------------------------------------------------------
+
+
+async def test_a_cancelled_stream_stops_at_the_server_and_the_connection_goes_on(
+    conn: Connection,
+) -> None:
+    ENDLESS_CLOSED.clear()
+    async with asyncio.timeout(TIMEOUT):
+        stream = await conn.stream("endless", {})
+        async for _ in stream.chunks():
+            break  # one chunk is enough
+        stream.cancel()
+        await ENDLESS_CLOSED[0].wait()  # the server closed the stream's generator
+        assert stream.id not in conn.streams
+        assert await conn.request("echo", {"after": True}) == {"after": True}
+
+
+async def test_cancel_is_answered_once_nothing_more_of_the_stream_follows(
+    conn: Connection,
+) -> None:
+    ENDLESS_CLOSED.clear()
+    async with asyncio.timeout(TIMEOUT):
+        stream = await conn.stream("endless", {})
+        conn.streams.pop(stream.id)  # as if closed, but not cancelled yet: see what follows
+        assert await conn.request("cancel", {"id": stream.id}) == {}
+        assert ENDLESS_CLOSED[0].is_set()  # stopped before the reply left
+        # Chunks sent before the reply were on their way; none after it: the stream queue
+        # (no longer routed) and the connection are quiet, and the next answer is the echo's.
+        assert await conn.request("echo", {"n": 1}) == {"n": 1}
+
+
+async def test_cancel_of_an_id_with_nothing_running_is_answered_at_once(
+    conn: Connection,
+) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        assert await conn.request("cancel", {"id": 4242}) == {}
+
+
+@pytest.mark.parametrize("body", [{}, {"id": "7"}, {"id": 0}, {"id": 2**32}])
+async def test_cancel_without_a_valid_id_is_bad_request_naming_it(
+    conn: Connection, body: dict[str, Any]
+) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        with pytest.raises(BadRequest, match="id"):
+            await conn.request("cancel", body)
+
+
+async def test_cancel_stops_a_request_that_is_not_a_stream_yet(conn: Connection) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        waiting = asyncio.ensure_future(conn.request("delay", {"seconds": 5}))
+        await asyncio.sleep(0.05)
+        rid = next(iter(conn._pending._waiting))  # the delay's id
+        start = asyncio.get_running_loop().time()
+        assert await conn.request("cancel", {"id": rid}) == {}
+        assert asyncio.get_running_loop().time() - start < 2  # not the 5 s of the delay
+        waiting.cancel()
+
+
+async def test_a_stream_that_ended_sends_no_cancel(conn: Connection) -> None:
+    sent: list[str] = []
+    original = conn._send
+
+    def spy(op: str, body: dict[str, Any], token: str | None) -> int:
+        sent.append(op)
+        return original(op, body, token)
+
+    conn._send = spy  # type: ignore[method-assign]
+    async with asyncio.timeout(TIMEOUT):
+        stream = await conn.stream("stream", {"count": 2, "size": 10})
+        _ = [chunk async for chunk in stream.chunks()]
+        stream.cancel()
+        await asyncio.sleep(0.05)
+    assert sent == ["stream"]

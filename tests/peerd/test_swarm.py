@@ -288,6 +288,30 @@ async def test_two_real_peers_serve_one_download_with_signed_manifests(
     assert sum(p.blocks for p in result.peers) == manifest.count
 
 
+async def test_a_range_left_early_is_cancelled_at_the_serving_peer_freeing_its_slot(
+    peer_rig: Any, tmp_path: Path
+) -> None:
+    # One fetch slot in all: while the first range holds it, a second is BUSY. The range is
+    # far longer than the server's output buffers, so unread it would hold the slot.
+    content = os.urandom(64 << 20)
+    (tmp_path / "koala").mkdir()
+    (tmp_path / "koala" / "big.bin").write_bytes(content)
+    server = await peer_rig.serve(tmp_path, "peer1", max_fetches=1)
+    async with asyncio.timeout(TIMEOUT):
+        client = await peer_rig.connect(server.port, domain_name="peer1")
+        digest = (await client.manifest("koala", "big.bin")).manifest.digest()
+        request = RangeRequest("koala", "big.bin", digest, 0, len(content))
+        first = await client.fetch_range(request)
+        async for _ in first.chunks():
+            break
+        with pytest.raises(Busy):
+            await client.fetch_range(request)
+        first.cancel()
+        await asyncio.gather(*client.conn._cancelling)  # the cancel's reply: the stream is over
+        second = await client.fetch_range(request)  # the slot is free again
+        second.cancel()
+
+
 class Trickler(FakeHolder):
     """A holder sending one byte every 29 s of an injected clock (each inside the frame
     timeout); it gives up after ``chunks`` of them."""
