@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import logging
 import ssl
 from collections.abc import Coroutine, Mapping
@@ -106,8 +105,9 @@ class ServerConnection(FramedConnection):
         self.deadlines = ServerDeadlines(limits, self.loop.time())
         self.state = ConnectionState()
         self.tasks: set[asyncio.Task[None]] = set()
-        #: The task answering each request id now (what ``cancel`` stops: PROTOCOL.md §3.1).
-        self._answering: dict[int, asyncio.Task[None]] = {}
+        #: The task sending each stream now, by request id (what ``cancel`` stops: PROTOCOL.md
+        #: §3.1).
+        self._streaming: dict[int, asyncio.Task[None]] = {}
         #: Requests read but not yet started (while output or in-flight slots are full).
         self._queue: collections.deque[Request | Rejected | Unreadable] = collections.deque()
         self._ready, self._reading, self._busy = False, True, False
@@ -172,9 +172,7 @@ class ServerConnection(FramedConnection):
                 self.write(self.server.dispatch.answer_inline(event, operation, self.context()))
                 self._prove(self.state.proven)
             else:
-                task = self._spawn(self._handle(event, operation))
-                self._answering[event.id] = task
-                task.add_done_callback(functools.partial(self._answered, event.id))
+                self._spawn(self._handle(event, operation))
         if self.transport is not None and self._reading and not self.is_closing:
             if queue:
                 self.transport.pause_reading()
@@ -187,23 +185,19 @@ class ServerConnection(FramedConnection):
         return task
 
     def _cancel(self, req: Request) -> None:
-        """``cancel {id}``: stop the answer to request ``id`` of this connection (a stream
+        """``cancel {id}``: stop the stream answering request ``id`` of this connection (it
         ends without its trailer), then reply ``{}``: nothing more of it follows the reply."""
         try:
             target = CancelRequest.from_wire(req.body).id
         except errors.RequestError as exc:
             self.write(ServerProtocol.error(req.id, exc))
             return
-        task = self._answering.get(target)
+        task = self._streaming.get(target)
         if task is None or task.done():
             self.write(ServerProtocol.reply(req.id, {}))
             return
         task.cancel()
         self._spawn(self._cancelled(req.id, task))
-
-    def _answered(self, rid: int, task: asyncio.Task[None]) -> None:
-        if self._answering.get(rid) is task:  # not a later request reusing the id
-            del self._answering[rid]
 
     async def _cancelled(self, rid: int, task: asyncio.Task[None]) -> None:
         await asyncio.wait([task])
@@ -244,7 +238,15 @@ class ServerConnection(FramedConnection):
             result = await operation.handler(ctx, body)
             self.state.proven |= operation.proves
             if isinstance(result, StreamReply):
-                await self._stream(req.id, result)
+                # Only a stream can be cancelled (PROTOCOL.md §3.1): a handler runs to its end.
+                task = asyncio.current_task()
+                assert task is not None
+                self._streaming[req.id] = task
+                try:
+                    await self._stream(req.id, result)
+                finally:
+                    if self._streaming.get(req.id) is task:  # not a later stream reusing the id
+                        del self._streaming[req.id]
                 return
             frame = self.server.dispatch.reply_frame(req, result)
         except errors.ConnectionClosed:
