@@ -109,6 +109,7 @@ class Connection(FramedConnection):
         self.streams: dict[int, ResponseStream] = {}
         self.paused_by: ResponseStream | None = None
         self._cancelling: set[asyncio.Task[None]] = set()  # cancel requests in flight
+        self._cancelled_ids: set[int] = set()  # ... and the ids they cancel
 
     @classmethod
     async def open(
@@ -157,7 +158,9 @@ class Connection(FramedConnection):
             if isinstance(failure, RequestError):  # e.g. BUSY sent before closing
                 raise type(failure)(failure.message, **failure.extra)
             raise ConnectionClosed(str(failure))
-        rid = self.protocol.next_id(lambda rid: rid in self._pending or rid in self.streams)
+        rid = self.protocol.next_id(
+            lambda rid: rid in self._pending or rid in self.streams or rid in self._cancelled_ids
+        )
         self.write(self.protocol.encode_request(rid, op, body, token))
         return rid
 
@@ -177,13 +180,17 @@ class Connection(FramedConnection):
     def cancel_soon(self, rid: int) -> None:
         """Ask the server to stop answering request ``rid`` (``cancel``, PROTOCOL.md §3.1),
         without waiting: its reply, or the connection's end, settles it in the background."""
+        self._cancelled_ids.add(rid)  # not reused while the server may still send for it
         task = self.loop.create_task(self._cancel(rid))
         self._cancelling.add(task)
         task.add_done_callback(self._cancelling.discard)
 
     async def _cancel(self, rid: int) -> None:
-        with contextlib.suppress(P2PError):  # a connection gone has stopped the answer anyway
-            await self.request(CANCEL, CancelRequest(rid).to_wire())
+        try:
+            with contextlib.suppress(P2PError):  # a connection gone has stopped it anyway
+                await self.request(CANCEL, CancelRequest(rid).to_wire())
+        finally:
+            self._cancelled_ids.discard(rid)
 
     def deadline(self, now: float) -> float | None:
         """Time out the requests whose deadline passed; the earliest one left, if any."""
@@ -198,7 +205,7 @@ class Connection(FramedConnection):
         try:
             await stream.start(timeout if timeout is not None else self.request_timeout)
         except BaseException:
-            stream.close()
+            stream.cancel()  # no header yet (abandoned, timed out): the server need not send it
             raise
         return stream
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import ssl
 from collections.abc import Coroutine, Mapping
@@ -108,6 +109,10 @@ class ServerConnection(FramedConnection):
         #: The task sending each stream now, by request id (what ``cancel`` stops: PROTOCOL.md
         #: §3.1).
         self._streaming: dict[int, asyncio.Task[None]] = {}
+        #: The task handling each request id now, and the ids cancelled before their handler
+        #: answered: if it answers with a stream, the stream stops at once.
+        self._answering: dict[int, asyncio.Task[None]] = {}
+        self._stop_streams: set[int] = set()
         #: Requests read but not yet started (while output or in-flight slots are full).
         self._queue: collections.deque[Request | Rejected | Unreadable] = collections.deque()
         self._ready, self._reading, self._busy = False, True, False
@@ -172,7 +177,9 @@ class ServerConnection(FramedConnection):
                 self.write(self.server.dispatch.answer_inline(event, operation, self.context()))
                 self._prove(self.state.proven)
             else:
-                self._spawn(self._handle(event, operation))
+                task = self._spawn(self._handle(event, operation))
+                self._answering[event.id] = task
+                task.add_done_callback(functools.partial(self._answered, event.id))
         if self.transport is not None and self._reading and not self.is_closing:
             if queue:
                 self.transport.pause_reading()
@@ -192,12 +199,21 @@ class ServerConnection(FramedConnection):
         except errors.RequestError as exc:
             self.write(ServerProtocol.error(req.id, exc))
             return
-        task = self._streaming.get(target)
+        task = self._answering.get(target)
         if task is None or task.done():
             self.write(ServerProtocol.reply(req.id, {}))
             return
-        task.cancel()
+        if self._streaming.get(target) is task:
+            if not task.cancelling():  # a second cancel must not cut the first one's cleanup
+                task.cancel()
+        else:  # its handler runs on; if it answers with a stream, that stops at once
+            self._stop_streams.add(target)
         self._spawn(self._cancelled(req.id, task))
+
+    def _answered(self, rid: int, task: asyncio.Task[None]) -> None:
+        if self._answering.get(rid) is task:  # not a later request reusing the id
+            del self._answering[rid]
+            self._stop_streams.discard(rid)
 
     async def _cancelled(self, rid: int, task: asyncio.Task[None]) -> None:
         await asyncio.wait([task])
@@ -242,6 +258,9 @@ class ServerConnection(FramedConnection):
                 task = asyncio.current_task()
                 assert task is not None
                 self._streaming[req.id] = task
+                if req.id in self._stop_streams:  # cancelled while its handler ran
+                    self._stop_streams.discard(req.id)
+                    task.cancel()  # the header goes, then the generator's first wait stops it
                 try:
                     await self._stream(req.id, result)
                 finally:

@@ -587,7 +587,7 @@ class PeerClient:
             ):
                 raise RemoteProtocolError("the peer's range header is not the range asked for")
         except RemoteProtocolError:
-            stream.close()
+            stream.cancel()
             raise
         return RangeStream(stream, header)
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import errno
 import fcntl
 import json
@@ -798,8 +799,9 @@ class _Swarm:
         batch: list[tuple[int, list[Buffer]]] = []
         batch_bytes, batch_started = 0, started
         stores: collections.deque[_Stored] = collections.deque()
+        chunks = peer.holder.blocks(self.request(peer.holder, offset, length))
         try:
-            async for chunk in peer.holder.blocks(self.request(peer.holder, offset, length)):
+            async for chunk in chunks:
                 view = memoryview(chunk)
                 peer.stats.received += len(view)
                 now = self.clock()
@@ -838,7 +840,9 @@ class _Swarm:
         except BaseException:
             # The request failed (the holder vanished, was too slow, overran its range) or was
             # cancelled (its holder dropped, or the endgame's loser): the blocks that came whole
-            # before are still checked, kept if good and charged to their sender if bad.
+            # before are still checked, kept if good and charged to their sender if bad. The
+            # holder is told to stop sending first (its stream is cancelled: PROTOCOL.md §3.1).
+            await _close_quietly(chunks)
             if batch and (stored := self._store(batch)) is not None:
                 stores.append(stored)
             while stores:
@@ -881,6 +885,15 @@ class _Swarm:
         self.progress()
         if bad:
             raise BadBlock(bad[0])
+
+
+async def _close_quietly(chunks: Any) -> None:
+    """Close a holder's range iterator now (not when it is collected), whatever it raises:
+    its request ended, or was cancelled (a cancel meanwhile is the caller's already)."""
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await aclose()
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

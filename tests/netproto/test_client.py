@@ -90,11 +90,17 @@ async def _endless(ctx: RequestContext, body: dict[str, Any]) -> Any:
     return StreamReply({"name": "endless"}, _endless_chunks(closed), dict)
 
 
+async def _endless_slow(ctx: RequestContext, body: dict[str, Any]) -> Any:
+    await asyncio.sleep(0.2)
+    return await _endless(ctx, body)
+
+
 OPERATIONS: dict[str, Operation[Any]] = {
     "echo": Operation(_body, _echo, needs_token=False),
     "delay": Operation(_body, _delay, needs_token=False),
     "stream": Operation(_body, _stream, needs_token=False),
     "endless": Operation(_body, _endless, needs_token=False),
+    "endless_slow": Operation(_body, _endless_slow, needs_token=False),
 }
 
 
@@ -368,14 +374,29 @@ async def test_cancel_is_answered_once_nothing_more_of_the_stream_follows(
     conn: Connection,
 ) -> None:
     ENDLESS_CLOSED.clear()
+    seen: list[tuple[int, str]] = []
+    replied, cancel_ids = asyncio.Event(), list[int]()
+    original = conn.received
+
+    def spy(events: list[Any]) -> None:
+        seen.extend((msg.id, type(msg).__name__) for msg in events)
+        if any((msg.id, type(msg).__name__) == (*cancel_ids, "Reply") for msg in events):
+            replied.set()
+        original(events)
+
+    conn.received = spy  # type: ignore[method-assign]
     async with asyncio.timeout(TIMEOUT):
         stream = await conn.stream("endless", {})
-        conn.streams.pop(stream.id)  # as if closed, but not cancelled yet: see what follows
-        assert await conn.request("cancel", {"id": stream.id}) == {}
-        assert ENDLESS_CLOSED[0].is_set()  # stopped before the reply left
-        # Chunks sent before the reply were on their way; none after it: the stream queue
-        # (no longer routed) and the connection are quiet, and the next answer is the echo's.
-        assert await conn.request("echo", {"n": 1}) == {"n": 1}
+        async for _ in stream.chunks():
+            break
+        conn.streams.pop(stream.id)  # no longer routed, not cancelled yet
+        cancel_id = conn._send("cancel", {"id": stream.id}, None)
+        cancel_ids.append(cancel_id)
+        await replied.wait()
+        await asyncio.sleep(0.1)  # anything still coming would be here by now
+        assert ENDLESS_CLOSED[0].is_set()
+    after = seen[seen.index((cancel_id, "Reply")) + 1 :]
+    assert not [frame for frame in after if frame[0] == stream.id]
 
 
 async def test_cancel_of_an_id_with_nothing_running_is_answered_at_once(
@@ -394,16 +415,27 @@ async def test_cancel_without_a_valid_id_is_bad_request_naming_it(
             await conn.request("cancel", body)
 
 
-async def test_cancel_does_not_stop_a_request_whose_answer_is_not_a_stream(
+async def test_cancel_does_not_stop_a_handler_and_is_answered_after_its_answer(
     conn: Connection,
 ) -> None:
     async with asyncio.timeout(TIMEOUT):
         waiting = asyncio.ensure_future(conn.request("delay", {"seconds": 0.3, "n": 7}))
         await asyncio.sleep(0.05)
         rid = next(iter(conn._pending._waiting))  # the delay's id
-        assert await conn.request("cancel", {"id": rid}) == {}  # at once: not a stream
-        assert not waiting.done()
+        assert await conn.request("cancel", {"id": rid}) == {}
+        assert waiting.done()  # its answer came first: nothing of it follows the cancel's
         assert await waiting == {"seconds": 0.3, "n": 7}  # a handler runs to its end
+
+
+async def test_a_stream_cancelled_before_its_handler_answered_stops_at_once(
+    conn: Connection,
+) -> None:
+    ENDLESS_CLOSED.clear()
+    async with asyncio.timeout(TIMEOUT):
+        rid = conn._send("endless_slow", {}, None)  # its handler takes 0.2 s to answer
+        assert await conn.request("cancel", {"id": rid}) == {}
+        assert ENDLESS_CLOSED[0].is_set()  # the stream it answered with was stopped at once
+        assert await conn.request("echo", {"n": 2}) == {"n": 2}
 
 
 async def test_a_stream_that_ended_sends_no_cancel(conn: Connection) -> None:
