@@ -350,15 +350,23 @@ def _requests_sent(client: TLSSession, rng: random.Random) -> tuple[bytes, list[
 SEEDS = pytest.mark.parametrize("seed", range(8))
 
 
-@SEEDS
-def test_a_stream_cut_anywhere_decrypts_to_exactly_the_frames_sent(
+def _requests_delivered_cut(
     pki: Any, monkeypatch: pytest.MonkeyPatch, seed: int
-) -> None:
+) -> tuple[_Delivery, list[int]]:
+    """:func:`_requests_sent` by a client, delivered to a server in random pieces; what the
+    server did, and each request's keyword length."""
     rng = random.Random(seed)
     client, server = _pair(pki)
     _handshake(client, server, bytewise=False)
     stream, sizes = _requests_sent(client, rng)
-    done = _deliver_cut(stream, server, ServerProtocol(), rng, monkeypatch)
+    return _deliver_cut(stream, server, ServerProtocol(), rng, monkeypatch), sizes
+
+
+@SEEDS
+def test_a_stream_cut_anywhere_decrypts_to_exactly_the_frames_sent(
+    pki: Any, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    done, sizes = _requests_delivered_cut(pki, monkeypatch, seed)
     assert all(isinstance(e, Request) for e in done.events)
     assert [(e.id, e.body["keyword"]) for e in done.events] == [
         (rid, "k" * n) for rid, n in enumerate(sizes, 1)
@@ -371,11 +379,7 @@ def test_after_each_call_the_incoming_bio_holds_only_the_record_still_arriving(
 ) -> None:
     # Every whole record was read, so what stays is the part delivered of the next one, and
     # never more than a slice (the BIO keeps the largest size it ever held: PROTOCOL.md §6).
-    rng = random.Random(seed)
-    client, server = _pair(pki)
-    _handshake(client, server, bytewise=False)
-    stream, _ = _requests_sent(client, rng)
-    done = _deliver_cut(stream, server, ServerProtocol(), rng, monkeypatch)
+    done, _ = _requests_delivered_cut(pki, monkeypatch, seed)
     assert [(p, a) for p, a in done.held if p > min(a, _CIPHER_SLICE)] == []
     assert done.held[-1] == (0, 0)
 
@@ -384,11 +388,7 @@ def test_after_each_call_the_incoming_bio_holds_only_the_record_still_arriving(
 def test_reads_are_at_most_one_per_record_and_one_per_call(
     pki: Any, monkeypatch: pytest.MonkeyPatch, seed: int
 ) -> None:
-    rng = random.Random(seed)
-    client, server = _pair(pki)
-    _handshake(client, server, bytewise=False)
-    stream, _ = _requests_sent(client, rng)
-    done = _deliver_cut(stream, server, ServerProtocol(), rng, monkeypatch)
+    done, _ = _requests_delivered_cut(pki, monkeypatch, seed)
     assert len(done.reads) <= done.records + done.calls
 
 
