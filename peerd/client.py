@@ -442,7 +442,7 @@ class FetchStream:
         """
         async for chunk in self._stream.chunks(timeout):
             if not 0 < len(chunk) <= MAX_CHUNK:
-                self.close()
+                self.cancel()
                 raise RemoteProtocolError(
                     f"the peer sent a chunk of {len(chunk)} bytes (1 to {MAX_CHUNK} allowed)"
                 )
@@ -563,9 +563,9 @@ class PeerClient:
         try:
             header = parse_reply(FetchHeader.from_wire, stream.header, "the peer's stream header")
         except RemoteProtocolError:
-            # Unregister the stream: its chunks would otherwise fill its queue and stall every
-            # other request on this connection.
-            stream.close()
+            # Unregister the stream (its chunks would otherwise fill its queue and stall every
+            # other request on this connection) and tell the peer to stop sending them.
+            stream.cancel()
             raise
         return FetchStream(stream, header)
 
