@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from peerd import writeback
 from peerd.writeback import (
     DIRECT_ALIGN,
+    DIRECT_BUFFER,
     DirectWriter,
     open_direct,
     pwrite_all,
@@ -92,6 +94,22 @@ def _direct_pair(tmp_path: Path, size: int) -> tuple[int, int]:
     return fd, direct
 
 
+@contextlib.contextmanager
+def _opened_writer(
+    tmp_path: Path, file_size: int, *, size: int = DIRECT_BUFFER
+) -> Iterator[tuple[int, int, DirectWriter]]:
+    """The partial file's two descriptors (:func:`_direct_pair`) and a writer on them, all
+    released after the ``with``."""
+    fd, direct = _direct_pair(tmp_path, file_size)
+    writer = DirectWriter(direct, fd, size=size)
+    try:
+        yield fd, direct, writer
+    finally:
+        writer.release()
+        os.close(fd)
+        os.close(direct)
+
+
 def test_open_direct_opens_with_o_direct_where_the_file_system_has_it(tmp_path: Path) -> None:
     (tmp_path / "part").write_bytes(b"")
     dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
@@ -130,60 +148,43 @@ def test_direct_writer_writes_unaligned_pieces_and_the_files_unaligned_end(
     data = b"".join(pieces)
     assert len(data) % DIRECT_ALIGN and len(data) > 3 * DIRECT_ALIGN
     offset = 2 * DIRECT_ALIGN
-    fd, direct = _direct_pair(tmp_path, offset + len(data))
-    writer = DirectWriter(direct, fd, size=2 * DIRECT_ALIGN)
-    try:
+    size = 2 * DIRECT_ALIGN
+    with _opened_writer(tmp_path, offset + len(data), size=size) as (fd, _, writer):
         writer.write([memoryview(p)[0:] for p in pieces], offset)
         writer.drain()
         assert writer.direct
         assert os.pread(fd, len(data) + 1, offset) == data
         assert os.pread(fd, offset, 0) == bytes(offset)  # nothing before the run
-    finally:
-        writer.release()
-        os.close(fd)
-        os.close(direct)
 
 
 def test_direct_writer_writes_a_run_at_an_unaligned_offset_the_ordinary_way(
     tmp_path: Path,
 ) -> None:
     data = random.Random(4).randbytes(3 * DIRECT_ALIGN)
-    fd, direct = _direct_pair(tmp_path, 100 + len(data))
-    writer = DirectWriter(direct, fd)
-    try:
+    with _opened_writer(tmp_path, 100 + len(data)) as (fd, _, writer):
         writer.write([data], 100)
         assert os.pread(fd, len(data), 100) == data
-    finally:
-        writer.release()
-        os.close(fd)
-        os.close(direct)
 
 
 def test_direct_writer_goes_on_the_ordinary_way_once_a_direct_write_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = random.Random(5).randbytes(4 * DIRECT_ALIGN)
-    fd, direct = _direct_pair(tmp_path, len(data))
-    writer = DirectWriter(direct, fd)
-    refused: list[int] = []
+    with _opened_writer(tmp_path, len(data)) as (fd, direct, writer):
+        refused: list[int] = []
 
-    def pwrite(target: int, buf: memoryview, pos: int) -> int:
-        assert target == direct  # the ordinary writes go through pwritev
-        refused.append(pos)
-        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        def pwrite(target: int, buf: memoryview, pos: int) -> int:
+            assert target == direct  # the ordinary writes go through pwritev
+            refused.append(pos)
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
 
-    monkeypatch.setattr(os, "pwrite", pwrite)
-    try:
+        monkeypatch.setattr(os, "pwrite", pwrite)
         writer.write([data[: 2 * DIRECT_ALIGN]], 0)
         writer.drain()  # the refusal came back from the writer's thread
         writer.write([data[2 * DIRECT_ALIGN :]], 2 * DIRECT_ALIGN)
         assert refused == [0]  # asked once; the second run went the ordinary way at once
         assert not writer.direct
         assert os.pread(fd, len(data), 0) == data
-    finally:
-        writer.release()
-        os.close(fd)
-        os.close(direct)
 
 
 def test_direct_writer_buffer_must_be_whole_aligned_blocks(tmp_path: Path) -> None:
@@ -195,14 +196,12 @@ def test_a_failed_direct_write_is_raised_by_drain_and_by_the_next_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = random.Random(6).randbytes(2 * DIRECT_ALIGN)
-    fd, direct = _direct_pair(tmp_path, 4 * len(data))
-    writer = DirectWriter(direct, fd, size=len(data))
+    with _opened_writer(tmp_path, 4 * len(data), size=len(data)) as (_, _, writer):
 
-    def pwrite(target: int, buf: memoryview, pos: int) -> int:
-        raise OSError(errno.EIO, os.strerror(errno.EIO))
+        def pwrite(target: int, buf: memoryview, pos: int) -> int:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    monkeypatch.setattr(os, "pwrite", pwrite)
-    try:
+        monkeypatch.setattr(os, "pwrite", pwrite)
         writer.write([data], 0)  # handed over: the error comes back later
         with pytest.raises(OSError) as raised:
             writer.drain()
@@ -210,24 +209,15 @@ def test_a_failed_direct_write_is_raised_by_drain_and_by_the_next_write(
         writer.write([data], len(data))  # the other buffer
         with pytest.raises(OSError):
             writer.write([data], 2 * len(data))  # needs the first buffer: its write failed
-    finally:
-        writer.release()
-        os.close(fd)
-        os.close(direct)
 
 
 def test_drain_waits_for_every_write_handed_over(tmp_path: Path) -> None:
     data = random.Random(7).randbytes(8 * DIRECT_ALIGN)
-    fd, direct = _direct_pair(tmp_path, len(data))
-    writer = DirectWriter(direct, fd, size=DIRECT_ALIGN)  # eight hand-overs, two buffers
-    try:
+    # Eight hand-overs, two buffers.
+    with _opened_writer(tmp_path, len(data), size=DIRECT_ALIGN) as (fd, _, writer):
         writer.write([data], 0)
         writer.drain()
         assert os.pread(fd, len(data), 0) == data
-    finally:
-        writer.release()
-        os.close(fd)
-        os.close(direct)
 
 
 def _count_ordinary(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
@@ -248,22 +238,20 @@ def test_a_direct_write_refused_midway_leaves_the_rest_and_later_runs_to_ordinar
 ) -> None:
     data = random.Random(8).randbytes(4 * DIRECT_ALIGN)
     later = random.Random(9).randbytes(DIRECT_ALIGN + 99)
-    fd, direct = _direct_pair(tmp_path, len(data) + len(later))
-    writer = DirectWriter(direct, fd, size=len(data))
-    half = len(data) // 2 // DIRECT_ALIGN * DIRECT_ALIGN
-    real_pwrite = os.pwrite
-    asked: list[tuple[int, int]] = []
+    with _opened_writer(tmp_path, len(data) + len(later), size=len(data)) as (fd, direct, writer):
+        half = len(data) // 2 // DIRECT_ALIGN * DIRECT_ALIGN
+        real_pwrite = os.pwrite
+        asked: list[tuple[int, int]] = []
 
-    def pwrite(target: int, buf: memoryview, pos: int) -> int:
-        assert target == direct
-        asked.append((pos, len(buf)))
-        if len(asked) > 1:
-            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-        return real_pwrite(target, buf[:half], pos)  # a short write, on the device
+        def pwrite(target: int, buf: memoryview, pos: int) -> int:
+            assert target == direct
+            asked.append((pos, len(buf)))
+            if len(asked) > 1:
+                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+            return real_pwrite(target, buf[:half], pos)  # a short write, on the device
 
-    monkeypatch.setattr(os, "pwrite", pwrite)
-    ordinary = _count_ordinary(monkeypatch)
-    try:
+        monkeypatch.setattr(os, "pwrite", pwrite)
+        ordinary = _count_ordinary(monkeypatch)
         writer.write([data], 0)
         writer.drain()
         writer.write([later], len(data))
@@ -272,10 +260,6 @@ def test_a_direct_write_refused_midway_leaves_the_rest_and_later_runs_to_ordinar
         assert not writer.direct
         assert ordinary == [(half, len(data) - half), (len(data), len(later))]
         assert os.pread(fd, len(data) + len(later) + 1, 0) == data + later
-    finally:
-        writer.release()
-        os.close(fd)
-        os.close(direct)
 
 
 def test_a_short_unaligned_direct_write_leaves_the_rest_of_its_buffer_to_an_ordinary_write(
@@ -283,24 +267,22 @@ def test_a_short_unaligned_direct_write_leaves_the_rest_of_its_buffer_to_an_ordi
 ) -> None:
     data = random.Random(10).randbytes(4 * DIRECT_ALIGN)
     more = random.Random(11).randbytes(2 * DIRECT_ALIGN)
-    fd, direct = _direct_pair(tmp_path, len(data) + len(more))
-    writer = DirectWriter(direct, fd, size=len(data))
-    short = DIRECT_ALIGN + 100
-    real_pwrite = os.pwrite
-    asked: list[tuple[int, int]] = []
+    with _opened_writer(tmp_path, len(data) + len(more), size=len(data)) as (fd, direct, writer):
+        short = DIRECT_ALIGN + 100
+        real_pwrite = os.pwrite
+        asked: list[tuple[int, int]] = []
 
-    def pwrite(target: int, buf: memoryview, pos: int) -> int:
-        assert target == direct
-        asked.append((pos, len(buf)))
-        if len(asked) == 1:
-            # Stands for a device that took part of it; through the ordinary descriptor, as
-            # O_DIRECT refuses a write of an unaligned length.
-            return real_pwrite(fd, buf[:short], pos)
-        return real_pwrite(target, buf, pos)
+        def pwrite(target: int, buf: memoryview, pos: int) -> int:
+            assert target == direct
+            asked.append((pos, len(buf)))
+            if len(asked) == 1:
+                # Stands for a device that took part of it; through the ordinary descriptor, as
+                # O_DIRECT refuses a write of an unaligned length.
+                return real_pwrite(fd, buf[:short], pos)
+            return real_pwrite(target, buf, pos)
 
-    monkeypatch.setattr(os, "pwrite", pwrite)
-    ordinary = _count_ordinary(monkeypatch)
-    try:
+        monkeypatch.setattr(os, "pwrite", pwrite)
+        ordinary = _count_ordinary(monkeypatch)
         writer.write([data], 0)
         writer.drain()
         assert ordinary == [(short, len(data) - short)]
@@ -310,7 +292,3 @@ def test_a_short_unaligned_direct_write_leaves_the_rest_of_its_buffer_to_an_ordi
         assert asked == [(0, len(data)), (len(data), len(more))]
         assert ordinary == [(short, len(data) - short)]
         assert os.pread(fd, len(data) + len(more) + 1, 0) == data + more
-    finally:
-        writer.release()
-        os.close(fd)
-        os.close(direct)
